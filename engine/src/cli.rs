@@ -1,0 +1,2 @@
+//! The `weir` command line (placeholder).
+pub fn main() {}

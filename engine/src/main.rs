@@ -1,0 +1,1 @@
+fn main() { weir::cli::main() }
