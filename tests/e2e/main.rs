@@ -1,1 +1,6 @@
-//! End-to-end tests (one binary, a module per topic).
+//! End-to-end tests: the real `weir` binary, real clients (curl, axel, aria2c, raw sockets).
+//! One binary, a module per topic; each scenario runs once per driver / io_uring feature level.
+
+mod clients;
+mod http_status;
+mod robustness;

@@ -1,1 +1,202 @@
-//! (placeholder)
+//! The download server: worker threads (one per core), each with its own listener
+//! (SO_REUSEPORT), its own connections and its own io_uring ring or epoll instance.
+//!
+//! Nothing is shared on the request path but read-only resources (`Arc`); password checks and
+//! store reads go to the auth pool ([`auth`]). SIGTERM/SIGINT drain: workers stop accepting,
+//! idle connections close, in-flight downloads finish or are cut after `--drain-timeout`.
+
+pub mod auth;
+pub mod conn;
+pub mod epoll;
+pub mod resources;
+pub mod segment;
+pub mod sys;
+pub mod uring;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{DriverChoice, ServeConfig};
+use crate::demo::DemoInfo;
+use crate::store::Store;
+
+use auth::{AuthPool, Inbox};
+use resources::Resource;
+use worker::{Worker, WorkerInit};
+
+/// The driver every worker runs.
+#[derive(Clone, Copy, Debug)]
+enum Driver {
+    Uring(uring::Features),
+    Epoll,
+}
+
+fn choose_driver(cfg: &ServeConfig) -> anyhow::Result<Driver> {
+    if std::env::var_os("WEIR_FORCE_EPOLL").is_some() && cfg.driver == DriverChoice::Auto {
+        return Ok(Driver::Epoll);
+    }
+    match cfg.driver {
+        DriverChoice::Epoll => Ok(Driver::Epoll),
+        DriverChoice::Uring => uring::probe(cfg.uring_features)
+            .map(Driver::Uring)
+            .map_err(|why| anyhow::anyhow!("--driver uring: {why}")),
+        DriverChoice::Auto => match uring::probe(cfg.uring_features) {
+            Ok(f) => Ok(Driver::Uring(f)),
+            Err(why) => {
+                tracing::warn!(reason = %why, "io_uring unavailable; using the epoll driver");
+                Ok(Driver::Epoll)
+            }
+        },
+    }
+}
+
+/// Run the server until SIGTERM/SIGINT has drained it.
+pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
+    let nofile = sys::raise_nofile();
+    let store = Store::open(&cfg.data_dir)
+        .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
+    let secret = Arc::new(store.secret()?);
+    let mut resources: HashMap<String, Arc<Resource>> = HashMap::new();
+    for item in store.items()? {
+        match Resource::load(&item) {
+            Ok(r) => {
+                resources.insert(item.id.clone(), Arc::new(r));
+            }
+            Err(e) => tracing::error!(item = %item.id, error = %e, "item not served"),
+        }
+    }
+    drop(store);
+    let driver = choose_driver(&cfg)?;
+    let workers = cfg.workers.max(1);
+
+    // Bind the first listener (port 0 picks a port), then the others on the same address.
+    let first = sys::reuseport_listener(cfg.listen, 4096)
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = sys::local_addr(first.as_raw_fd())?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(sys::reuseport_listener(addr, 4096)?);
+    }
+
+    let mut wakes = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut inbox_rx = Vec::new();
+    for _ in 0..workers {
+        let wake = Arc::new(sys::eventfd()?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        inboxes.push(Inbox {
+            tx,
+            wake_fd: wake.as_raw_fd(),
+        });
+        inbox_rx.push(rx);
+        wakes.push(wake);
+    }
+    let pool = AuthPool::start(
+        cfg.data_dir.clone(),
+        cfg.auth_threads,
+        inboxes,
+        resources.clone(),
+        cfg.credential_cache_ttl,
+    )?;
+
+    let draining = Arc::new(AtomicBool::new(false));
+    {
+        let draining = draining.clone();
+        let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
+        let wakes_alive = wakes.clone();
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        std::thread::Builder::new()
+            .name("weir-signals".into())
+            .spawn(move || {
+                let _keep = wakes_alive;
+                for sig in signals.forever() {
+                    tracing::info!(signal = sig, "shutting down: draining connections");
+                    draining.store(true, Ordering::Release);
+                    for &fd in &wake_fds {
+                        sys::eventfd_wake(fd);
+                    }
+                }
+            })?;
+    }
+
+    let driver_desc = match driver {
+        Driver::Uring(f) => format!("io_uring ({f})"),
+        Driver::Epoll => "epoll".to_string(),
+    };
+    tracing::info!(driver = %driver_desc, workers, nofile, items = resources.len(), "weir starting");
+    print_banner(addr, workers, &driver_desc, demo.as_ref());
+
+    let cfg = Arc::new(cfg);
+    let mut handles = Vec::new();
+    for (id, ((listener, wake), inbox)) in listeners
+        .into_iter()
+        .zip(wakes)
+        .zip(inbox_rx)
+        .enumerate()
+    {
+        let init = WorkerInit {
+            id,
+            cfg: cfg.clone(),
+            listener,
+            wake,
+            inbox,
+            secret: secret.clone(),
+            resources: resources.clone(),
+            pool: pool.clone(),
+            draining: draining.clone(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("weir-worker-{id}"))
+                .spawn(move || {
+                    let w = Worker::new(init);
+                    let res = match driver {
+                        Driver::Uring(f) => uring::run(w, f),
+                        Driver::Epoll => epoll::run(w),
+                    };
+                    if let Err(e) = &res {
+                        tracing::error!(worker = id, error = %e, "worker failed");
+                    }
+                    res
+                })?,
+        );
+    }
+    let mut failed = false;
+    for h in handles {
+        failed |= !matches!(h.join(), Ok(Ok(())));
+    }
+    if failed {
+        anyhow::bail!("a worker failed");
+    }
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+fn print_banner(addr: std::net::SocketAddr, workers: usize, driver: &str, demo: Option<&DemoInfo>) {
+    let mut out = std::io::stdout().lock();
+    if let Some(d) = demo {
+        let _ = writeln!(out, "weir: demo catalog: {}", d.items.join(", "));
+        let _ = writeln!(out, "weir: demo credentials: {}:{}", d.user, d.password);
+        let _ = writeln!(
+            out,
+            "weir: try:  curl -u {u}:{p} -o demo-64m http://{addr}/d/demo-64m",
+            u = d.user,
+            p = d.password
+        );
+        let _ = writeln!(
+            out,
+            "weir:       axel -n 40 -o demo-64m.axel http://{u}:{p}@{addr}/d/demo-64m",
+            u = d.user,
+            p = d.password
+        );
+    }
+    let _ = writeln!(out, "weir: listening on http://{addr} ({driver}, {workers} workers)");
+    let _ = out.flush();
+}

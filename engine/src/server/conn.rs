@@ -1,0 +1,618 @@
+//! The connection state machine, shared by the io_uring and epoll drivers.
+//!
+//! A driver tells a [`Conn`] what happened (readable, some bytes sent, the auth pool answered, a
+//! deadline passed) and the connection answers with what it needs next ([`Next`]): read more,
+//! write what [`Conn::prepare_send`] describes, wait (parked on the auth pool), or close. The
+//! driver decides *how*: an io_uring SENDMSG or a direct `sendmsg`, a POLL_ADD or an epoll edge.
+//! Both drivers read with `recv` once the socket is readable, so idle keep-alive connections own
+//! no read buffer (a few hundred bytes each in all).
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::http::{
+    self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition,
+    RangeOutcome, RequestError, RequestHead, ResponseHead, Route, Validators,
+};
+use crate::store::ItemKind;
+use crate::token;
+
+use super::auth::{Claim, Job, Reply, Verdict};
+use super::resources::Resource;
+use super::segment::MappedFile;
+use super::sys;
+use super::worker::Ctx;
+
+/// Largest body chunk handed to the kernel in one send when the connection is not shaped.
+const MAX_CHUNK: u64 = 1 << 20;
+
+/// What a connection needs from its driver next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Wait until readable, then call [`Conn::on_readable`].
+    Read,
+    /// Send what [`Conn::prepare_send`] describes, then call [`Conn::on_sent`].
+    Write,
+    /// Nothing to do until the auth pool answers ([`Conn::on_auth`]).
+    Park,
+    /// Close the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request waits for the auth pool.
+    Auth,
+    /// A response is being sent.
+    Send,
+}
+
+/// A request parked while the auth pool decides.
+struct Pending {
+    head: RequestHead,
+    item: String,
+}
+
+/// One body piece: literal bytes (multipart boundaries) or a range of a mapped file.
+enum BodyPiece {
+    Literal(Vec<u8>),
+    File {
+        file: Arc<MappedFile>,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// The response being sent.
+struct Response {
+    head: Vec<u8>,
+    head_sent: usize,
+    pieces: Vec<BodyPiece>,
+    piece: usize,
+    /// Offset inside the current piece.
+    offset: u64,
+    keep_alive: bool,
+}
+
+impl Response {
+    fn done(&self) -> bool {
+        self.head_sent == self.head.len() && self.piece == self.pieces.len()
+    }
+}
+
+pub struct Conn {
+    pub fd: RawFd,
+    /// Slab index and generation, as carried in io_uring user data.
+    pub token: u64,
+    state: State,
+    /// Bytes received and not yet consumed: a partial head or pipelined requests. No allocation
+    /// while the connection is idle.
+    inbuf: Vec<u8>,
+    /// When the current phase (head, idle keep-alive, send progress) times out.
+    pub deadline: Instant,
+    /// True once any byte of the current request head arrived.
+    head_started: bool,
+    pending: Option<Box<Pending>>,
+    resp: Option<Box<Response>>,
+    /// INVARIANT: while a send is in flight, `iov` and `msg` point into `resp`'s head, a literal
+    /// piece, or a mapping held alive by `resp`; none of those move or drop until the send
+    /// completes (the connection is boxed and `resp` is only replaced between sends).
+    pub iov: [libc::iovec; 2],
+    pub msg: libc::msghdr,
+    /// io_uring operations in flight on this connection (the slot is freed only at zero).
+    pub in_flight: u8,
+    /// epoll: the socket may have data / room (edge-triggered bookkeeping).
+    pub readable: bool,
+    pub writable: bool,
+    /// What the connection last asked its driver for.
+    pub want: Next,
+    pub closing: bool,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd, token: u64, now: Instant, ctx: &Ctx) -> Box<Conn> {
+        Box::new(Conn {
+            fd,
+            token,
+            state: State::Head,
+            inbuf: Vec::new(),
+            deadline: now + ctx.cfg.header_timeout,
+            head_started: false,
+            pending: None,
+            resp: None,
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
+            // SAFETY: an all-zero msghdr is valid (no name, no iov, no control data).
+            msg: unsafe { std::mem::zeroed() },
+            in_flight: 0,
+            readable: true,
+            writable: true,
+            want: Next::Read,
+            closing: false,
+        })
+    }
+
+    /// Idle between requests: nothing received, nothing to send.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Head && !self.head_started && self.inbuf.is_empty()
+    }
+
+    /// A deadline passed: what to do. Timeouts close the connection.
+    pub fn on_deadline(&mut self, now: Instant) -> Option<Next> {
+        if self.state == State::Auth || now < self.deadline {
+            return None;
+        }
+        match self.state {
+            State::Head if self.head_started => tracing::debug!(fd = self.fd, "request head timeout"),
+            State::Head => tracing::trace!(fd = self.fd, "idle timeout"),
+            _ => tracing::debug!(fd = self.fd, "send made no progress: timeout"),
+        }
+        Some(Next::Close)
+    }
+
+    /// The server is draining: idle connections close now, busy ones after their response.
+    pub fn on_drain(&mut self) -> Option<Next> {
+        if let Some(r) = &mut self.resp {
+            r.keep_alive = false;
+        }
+        self.is_idle().then_some(Next::Close)
+    }
+
+    /// The socket is readable: receive and act on what arrived.
+    pub fn on_readable(&mut self, ctx: &mut Ctx) -> Next {
+        debug_assert_eq!(self.state, State::Head);
+        loop {
+            let n = match sys::recv(self.fd, &mut ctx.scratch) {
+                Ok(0) => return Next::Close,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Next::Read;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Next::Close,
+            };
+            if n < ctx.scratch.len() {
+                // A short read drained the socket; a new edge comes with new data.
+                self.readable = false;
+            }
+            if !self.head_started {
+                self.head_started = true;
+                self.deadline = ctx.now + ctx.cfg.header_timeout;
+            }
+            let next = if self.inbuf.is_empty() {
+                // Common case: the whole head arrived in one read; parse in place.
+                match http::parse_request(&ctx.scratch[..n], &ctx.limits) {
+                    Ok(Parsed::Complete { head, consumed }) => {
+                        self.inbuf.extend_from_slice(&ctx.scratch[consumed..n]);
+                        self.begin_request(ctx, head)
+                    }
+                    Ok(Parsed::Partial) => {
+                        self.inbuf.extend_from_slice(&ctx.scratch[..n]);
+                        Next::Read
+                    }
+                    Err(e) => self.bad_request(ctx, e),
+                }
+            } else {
+                self.inbuf.extend_from_slice(&ctx.scratch[..n]);
+                self.parse_buffered(ctx)
+            };
+            if next != Next::Read || !self.readable {
+                return next;
+            }
+        }
+    }
+
+    /// Parse a request from `inbuf` (partial heads, pipelined requests).
+    fn parse_buffered(&mut self, ctx: &mut Ctx) -> Next {
+        match http::parse_request(&self.inbuf, &ctx.limits) {
+            Ok(Parsed::Complete { head, consumed }) => {
+                self.inbuf.drain(..consumed);
+                if self.inbuf.is_empty() {
+                    self.inbuf = Vec::new();
+                }
+                self.begin_request(ctx, head)
+            }
+            Ok(Parsed::Partial) => Next::Read,
+            Err(e) => self.bad_request(ctx, e),
+        }
+    }
+
+    fn bad_request(&mut self, ctx: &mut Ctx, e: RequestError) -> Next {
+        self.inbuf = Vec::new();
+        let status = e.status();
+        let extra: &[(&str, &str)] = if status == 405 {
+            &[("Allow", "GET, HEAD")]
+        } else {
+            &[]
+        };
+        self.error(ctx, status, false, true, extra)
+    }
+
+    /// Authenticate and authorize, from the worker's caches when possible.
+    fn begin_request(&mut self, ctx: &mut Ctx, head: RequestHead) -> Next {
+        let item = match http::route(&head.target) {
+            Route::NotFound => return self.simple(ctx, &head, 404),
+            Route::Item(id) => id,
+            Route::Track { album, .. } => album,
+            Route::Zip(album) => album,
+        };
+        // Signed link: verified here, no store round trip.
+        let mut claim_user: Option<Arc<str>> = None;
+        if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match token::verify(&ctx.secret, item, q, now_unix) {
+                Ok(claims) => claim_user = Some(Arc::from(claims.user.as_str())),
+                Err(token::TokenError::Malformed) => return self.simple(ctx, &head, 400),
+                Err(_) => return self.simple(ctx, &head, 403),
+            }
+        } else if let Some(auth) = head.authorization.as_deref() {
+            claim_user = ctx.cache.user_for(auth, ctx.now);
+        } else {
+            return self.simple(ctx, &head, 401);
+        }
+        if let Some(user) = &claim_user {
+            if ctx.cache.granted(user, item, ctx.now) {
+                if let Some(res) = ctx.cache.resources.get(item).cloned() {
+                    return self.serve(ctx, head, &res);
+                }
+            }
+        }
+        // Miss: park and ask the pool.
+        let claim = match claim_user {
+            Some(user) => Claim::Link {
+                user: user.to_string(),
+            },
+            None => Claim::Basic(head.authorization.clone().unwrap_or_default()),
+        };
+        let job = Job {
+            worker: ctx.id,
+            conn: self.token,
+            claim,
+            item: item.to_string(),
+        };
+        let item = job.item.clone();
+        if !ctx.pool.submit(job) {
+            return self.error(ctx, 503, head.method == Method::Head, false, &[("Retry-After", "1")]);
+        }
+        self.pending = Some(Box::new(Pending { head, item }));
+        self.state = State::Auth;
+        Next::Park
+    }
+
+    /// The auth pool answered for this connection's parked request.
+    pub fn on_auth(&mut self, ctx: &mut Ctx, reply: Reply) -> Next {
+        let Some(p) = self.pending.take() else {
+            return Next::Close;
+        };
+        ctx.cache.learn(&reply, &p.item, ctx.now);
+        match (reply.verdict, reply.resource) {
+            (Verdict::Allowed, Some(res)) => self.serve(ctx, p.head, &res),
+            (Verdict::Allowed, None) | (Verdict::NotFound, _) => self.simple(ctx, &p.head, 404),
+            (Verdict::Unauthorized, _) => self.simple(ctx, &p.head, 401),
+            (Verdict::Forbidden, _) => self.simple(ctx, &p.head, 403),
+            (Verdict::Unavailable, _) => {
+                let head_only = p.head.method == Method::Head;
+                self.error(ctx, 503, head_only, p.head.keep_alive, &[("Retry-After", "1")])
+            }
+        }
+    }
+
+    /// A short error response to a well-formed request.
+    fn simple(&mut self, ctx: &mut Ctx, head: &RequestHead, status: u16) -> Next {
+        let extra: &[(&str, &str)] = match status {
+            401 => &[("WWW-Authenticate", "Basic realm=\"weir\", charset=\"UTF-8\"")],
+            _ => &[],
+        };
+        self.error(ctx, status, head.method == Method::Head, head.keep_alive, extra)
+    }
+
+    fn error(
+        &mut self,
+        ctx: &mut Ctx,
+        status: u16,
+        head_only: bool,
+        keep_alive: bool,
+        extra: &[(&str, &str)],
+    ) -> Next {
+        let body = http::error_body(status);
+        let keep_alive = keep_alive && !ctx.draining;
+        let mut resp = self.take_response();
+        http::write_head(
+            &mut resp.head,
+            &ResponseHead {
+                status,
+                content_length: body.len() as u64,
+                content_type: "text/plain; charset=utf-8",
+                keep_alive,
+                etag: None,
+                last_modified: None,
+                content_range: None,
+                extra,
+            },
+            ctx.date.now(),
+        );
+        if !head_only {
+            resp.head.extend_from_slice(body);
+        }
+        resp.keep_alive = keep_alive;
+        self.start(ctx, resp)
+    }
+
+    /// Serve a representation the user may fetch.
+    fn serve(&mut self, ctx: &mut Ctx, head: RequestHead, res: &Resource) -> Next {
+        let part = match (http::route(&head.target), res.kind) {
+            (Route::Item(_), ItemKind::File) => res.parts.first(),
+            (Route::Track { n, .. }, ItemKind::Album) => res.parts.get(n as usize - 1),
+            _ => None,
+        };
+        let Some(part) = part else {
+            return self.simple(ctx, &head, 404);
+        };
+        let len = part.file.len();
+        let keep_alive = head.keep_alive && !ctx.draining;
+        let head_only = head.method == Method::Head;
+        let v = Validators {
+            etag: &part.etag,
+            last_modified: part.last_modified,
+        };
+        let mut resp = self.take_response();
+        let honor_range = match http::evaluate_preconditions(&head, &v) {
+            Precondition::NotModified => {
+                write_representation_head(ctx, &mut resp, 304, 0, "application/octet-stream", keep_alive, &v, None);
+                resp.keep_alive = keep_alive;
+                return self.start(ctx, resp);
+            }
+            Precondition::Proceed { honor_range } => honor_range,
+        };
+        let outcome = match head.range.as_deref() {
+            Some(r) if honor_range => http::resolve_ranges(r, len),
+            _ => RangeOutcome::Full,
+        };
+        match outcome {
+            RangeOutcome::Full => {
+                write_representation_head(ctx, &mut resp, 200, len, "application/octet-stream", keep_alive, &v, None);
+                if !head_only && len > 0 {
+                    resp.pieces.push(BodyPiece::File {
+                        file: part.file.clone(),
+                        start: 0,
+                        end: len,
+                    });
+                }
+            }
+            RangeOutcome::Unsatisfiable => {
+                let body = http::error_body(416);
+                write_representation_head(
+                    ctx,
+                    &mut resp,
+                    416,
+                    body.len() as u64,
+                    "text/plain; charset=utf-8",
+                    keep_alive,
+                    &v,
+                    Some(ContentRange::Unsatisfiable { len }),
+                );
+                if !head_only {
+                    resp.head.extend_from_slice(body);
+                }
+            }
+            RangeOutcome::Partial(ranges) => {
+                let ranges = ranges.as_slice();
+                if let [r] = ranges {
+                    let cr = ContentRange::Bytes {
+                        start: r.start,
+                        end_inclusive: r.end - 1,
+                        len,
+                    };
+                    write_representation_head(ctx, &mut resp, 206, r.end - r.start, "application/octet-stream", keep_alive, &v, Some(cr));
+                    if !head_only {
+                        resp.pieces.push(BodyPiece::File {
+                            file: part.file.clone(),
+                            start: r.start,
+                            end: r.end,
+                        });
+                    }
+                } else {
+                    let boundary = format!("weir-{}", part.etag.trim_matches('"'));
+                    let mp = Multipart::new(ranges, len, "application/octet-stream", &boundary);
+                    let ctype = mp.content_type();
+                    write_representation_head(ctx, &mut resp, 206, mp.content_length(), &ctype, keep_alive, &v, None);
+                    if !head_only {
+                        for p in mp.pieces() {
+                            resp.pieces.push(match p {
+                                HttpPiece::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
+                                HttpPiece::File(r) => BodyPiece::File {
+                                    file: part.file.clone(),
+                                    start: r.start,
+                                    end: r.end,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        resp.keep_alive = keep_alive;
+        self.start(ctx, resp)
+    }
+
+    /// A fresh (or recycled) response buffer.
+    fn take_response(&mut self) -> Box<Response> {
+        match self.resp.take() {
+            Some(mut r) => {
+                r.head.clear();
+                r.head_sent = 0;
+                r.pieces.clear();
+                r.piece = 0;
+                r.offset = 0;
+                r
+            }
+            None => Box::new(Response {
+                head: Vec::with_capacity(256),
+                head_sent: 0,
+                pieces: Vec::new(),
+                piece: 0,
+                offset: 0,
+                keep_alive: true,
+            }),
+        }
+    }
+
+    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>) -> Next {
+        self.resp = Some(resp);
+        self.state = State::Send;
+        self.deadline = ctx.now + ctx.cfg.send_timeout;
+        Next::Write
+    }
+
+    /// Describe the next send in `iov`/`msg`; returns the number of bytes it covers.
+    pub fn prepare_send(&mut self) -> usize {
+        let Some(resp) = self.resp.as_deref() else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut total = 0usize;
+        if resp.head_sent < resp.head.len() {
+            let rest = &resp.head[resp.head_sent..];
+            self.iov[n] = libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            };
+            total += rest.len();
+            n += 1;
+        }
+        if let Some(piece) = resp.pieces.get(resp.piece) {
+            let (ptr, len) = match piece {
+                BodyPiece::Literal(bytes) => {
+                    let rest = &bytes[resp.offset as usize..];
+                    (rest.as_ptr(), rest.len())
+                }
+                BodyPiece::File { file, start, end } => {
+                    let from = start + resp.offset;
+                    file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
+                }
+            };
+            if len > 0 {
+                self.iov[n] = libc::iovec {
+                    iov_base: ptr as *mut libc::c_void,
+                    iov_len: len,
+                };
+                total += len;
+                n += 1;
+            }
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = n;
+        total
+    }
+
+    /// A send finished with `res`.
+    pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        let n = match res {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                return Next::Write;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EFAULT) {
+                    tracing::error!("a content-store file shrank under a send (EFAULT); closing the connection");
+                }
+                return Next::Close;
+            }
+        };
+        let Some(resp) = self.resp.as_deref_mut() else {
+            return Next::Close;
+        };
+        if n > 0 {
+            self.deadline = ctx.now + ctx.cfg.send_timeout;
+        }
+        let mut left = n;
+        let head_rest = resp.head.len() - resp.head_sent;
+        let h = left.min(head_rest);
+        resp.head_sent += h;
+        left -= h;
+        while left > 0 {
+            let Some(piece) = resp.pieces.get(resp.piece) else {
+                break;
+            };
+            let plen = match piece {
+                BodyPiece::Literal(b) => b.len() as u64,
+                BodyPiece::File { start, end, .. } => end - start,
+            };
+            let take = (left as u64).min(plen - resp.offset);
+            resp.offset += take;
+            left -= take as usize;
+            if resp.offset == plen {
+                resp.piece += 1;
+                resp.offset = 0;
+            }
+        }
+        if !resp.done() {
+            return Next::Write;
+        }
+        self.finish_response(ctx)
+    }
+
+    fn finish_response(&mut self, ctx: &mut Ctx) -> Next {
+        let keep_alive = self.resp.as_ref().is_some_and(|r| r.keep_alive) && !ctx.draining;
+        if let Some(r) = &mut self.resp {
+            // Drop file references now; keep the head buffer for the next response.
+            r.pieces.clear();
+            if r.head.capacity() > 4096 {
+                r.head = Vec::new();
+            }
+        }
+        if !keep_alive {
+            return Next::Close;
+        }
+        self.state = State::Head;
+        self.head_started = false;
+        self.deadline = ctx.now + ctx.cfg.idle_timeout;
+        if !self.inbuf.is_empty() {
+            self.head_started = true;
+            self.deadline = ctx.now + ctx.cfg.header_timeout;
+            return self.parse_buffered(ctx);
+        }
+        // Idle connections keep no response buffer: memory per idle connection stays small.
+        self.resp = None;
+        Next::Read
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_representation_head(
+    ctx: &mut Ctx,
+    resp: &mut Response,
+    status: u16,
+    content_length: u64,
+    content_type: &str,
+    keep_alive: bool,
+    v: &Validators<'_>,
+    content_range: Option<ContentRange>,
+) {
+    http::write_head(
+        &mut resp.head,
+        &ResponseHead {
+            status,
+            content_length,
+            content_type,
+            keep_alive,
+            etag: Some(v.etag),
+            last_modified: Some(v.last_modified),
+            content_range,
+            extra: &[],
+        },
+        ctx.date.now(),
+    );
+}

@@ -1,0 +1,50 @@
+//! Servable resources: catalog items with their content-store files mapped, and their validators.
+//!
+//! Resources are built off the I/O threads (at start, or by the auth pool when a worker meets an
+//! item added after start) and shared read-only between workers through `Arc`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::{Item, ItemKind};
+
+use super::segment::MappedFile;
+
+/// One representation that can be sent from a mapped file: a file item or an album track.
+pub struct Part {
+    pub file: Arc<MappedFile>,
+    /// Strong ETag, quotes included: derived from the content hash, stable across restarts.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    /// The original file name (zip entry names, Content-Disposition).
+    pub name: String,
+}
+
+/// A catalog item ready to serve.
+pub struct Resource {
+    pub id: String,
+    pub kind: ItemKind,
+    /// A file: one part. An album: its tracks in order.
+    pub parts: Vec<Part>,
+}
+
+impl Resource {
+    /// Map every file of `item`. Fails when a content-store file is missing or was modified.
+    pub fn load(item: &Item) -> std::io::Result<Resource> {
+        let mut parts = Vec::with_capacity(item.parts.len());
+        for blob in &item.parts {
+            let file = Arc::new(MappedFile::open(&blob.path, blob.size)?);
+            parts.push(Part {
+                file,
+                etag: format!("\"{}\"", &blob.sha256[..32.min(blob.sha256.len())]),
+                last_modified: UNIX_EPOCH + Duration::from_secs(blob.mtime),
+                name: blob.name.clone(),
+            });
+        }
+        Ok(Resource {
+            id: item.id.clone(),
+            kind: item.kind,
+            parts,
+        })
+    }
+}

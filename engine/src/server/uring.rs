@@ -1,0 +1,390 @@
+//! The io_uring driver: one ring per worker thread.
+//!
+//! Accept (multishot on 5.19+, single-shot otherwise), readiness polls, gathered sends
+//! (`SENDMSG`: response head and the first body bytes from the mapped file in one submission),
+//! the wake eventfd and the sweep timer all go through the ring; a connection's read happens with
+//! a plain `recv` once its poll fires, so idle connections own no read buffer.
+//!
+//! Opcodes are probed at start ([`probe`]); what needs a newer kernel is gated in [`Features`],
+//! and `--uring-features minimal` forces the 5.10-level set so that path is tested here too.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+
+use crate::config::UringFeatures;
+
+use super::conn::{Conn, Next};
+use super::sys;
+use super::worker::{Slab, Worker, EMFILE_BACKOFF, SWEEP_EVERY};
+
+/// What this kernel lets the driver use.
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    /// IORING_ACCEPT_MULTISHOT (5.19).
+    pub multishot_accept: bool,
+    /// IORING_SETUP_COOP_TASKRUN + SINGLE_ISSUER (5.19 / 6.0): fewer interrupts per completion.
+    pub cheap_taskrun: bool,
+    /// IORING_OP_SEND_ZC (6.0): probed and reported, not used (see the README's send-path numbers).
+    pub send_zc: bool,
+}
+
+impl std::fmt::Display for Features {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "multishot_accept={} coop_taskrun={} send_zc_available={}",
+            self.multishot_accept, self.cheap_taskrun, self.send_zc
+        )
+    }
+}
+
+/// Kernel release as (major, minor).
+fn kernel_version() -> (u32, u32) {
+    // SAFETY: utsname is plain old data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if sys::syscall!(uname(&mut u)).is_err() {
+        return (0, 0);
+    }
+    let release: String = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// Check that io_uring works here and has every opcode the driver needs.
+pub fn probe(level: UringFeatures) -> Result<Features, String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed (kernel older than 5.6?): {e}"))?;
+    let needed = [
+        ("ACCEPT", opcode::Accept::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
+        ("TIMEOUT", opcode::Timeout::CODE),
+        ("READ", opcode::Read::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring lacks {name}"));
+        }
+    }
+    let (major, minor) = kernel_version();
+    let at_least = |a: u32, b: u32| (major, minor) >= (a, b);
+    let full = level == UringFeatures::Full;
+    Ok(Features {
+        multishot_accept: full && at_least(5, 19),
+        cheap_taskrun: full && at_least(6, 0),
+        send_zc: full && probe.is_supported(opcode::SendZc::CODE),
+    })
+}
+
+// Operation kinds in the top 8 bits of user data; the low 56 bits carry a connection token.
+const OP_ACCEPT: u64 = 1 << 56;
+const OP_WAKE: u64 = 2 << 56;
+const OP_TIMER: u64 = 3 << 56;
+const OP_POLL: u64 = 4 << 56;
+const OP_SEND: u64 = 5 << 56;
+const OP_CANCEL: u64 = 6 << 56;
+const OP_MASK: u64 = 0xFF << 56;
+
+/// Buffers the ring's own operations point into; dropped after the ring (declared first).
+struct Fixed {
+    wake_buf: u64,
+    timespec: types::Timespec,
+}
+
+struct Driver {
+    ring: IoUring,
+    features: Features,
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
+    let mut fixed = Box::new(Fixed {
+        wake_buf: 0,
+        timespec: types::Timespec::new(),
+    });
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(16384);
+    if features.cheap_taskrun {
+        builder.setup_coop_taskrun().setup_single_issuer();
+    }
+    let ring = builder.build(4096).or_else(|_| IoUring::new(4096))?;
+    let mut d = Driver {
+        ring,
+        features,
+        cqes: Vec::with_capacity(1024),
+    };
+    let result = event_loop(&mut w, &mut d, &mut fixed);
+    for t in w.conns.tokens() {
+        if let Some(c) = w.conns.remove(t) {
+            sys::close(c.fd);
+        }
+    }
+    drop(d);
+    drop(fixed);
+    result
+}
+
+impl Driver {
+    /// Queue an entry, flushing the submission queue when it is full.
+    ///
+    /// # Safety
+    /// Every buffer the entry points to must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from the caller's contract.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                tracing::error!(error = %e, "io_uring submit failed");
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, listen_fd: i32) {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let entry = if self.features.multishot_accept {
+            opcode::AcceptMulti::new(types::Fd(listen_fd))
+                .flags(flags)
+                .build()
+        } else {
+            opcode::Accept::new(types::Fd(listen_fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(flags)
+                .build()
+        };
+        // SAFETY: accept passes no buffers (null address pointers).
+        unsafe { self.push(entry.user_data(OP_ACCEPT)) };
+    }
+
+    fn arm_wake(&mut self, fd: i32, fixed: &mut Fixed) {
+        let entry = opcode::Read::new(types::Fd(fd), (&mut fixed.wake_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(OP_WAKE);
+        // SAFETY: `fixed` is boxed and outlives the ring (dropped after it in `run`).
+        unsafe { self.push(entry) };
+    }
+
+    fn arm_timer(&mut self, after: Duration, fixed: &mut Fixed) {
+        fixed.timespec = types::Timespec::from(after);
+        let entry = opcode::Timeout::new(&fixed.timespec)
+            .build()
+            .user_data(OP_TIMER);
+        // SAFETY: the timespec lives in the boxed `fixed`, which outlives the ring; only one
+        // timer is armed at a time, so it is not rewritten while the kernel may read it.
+        unsafe { self.push(entry) };
+    }
+}
+
+fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<()> {
+    let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
+    d.arm_accept(listen_fd);
+    let wake_fd = w.wake_fd();
+    d.arm_wake(wake_fd, fixed);
+    d.arm_timer(SWEEP_EVERY, fixed);
+    loop {
+        match d.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(e),
+        }
+        w.ctx.now = Instant::now();
+        let mut cqes = std::mem::take(&mut d.cqes);
+        cqes.extend(
+            d.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            let token = ud & !OP_MASK;
+            match ud & OP_MASK {
+                OP_ACCEPT => on_accept(w, d, res, flags),
+                OP_WAKE => {
+                    on_wake(w, d);
+                    if !w.ctx.draining || !w.conns.is_empty() {
+                        d.arm_wake(wake_fd, fixed);
+                    }
+                }
+                OP_TIMER => {
+                    w.next_sweep = w.ctx.now;
+                    let every = if w.accept_paused_until.is_some() {
+                        EMFILE_BACKOFF
+                    } else {
+                        SWEEP_EVERY
+                    };
+                    d.arm_timer(every, fixed);
+                }
+                OP_POLL => {
+                    let Some(c) = op_done(&mut w.conns, token) else { continue };
+                    let next = if res < 0 {
+                        Next::Close
+                    } else {
+                        c.readable = true;
+                        c.on_readable(&mut w.ctx)
+                    };
+                    drive(w, d, token, next);
+                }
+                OP_SEND => {
+                    let Some(c) = op_done(&mut w.conns, token) else { continue };
+                    let r = if res < 0 {
+                        Err(io::Error::from_raw_os_error(-res))
+                    } else {
+                        Ok(res as usize)
+                    };
+                    let next = c.on_sent(&mut w.ctx, r);
+                    drive(w, d, token, next);
+                }
+                _ => {}
+            }
+        }
+        cqes.clear();
+        d.cqes = cqes;
+        if w.ctx.now >= w.next_sweep {
+            w.next_sweep = w.ctx.now + SWEEP_EVERY;
+            for t in w.expired() {
+                drive(w, d, t, Next::Close);
+            }
+            if w.accept_paused_until.is_some_and(|t| w.ctx.now >= t) && !w.ctx.draining {
+                w.accept_paused_until = None;
+                d.arm_accept(listen_fd);
+            }
+        }
+        if w.finished() {
+            return Ok(());
+        }
+    }
+}
+
+/// An operation of connection `token` completed: count it, and free the connection if it was
+/// closing and this was its last operation. Returns the connection when it lives on.
+fn op_done(conns: &mut Slab, token: u64) -> Option<&mut Conn> {
+    let c = conns.get_mut(token)?;
+    c.in_flight -= 1;
+    if c.closing {
+        if c.in_flight == 0 {
+            if let Some(c) = conns.remove(token) {
+                sys::close(c.fd);
+            }
+        }
+        return None;
+    }
+    conns.get_mut(token)
+}
+
+fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
+    let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd());
+    let rearm = !cqueue::more(flags) || !d.features.multishot_accept;
+    if res < 0 {
+        let errno = -res;
+        if matches!(errno, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+            tracing::warn!(errno, "accept: out of descriptors; pausing accepts");
+            if cqueue::more(flags) {
+                // SAFETY: cancel passes no buffers.
+                unsafe { d.push(opcode::AsyncCancel::new(OP_ACCEPT).build().user_data(OP_CANCEL)) };
+            }
+            w.accept_paused_until = Some(w.ctx.now + EMFILE_BACKOFF);
+            return;
+        }
+        if rearm && !w.ctx.draining {
+            if let Some(fd) = listen_fd {
+                d.arm_accept(fd);
+            }
+        }
+        return;
+    }
+    let fd = res;
+    if rearm && !w.ctx.draining && w.accept_paused_until.is_none() {
+        if let Some(lfd) = listen_fd {
+            d.arm_accept(lfd);
+        }
+    }
+    if w.ctx.draining {
+        sys::close(fd);
+        return;
+    }
+    if w.at_capacity() {
+        w.refuse_over_cap(fd);
+        return;
+    }
+    let now = w.ctx.now;
+    let ctx = &w.ctx;
+    let token = w.conns.insert(|t| Conn::new(fd, t, now, ctx));
+    drive(w, d, token, Next::Read);
+}
+
+fn on_wake(w: &mut Worker, d: &mut Driver) {
+    while let Ok(reply) = w.inbox.try_recv() {
+        let token = reply.conn;
+        if let Some(c) = w.conns.get_mut(token) {
+            if c.closing {
+                continue;
+            }
+            let next = c.on_auth(&mut w.ctx, reply);
+            drive(w, d, token, next);
+        }
+    }
+    if w.drain_requested() {
+        // SAFETY: cancel passes no buffers.
+        unsafe { d.push(opcode::AsyncCancel::new(OP_ACCEPT).build().user_data(OP_CANCEL)) };
+        w.listener = None;
+        for t in w.begin_drain() {
+            drive(w, d, t, Next::Close);
+        }
+    }
+}
+
+/// Submit what a connection asked for.
+fn drive(w: &mut Worker, d: &mut Driver, token: u64, next: Next) {
+    let Some(c) = w.conns.get_mut(token) else {
+        return;
+    };
+    c.want = next;
+    match next {
+        Next::Read => {
+            let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
+                .build()
+                .user_data(OP_POLL | token);
+            c.in_flight += 1;
+            // SAFETY: a poll passes no buffers.
+            unsafe { d.push(entry) };
+        }
+        Next::Write => {
+            c.prepare_send();
+            let entry = opcode::SendMsg::new(types::Fd(c.fd), &c.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(OP_SEND | token);
+            c.in_flight += 1;
+            // SAFETY: `msg` and the iovecs it points to live in the boxed connection, and the
+            // bytes they describe are held by its response (see `Conn::iov`'s invariant); the
+            // connection is freed only once `in_flight` drops to zero.
+            unsafe { d.push(entry) };
+        }
+        Next::Park => {}
+        Next::Close => {
+            if c.in_flight == 0 {
+                if let Some(c) = w.conns.remove(token) {
+                    sys::close(c.fd);
+                }
+            } else if !c.closing {
+                c.closing = true;
+                // In-flight operations complete (with errors) once the socket is shut down.
+                sys::shutdown(c.fd);
+            }
+        }
+    }
+}

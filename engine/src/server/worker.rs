@@ -1,0 +1,252 @@
+//! What a worker thread owns, whichever driver runs it: its context (caches, limits, date), its
+//! connections (a slab addressed by generation-checked tokens) and its inbox.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::config::ServeConfig;
+use crate::http::{DateCache, Limits};
+
+use super::auth::{AuthCache, AuthPool, Reply};
+use super::conn::{Conn, Next};
+use super::resources::Resource;
+use super::sys;
+
+/// Per-worker context the connection state machine reads and updates.
+pub struct Ctx {
+    pub id: usize,
+    pub cfg: Arc<ServeConfig>,
+    pub limits: Limits,
+    pub date: DateCache,
+    pub secret: Arc<Vec<u8>>,
+    pub cache: AuthCache,
+    pub pool: AuthPool,
+    /// Time of the current loop iteration (one clock read per batch of events).
+    pub now: Instant,
+    pub draining: bool,
+    /// Receive buffer shared by all connections of this worker.
+    pub scratch: Box<[u8]>,
+}
+
+/// Everything a worker thread starts with.
+pub struct WorkerInit {
+    pub id: usize,
+    pub cfg: Arc<ServeConfig>,
+    pub listener: OwnedFd,
+    pub wake: Arc<OwnedFd>,
+    pub inbox: Receiver<Reply>,
+    pub secret: Arc<Vec<u8>>,
+    pub resources: HashMap<String, Arc<Resource>>,
+    pub pool: AuthPool,
+    pub draining: Arc<AtomicBool>,
+}
+
+/// A worker's connections: `token = generation << 32 | index`.
+pub struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Box<Conn>>,
+}
+
+/// Tokens use 56 bits so io_uring user data has 8 bits left for the operation kind.
+const GEN_MASK: u32 = 0x00FF_FFFF;
+
+impl Slab {
+    pub fn new() -> Slab {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reserve a slot and build the connection with its token.
+    pub fn insert(&mut self, make: impl FnOnce(u64) -> Box<Conn>) -> u64 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.gen = (slot.gen + 1) & GEN_MASK;
+        let token = (u64::from(slot.gen) << 32) | u64::from(idx);
+        slot.conn = Some(make(token));
+        self.len += 1;
+        token
+    }
+
+    pub fn get_mut(&mut self, token: u64) -> Option<&mut Conn> {
+        let idx = (token & 0xFFFF_FFFF) as usize;
+        let gen = ((token >> 32) as u32) & GEN_MASK;
+        match self.slots.get_mut(idx) {
+            Some(Slot {
+                gen: g,
+                conn: Some(c),
+            }) if *g == gen => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, token: u64) -> Option<Box<Conn>> {
+        let idx = (token & 0xFFFF_FFFF) as usize;
+        let gen = ((token >> 32) as u32) & GEN_MASK;
+        let slot = self.slots.get_mut(idx)?;
+        if slot.gen != gen {
+            return None;
+        }
+        let conn = slot.conn.take()?;
+        self.free.push(idx as u32);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    /// Tokens of every live connection.
+    pub fn tokens(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, s)| (u64::from(s.gen) << 32) | i as u64)
+            .collect()
+    }
+}
+
+/// Driver-independent worker state.
+pub struct Worker {
+    pub ctx: Ctx,
+    pub conns: Slab,
+    pub listener: Option<OwnedFd>,
+    pub wake: Arc<OwnedFd>,
+    pub inbox: Receiver<Reply>,
+    pub draining_flag: Arc<AtomicBool>,
+    /// Set when draining began: past it, in-flight downloads are cut.
+    pub drain_deadline: Option<Instant>,
+    /// Accept paused after EMFILE/ENFILE until then.
+    pub accept_paused_until: Option<Instant>,
+    pub next_sweep: Instant,
+}
+
+/// How often deadlines are checked.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long accepting pauses after the process ran out of descriptors.
+pub const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Worker {
+    pub fn new(init: WorkerInit) -> Worker {
+        let now = Instant::now();
+        let limits = Limits::default();
+        let cache = AuthCache::new(init.resources, init.cfg.credential_cache_ttl);
+        Worker {
+            ctx: Ctx {
+                id: init.id,
+                cfg: init.cfg,
+                limits,
+                date: DateCache::new(),
+                secret: init.secret,
+                cache,
+                pool: init.pool,
+                now,
+                draining: false,
+                scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            },
+            conns: Slab::new(),
+            listener: Some(init.listener),
+            wake: init.wake,
+            inbox: init.inbox,
+            draining_flag: init.draining,
+            drain_deadline: None,
+            accept_paused_until: None,
+            next_sweep: now + SWEEP_EVERY,
+        }
+    }
+
+    pub fn wake_fd(&self) -> i32 {
+        self.wake.as_raw_fd()
+    }
+
+    /// Whether the server-wide drain flag was raised and this worker has not reacted yet.
+    pub fn drain_requested(&self) -> bool {
+        !self.ctx.draining && self.draining_flag.load(Ordering::Acquire)
+    }
+
+    /// Enter draining: returns the tokens of connections to close now (idle ones).
+    pub fn begin_drain(&mut self) -> Vec<u64> {
+        self.ctx.draining = true;
+        self.drain_deadline = Some(self.ctx.now + self.ctx.cfg.drain_timeout);
+        tracing::info!(
+            worker = self.ctx.id,
+            connections = self.conns.len(),
+            "draining: no new connections"
+        );
+        let mut close = Vec::new();
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                if c.on_drain() == Some(Next::Close) {
+                    close.push(t);
+                }
+            }
+        }
+        close
+    }
+
+    /// Tokens of connections whose deadline passed (or all of them past the drain deadline).
+    pub fn expired(&mut self) -> Vec<u64> {
+        let now = self.ctx.now;
+        let cut_all = self.drain_deadline.is_some_and(|d| now >= d);
+        let mut out = Vec::new();
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                if c.closing {
+                    continue;
+                }
+                if cut_all || c.on_deadline(now) == Some(Next::Close) {
+                    out.push(t);
+                }
+            }
+        }
+        if cut_all && !out.is_empty() {
+            tracing::warn!(
+                worker = self.ctx.id,
+                cut = out.len(),
+                "drain deadline passed: cutting in-flight downloads"
+            );
+        }
+        out
+    }
+
+    /// Answer a fresh socket over the connection cap with 503 and close it.
+    pub fn refuse_over_cap(&self, fd: i32) {
+        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: weir\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        sys::send_small(fd, BUSY);
+        sys::close(fd);
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.conns.len() >= self.ctx.cfg.max_connections_per_worker
+    }
+
+    /// The worker may exit: draining and nothing left.
+    pub fn finished(&self) -> bool {
+        self.ctx.draining && self.conns.is_empty()
+    }
+}

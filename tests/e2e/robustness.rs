@@ -1,0 +1,240 @@
+//! Bad clients and bad days: slowloris heads, idle keep-alive, a reader that stops, a content
+//! file truncated mid-download, running out of descriptors, the connection cap, SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_tests::{curl, DataDir, Server, DRIVERS};
+
+const ALICE: &str = "alice:wonderland";
+
+fn setup(size: usize) -> DataDir {
+    let data = DataDir::new();
+    data.add_user("alice", "wonderland");
+    let file = data.make_file("big.bin", size, 3);
+    data.add_item_for("big", &file, "alice");
+    let small = data.make_file("small.bin", 4096, 4);
+    data.add_item_for("small", &small, "alice");
+    data
+}
+
+/// Read until EOF/reset or `limit`; returns (bytes read, time until the server closed).
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (usize, Option<Duration>) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return (total, Some(start.elapsed())),
+            Ok(n) => total += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (total, Some(start.elapsed())),
+        }
+    }
+    (total, None)
+}
+
+fn timeouts(driver: &[&str]) {
+    let data = setup(32 << 20);
+    let mut args = driver.to_vec();
+    args.extend(["--header-timeout", "1s", "--idle-timeout", "1s", "--send-timeout", "1s"]);
+    let srv = data.start(&args);
+
+    // Slowloris: a head that never completes is cut after the header timeout.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.write_all(b"GET /d/small HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    let closed = closed.expect("slowloris connection was not closed");
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+
+    // Idle keep-alive: closed after the idle timeout once the response is done.
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    write!(s, "GET /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(n > 4096, "got the response first ({n} bytes)");
+    assert!(closed.expect("idle connection not closed") < Duration::from_secs(5));
+
+    // A reader that stops: the send makes no progress and the connection is cut.
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    write!(s, "GET /d/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    // Let the server fill the socket buffers and stall, then drain what was queued.
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_secs(3) {
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed.is_some(), "stalled download was not cut");
+    assert!(n < 32 << 20, "the whole body arrived ({n} bytes): no stall happened");
+    srv.stop();
+}
+
+#[test]
+fn timeouts_uring() {
+    timeouts(DRIVERS[0].1);
+}
+
+#[test]
+fn timeouts_epoll() {
+    timeouts(DRIVERS[2].1);
+}
+
+/// A content-store file truncated while it is being sent never crashes the server.
+fn truncated_mid_download(driver: &[&str]) {
+    let data = setup(64 << 20);
+    let srv = data.start(driver);
+    let mut dl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "4M", "-u", ALICE])
+        .arg(srv.url("/d/big"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the download is under way (bytes flowing), then truncate the stored file.
+    let started = Instant::now();
+    loop {
+        let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
+        assert_eq!(r.status, 200);
+        if started.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+    }
+    let store = data.path().join("data").join("store");
+    let mut truncated = 0;
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let p = entry.unwrap().path();
+        if std::fs::metadata(&p).unwrap().len() == 64 << 20 {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(1 << 20).unwrap();
+            truncated += 1;
+        }
+    }
+    assert_eq!(truncated, 1);
+    let st = dl.wait().unwrap();
+    assert!(!st.success(), "the truncated download cannot have completed");
+    let mut srv = srv;
+    assert!(srv.alive(), "server died after truncation");
+    let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
+    assert_eq!(r.status, 200, "server still serves other items");
+    let st = srv.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn truncated_mid_download_uring() {
+    truncated_mid_download(DRIVERS[0].1);
+}
+
+#[test]
+fn truncated_mid_download_epoll() {
+    truncated_mid_download(DRIVERS[2].1);
+}
+
+/// CPU seconds (user + system) the process used so far.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no memory effects.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Out of descriptors: accepts back off without spinning, and service recovers.
+fn emfile(driver: &[&str]) {
+    let data = setup(4096);
+    let mut args = driver.to_vec();
+    args.extend(["--workers", "1"]);
+    let srv = Server::start_with(&data.path().join("data"), &args, &[], Some(48));
+    let held: Vec<TcpStream> = (0..80).filter_map(|_| TcpStream::connect(srv.addr).ok()).collect();
+    assert!(held.len() >= 40);
+    let before = cpu_seconds(srv.pid());
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let used = cpu_seconds(srv.pid()) - before;
+    assert!(used < 0.5, "server spun at EMFILE: {used:.2} CPU-s in 2 s");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = curl(&srv.url("/d/small"), &["-u", ALICE, "--max-time", "2"]);
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover after EMFILE");
+    }
+    assert!(srv.stop().success());
+}
+
+#[test]
+fn emfile_uring() {
+    emfile(DRIVERS[0].1);
+}
+
+#[test]
+fn emfile_epoll() {
+    emfile(DRIVERS[2].1);
+}
+
+/// Past the connection cap new connections get 503 + Retry-After.
+#[test]
+fn connection_cap_503() {
+    for (_, driver) in DRIVERS {
+        let data = setup(4096);
+        let mut args = driver.to_vec();
+        args.extend(["--workers", "1", "--max-connections", "3"]);
+        let srv = data.start(&args);
+        let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(srv.addr).unwrap()).collect();
+        // The held connections are accepted once the server answers a probe on one of them.
+        let mut first = &held[0];
+        let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
+        write!(first, "HEAD /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = first.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+        drop(held);
+        srv.stop();
+    }
+}
+
+/// SIGTERM: stop accepting, cut in-flight downloads after the drain deadline, exit 0.
+fn drain(driver: &[&str]) {
+    let data = setup(64 << 20);
+    let mut args = driver.to_vec();
+    args.extend(["--drain-timeout", "1s"]);
+    let mut srv = data.start(&args);
+    let mut dl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "2M", "-u", ALICE])
+        .arg(srv.url("/d/big"))
+        .spawn()
+        .unwrap();
+    // Make sure the download is in flight before signalling.
+    assert_eq!(curl(&srv.url("/d/small"), &["-u", ALICE]).status, 200);
+    let addr = srv.addr;
+    srv.signal(libc::SIGTERM);
+    let st = srv
+        .wait_timeout(Duration::from_secs(15))
+        .expect("did not exit after SIGTERM + drain timeout");
+    assert!(st.success(), "exit status {st}");
+    assert!(TcpStream::connect(addr).is_err(), "still accepting after drain");
+    let st = dl.wait().unwrap();
+    assert!(!st.success(), "a 64 MiB download at 2 MB/s cannot have finished in the drain");
+}
+
+#[test]
+fn drain_uring() {
+    drain(DRIVERS[0].1);
+}
+
+#[test]
+fn drain_epoll() {
+    drain(DRIVERS[2].1);
+}
