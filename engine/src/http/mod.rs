@@ -1,1 +1,12 @@
-//! (placeholder)
+//! HTTP/1.1 for weir: pure functions the connection state machine calls. No I/O here.
+//!
+//! What each submodule owns:
+//! - [`request`]: parse and validate a request head ([`parse_request`]); size limits,
+//!   request-smuggling shapes, keep-alive.
+//!
+//! Nothing here allocates per header; the only allocations are the few owned strings of a
+//! [`RequestHead`].
+
+pub mod request;
+
+pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
