@@ -3,10 +3,13 @@
 //! What each submodule owns:
 //! - [`request`]: parse and validate a request head ([`parse_request`]); size limits,
 //!   request-smuggling shapes, keep-alive.
+//! - [`route`]: which catalog object a path names ([`route()`]); ids are keys, never paths.
 //!
 //! Nothing here allocates per header; the only allocations are the few owned strings of a
 //! [`RequestHead`].
 
 pub mod request;
+pub mod route;
 
 pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
+pub use route::{route, zip_album, Route};
