@@ -3,13 +3,16 @@
 //! What each submodule owns:
 //! - [`request`]: parse and validate a request head ([`parse_request`]); size limits,
 //!   request-smuggling shapes, keep-alive.
+//! - [`range`]: `Range` headers resolved against a length ([`resolve_ranges`]).
 //! - [`route`]: which catalog object a path names ([`route()`]); ids are keys, never paths.
 //!
 //! Nothing here allocates per header; the only allocations are the few owned strings of a
 //! [`RequestHead`].
 
+pub mod range;
 pub mod request;
 pub mod route;
 
+pub use range::{resolve_ranges, RangeOutcome, Ranges};
 pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
 pub use route::{route, zip_album, Route};
