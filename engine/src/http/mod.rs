@@ -3,16 +3,20 @@
 //! What each submodule owns:
 //! - [`request`]: parse and validate a request head ([`parse_request`]); size limits,
 //!   request-smuggling shapes, keep-alive.
+//! - [`conditional`]: `If-None-Match`, `If-Modified-Since`, `If-Range`
+//!   ([`evaluate_preconditions`]).
 //! - [`range`]: `Range` headers resolved against a length ([`resolve_ranges`]).
 //! - [`route`]: which catalog object a path names ([`route()`]); ids are keys, never paths.
 //!
 //! Nothing here allocates per header; the only allocations are the few owned strings of a
 //! [`RequestHead`].
 
+pub mod conditional;
 pub mod range;
 pub mod request;
 pub mod route;
 
+pub use conditional::{evaluate_preconditions, Precondition, Validators};
 pub use range::{resolve_ranges, RangeOutcome, Ranges};
 pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
 pub use route::{route, zip_album, Route};
