@@ -5,6 +5,7 @@
 //!   request-smuggling shapes, keep-alive.
 //! - [`conditional`]: `If-None-Match`, `If-Modified-Since`, `If-Range`
 //!   ([`evaluate_preconditions`]).
+//! - [`multipart`]: `multipart/byteranges` layouts with an exact length ([`Multipart`]).
 //! - [`range`]: `Range` headers resolved against a length ([`resolve_ranges`]).
 //! - [`response`]: response heads into a reused buffer ([`write_head`]), reason phrases, error
 //!   bodies, the cached `Date` ([`DateCache`]).
@@ -14,12 +15,14 @@
 //! [`RequestHead`].
 
 pub mod conditional;
+pub mod multipart;
 pub mod range;
 pub mod request;
 pub mod response;
 pub mod route;
 
 pub use conditional::{evaluate_preconditions, Precondition, Validators};
+pub use multipart::{boundary_for, Multipart, Piece};
 pub use range::{resolve_ranges, RangeOutcome, Ranges};
 pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
 pub use response::{
