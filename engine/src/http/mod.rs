@@ -9,7 +9,7 @@
 //! - [`range`]: `Range` headers resolved against a length ([`resolve_ranges`]).
 //! - [`response`]: response heads into a reused buffer ([`write_head`]), reason phrases, error
 //!   bodies, the cached `Date` ([`DateCache`]).
-//! - [`route`]: which catalog object a path names ([`route()`]); ids are keys, never paths.
+//! - [`mod@route`]: which catalog object a path names ([`route()`]); ids are keys, never paths.
 //!
 //! Nothing here allocates per header; the only allocations are the few owned strings of a
 //! [`RequestHead`] (and the part list of a multi-range response).
