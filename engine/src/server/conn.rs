@@ -337,6 +337,7 @@ impl Conn {
                 etag: None,
                 last_modified: None,
                 content_range: None,
+                accept_ranges: false,
                 extra,
             },
             ctx.date.now(),
@@ -368,7 +369,7 @@ impl Conn {
         let mut resp = self.take_response();
         let honor_range = match http::evaluate_preconditions(&head, &v) {
             Precondition::NotModified => {
-                write_representation_head(ctx, &mut resp, 304, 0, "application/octet-stream", keep_alive, &v, None);
+                write_representation_head(ctx, &mut resp, 304, len, "application/octet-stream", keep_alive, &v, None);
                 resp.keep_alive = keep_alive;
                 return self.start(ctx, resp);
             }
@@ -422,7 +423,7 @@ impl Conn {
                         });
                     }
                 } else {
-                    let boundary = format!("weir-{}", part.etag.trim_matches('"'));
+                    let boundary = http::boundary_for(&part.etag);
                     let mp = Multipart::new(ranges, len, "application/octet-stream", &boundary);
                     let ctype = mp.content_type();
                     write_representation_head(ctx, &mut resp, 206, mp.content_length(), &ctype, keep_alive, &v, None);
@@ -611,6 +612,7 @@ fn write_representation_head(
             etag: Some(v.etag),
             last_modified: Some(v.last_modified),
             content_range,
+            accept_ranges: true,
             extra: &[],
         },
         ctx.date.now(),
