@@ -1,1 +1,3 @@
-fn main() { weir::cli::main() }
+fn main() {
+    weir::cli::main()
+}
