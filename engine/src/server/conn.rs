@@ -244,7 +244,7 @@ impl Conn {
             Route::Zip(album) => album,
         };
         // Signed link: verified here, no store round trip.
-        let mut claim_user: Option<Arc<str>> = None;
+        let claim_user: Option<Arc<str>>;
         if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
             let now_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -48,7 +48,8 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd>
 /// The address a listener is bound to (for port 0).
 pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SockRef borrows the fd without taking ownership.
-    let sock = SockRef::from(&BorrowedRaw(fd));
+    let raw = BorrowedRaw(fd);
+    let sock = SockRef::from(&raw);
     sock.local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("not an inet socket"))
@@ -69,7 +70,8 @@ impl std::os::fd::AsFd for BorrowedRaw {
 
 /// Size a connection's kernel send buffer (shaped connections need little).
 pub fn set_sndbuf(fd: RawFd, bytes: usize) -> io::Result<()> {
-    SockRef::from(&BorrowedRaw(fd)).set_send_buffer_size(bytes)
+    let raw = BorrowedRaw(fd);
+    SockRef::from(&raw).set_send_buffer_size(bytes)
 }
 
 /// An eventfd used to wake a worker (auth results, drain).

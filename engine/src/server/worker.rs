@@ -61,6 +61,12 @@ struct Slot {
 /// Tokens use 56 bits so io_uring user data has 8 bits left for the operation kind.
 const GEN_MASK: u32 = 0x00FF_FFFF;
 
+impl Default for Slab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Slab {
     pub fn new() -> Slab {
         Slab {
