@@ -1,8 +1,30 @@
 //! Completion accounting, the pure part: no sockets, no storage, no clock.
 //!
+//! An item leaves a user's cart only when every byte of it was acknowledged by the client's TCP.
+//! The server calls into these pieces:
+//!
+//! - [`delivery`]: per connection, a [`StreamMap`] of which stream offsets carried which content
+//!   bytes; fed the kernel's `tcpi_bytes_acked`, it returns the content newly acknowledged.
+//!   Response heads, multipart boundaries and zip headers never credit content.
 //! - [`intervals`]: the merged set of delivered byte intervals kept per (user, item or track)
 //!   ([`IntervalSet`]); the item completes when it covers `0..len`.
+//!
+//! ```
+//! use weir::completion::{IntervalSet, StreamMap};
+//!
+//! let mut stream = StreamMap::new();
+//! stream.push_overhead(120); // response head
+//! stream.push_content(7, 0, 1000); // body: bytes 0..1000 of target 7
+//! let mut delivered = IntervalSet::new();
+//! for (target, range) in stream.acknowledge(620) {
+//!     assert_eq!((target, range.clone()), (7, 0..500));
+//!     delivered.insert(range);
+//! }
+//! assert!(!delivered.is_complete(1000));
+//! ```
 
+pub mod delivery;
 pub mod intervals;
 
+pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
