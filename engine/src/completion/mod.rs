@@ -1,11 +1,14 @@
 //! Completion accounting, the pure part: no sockets, no storage, no clock.
 //!
 //! An item leaves a user's cart only when every byte of it was acknowledged by the client's TCP.
-//! The server calls into these pieces:
+//! The server calls into three pieces:
 //!
 //! - [`delivery`]: per connection, a [`StreamMap`] of which stream offsets carried which content
 //!   bytes; fed the kernel's `tcpi_bytes_acked`, it returns the content newly acknowledged.
 //!   Response heads, multipart boundaries and zip headers never credit content.
+//! - [`zip`]: the deterministic stored zip of an album, laid out up front ([`ZipLayout`]) so any
+//!   byte range of it is served from literal bytes and track file segments, and so a delivered
+//!   zip range maps onto the track bytes it contains.
 //! - [`intervals`]: the merged set of delivered byte intervals kept per (user, item or track)
 //!   ([`IntervalSet`]); the item completes when it covers `0..len`.
 //!
@@ -25,6 +28,8 @@
 
 pub mod delivery;
 pub mod intervals;
+pub mod zip;
 
 pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
+pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};
