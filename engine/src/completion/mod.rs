@@ -1,7 +1,8 @@
-//! Completion accounting, the pure part: no sockets, no storage, no clock.
+//! Completion accounting: the parts with no storage, no clock, and no socket I/O outside
+//! [`tcp_info`].
 //!
 //! An item leaves a user's cart only when every byte of it was acknowledged by the client's TCP.
-//! The server calls into three pieces:
+//! The server calls into four pieces:
 //!
 //! - [`delivery`]: per connection, a [`StreamMap`] of which stream offsets carried which content
 //!   bytes; fed the kernel's `tcpi_bytes_acked`, it returns the content newly acknowledged.
@@ -11,6 +12,8 @@
 //!   zip range maps onto the track bytes it contains.
 //! - [`intervals`]: the merged set of delivered byte intervals kept per (user, item or track)
 //!   ([`IntervalSet`]); the item completes when it covers `0..len`.
+//! - [`tcp_info`]: the one impure helper, [`tcp_delivery`], which reads `tcpi_bytes_acked` and
+//!   the send queue of a socket (one `getsockopt`, one `ioctl`: the module's only `unsafe`).
 //!
 //! ```
 //! use weir::completion::{IntervalSet, StreamMap};
@@ -28,8 +31,10 @@
 
 pub mod delivery;
 pub mod intervals;
+pub mod tcp_info;
 pub mod zip;
 
 pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
+pub use tcp_info::{tcp_delivery, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};
