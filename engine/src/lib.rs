@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod completion;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -1,0 +1,40 @@
+//! Completion accounting: the parts with no storage, no clock, and no socket I/O outside
+//! [`tcp_info`].
+//!
+//! An item leaves a user's cart only when every byte of it was acknowledged by the client's TCP.
+//! The server calls into four pieces:
+//!
+//! - [`delivery`]: per connection, a [`StreamMap`] of which stream offsets carried which content
+//!   bytes; fed the kernel's `tcpi_bytes_acked`, it returns the content newly acknowledged.
+//!   Response heads, multipart boundaries and zip headers never credit content.
+//! - [`zip`]: the deterministic stored zip of an album, laid out up front ([`ZipLayout`]) so any
+//!   byte range of it is served from literal bytes and track file segments, and so a delivered
+//!   zip range maps onto the track bytes it contains.
+//! - [`intervals`]: the merged set of delivered byte intervals kept per (user, item or track)
+//!   ([`IntervalSet`]); the item completes when it covers `0..len`.
+//! - [`tcp_info`]: the one impure helper, [`tcp_delivery`], which reads `tcpi_bytes_acked` and
+//!   the send queue of a socket (one `getsockopt`, one `ioctl`: the module's only `unsafe`).
+//!
+//! ```
+//! use weir::completion::{IntervalSet, StreamMap};
+//!
+//! let mut stream = StreamMap::new();
+//! stream.push_overhead(120); // response head
+//! stream.push_content(7, 0, 1000); // body: bytes 0..1000 of target 7
+//! let mut delivered = IntervalSet::new();
+//! for (target, range) in stream.acknowledge(620) {
+//!     assert_eq!((target, range.clone()), (7, 0..500));
+//!     delivered.insert(range);
+//! }
+//! assert!(!delivered.is_complete(1000));
+//! ```
+
+pub mod delivery;
+pub mod intervals;
+pub mod tcp_info;
+pub mod zip;
+
+pub use delivery::StreamMap;
+pub use intervals::IntervalSet;
+pub use tcp_info::{tcp_delivery, TcpDelivery};
+pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};
