@@ -62,6 +62,22 @@ struct KernelTcpInfo {
     segs_out: u32,
     segs_in: u32,
     notsent_bytes: u32,
+    min_rtt: u32,
+    data_segs_in: u32,
+    data_segs_out: u32,
+    delivery_rate: u64,
+    busy_time: u64,
+    rwnd_limited: u64,
+    sndbuf_limited: u64,
+    delivered: u32,
+    delivered_ce: u32,
+    bytes_sent: u64,
+    bytes_retrans: u64,
+    dsack_dups: u32,
+    reord_seen: u32,
+    rcv_ooopack: u32,
+    /// The peer's advertised receive window (Linux 5.4).
+    snd_wnd: u32,
 }
 
 // The offsets linux/tcp.h gives these fields (checked against the C header in a test).
@@ -71,6 +87,10 @@ const _: () = assert!(offset_of!(KernelTcpInfo, total_retrans) == 100);
 const _: () = assert!(offset_of!(KernelTcpInfo, pacing_rate) == 104);
 const _: () = assert!(offset_of!(KernelTcpInfo, bytes_acked) == 120);
 const _: () = assert!(offset_of!(KernelTcpInfo, notsent_bytes) == 144);
+const _: () = assert!(offset_of!(KernelTcpInfo, snd_wnd) == 228);
+
+/// Bytes of `tcp_info` the kernel must fill for `snd_wnd` to be valid (5.4+).
+const SND_WND_LEN: usize = offset_of!(KernelTcpInfo, snd_wnd) + size_of::<u32>();
 
 /// Bytes of `tcp_info` the kernel must fill for `notsent_bytes` to be valid.
 const NEEDED_LEN: usize = offset_of!(KernelTcpInfo, notsent_bytes) + size_of::<u32>();
@@ -92,6 +112,9 @@ pub struct TcpDelivery {
     pub unacked_segments: u32,
     /// TCP state (`TCP_ESTABLISHED` = 1, ...).
     pub state: u8,
+    /// The receive window the peer advertises (`tcpi_snd_wnd`, Linux 5.4+): zero means its
+    /// receive buffer is full of bytes its application has not read.
+    pub peer_window: Option<u32>,
 }
 
 /// Reads [`TcpDelivery`] for the TCP socket `fd`. Errors are the syscalls' (`EBADF`,
@@ -128,6 +151,7 @@ pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
         unacked_bytes: queued.saturating_sub(info.notsent_bytes),
         unacked_segments: info.unacked,
         state: info.state,
+        peer_window: ((len as usize) >= SND_WND_LEN).then_some(info.snd_wnd),
     })
 }
 
