@@ -47,6 +47,25 @@ pub struct DemoInfo {
     pub items: Vec<String>,
 }
 
+impl DemoInfo {
+    /// What to print at start so a person can try the demo at once, given the server's base URL
+    /// (`http://127.0.0.1:8080`): the credentials and a `curl` line per item.
+    pub fn banner(&self, base_url: &str) -> String {
+        let base = base_url.trim_end_matches('/');
+        let mut s = format!(
+            "demo catalog: user {:?}, password {:?}\n",
+            self.user, self.password
+        );
+        for item in &self.items {
+            s.push_str(&format!(
+                "  curl -u {}:{} -o {item} {base}/d/{item}\n",
+                self.user, self.password
+            ));
+        }
+        s
+    }
+}
+
 /// One generated file: its name, size and SplitMix64 seed.
 struct Spec {
     name: &'static str,
@@ -331,6 +350,21 @@ mod tests {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn banner_shows_credentials_and_urls() {
+        let info = DemoInfo {
+            user: "demo".into(),
+            password: "pw".into(),
+            items: vec!["demo-4k".into()],
+        };
+        let b = info.banner("http://127.0.0.1:8080/");
+        assert!(b.contains("password \"pw\""), "{b}");
+        assert!(
+            b.contains("curl -u demo:pw -o demo-4k http://127.0.0.1:8080/d/demo-4k"),
+            "{b}"
+        );
     }
 
     #[test]
