@@ -8,7 +8,10 @@ use weir_tests::{have, sha256_file, sha256_hex, DataDir, DRIVERS};
 const SIZE: usize = 64 << 20;
 
 fn managers(driver: &[&str]) {
-    assert!(have("axel") && have("aria2c"), "axel and aria2c must be installed (apt-get install axel aria2)");
+    assert!(
+        have("axel") && have("aria2c"),
+        "axel and aria2c must be installed (apt-get install axel aria2)"
+    );
     let data = DataDir::new();
     data.add_user("alice", "wonderland");
     let file = data.make_file("big.bin", SIZE, 42);
@@ -44,7 +47,11 @@ fn managers(driver: &[&str]) {
         .status()
         .expect("run aria2c");
     assert!(st.success(), "aria2c failed: {st}");
-    assert_eq!(sha256_file(&data.path().join("aria.out")), want, "aria2c bytes differ");
+    assert_eq!(
+        sha256_file(&data.path().join("aria.out")),
+        want,
+        "aria2c bytes differ"
+    );
     srv.stop();
 }
 

@@ -23,14 +23,19 @@ fn setup(size: usize) -> DataDir {
 /// Read until EOF/reset or `limit`; returns (bytes read, time until the server closed).
 fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (usize, Option<Duration>) {
     let start = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0;
     while start.elapsed() < limit {
         match s.read(&mut buf) {
             Ok(0) => return (total, Some(start.elapsed())),
             Ok(n) => total += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return (total, Some(start.elapsed())),
         }
     }
@@ -40,12 +45,20 @@ fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (usize, Option<Durat
 fn timeouts(driver: &[&str]) {
     let data = setup(32 << 20);
     let mut args = driver.to_vec();
-    args.extend(["--header-timeout", "1s", "--idle-timeout", "1s", "--send-timeout", "1s"]);
+    args.extend([
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "1s",
+        "--send-timeout",
+        "1s",
+    ]);
     let srv = data.start(&args);
 
     // Slowloris: a head that never completes is cut after the header timeout.
     let mut s = TcpStream::connect(srv.addr).unwrap();
-    s.write_all(b"GET /d/small HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.write_all(b"GET /d/small HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     let closed = closed.expect("slowloris connection was not closed");
     assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
@@ -53,14 +66,22 @@ fn timeouts(driver: &[&str]) {
     // Idle keep-alive: closed after the idle timeout once the response is done.
     let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
     let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(s, "GET /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+    )
+    .unwrap();
     let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(n > 4096, "got the response first ({n} bytes)");
     assert!(closed.expect("idle connection not closed") < Duration::from_secs(5));
 
     // A reader that stops: the send makes no progress and the connection is cut.
     let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(s, "GET /d/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /d/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+    )
+    .unwrap();
     // Let the server fill the socket buffers and stall, then drain what was queued.
     let stalled = Instant::now();
     while stalled.elapsed() < Duration::from_secs(3) {
@@ -69,7 +90,10 @@ fn timeouts(driver: &[&str]) {
     }
     let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(closed.is_some(), "stalled download was not cut");
-    assert!(n < 32 << 20, "the whole body arrived ({n} bytes): no stall happened");
+    assert!(
+        n < 32 << 20,
+        "the whole body arrived ({n} bytes): no stall happened"
+    );
     srv.stop();
 }
 
@@ -115,7 +139,10 @@ fn truncated_mid_download(driver: &[&str]) {
     }
     assert_eq!(truncated, 1);
     let st = dl.wait().unwrap();
-    assert!(!st.success(), "the truncated download cannot have completed");
+    assert!(
+        !st.success(),
+        "the truncated download cannot have completed"
+    );
     let mut srv = srv;
     assert!(srv.alive(), "server died after truncation");
     let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
@@ -150,7 +177,9 @@ fn emfile(driver: &[&str]) {
     let mut args = driver.to_vec();
     args.extend(["--workers", "1"]);
     let srv = Server::start_with(&data.path().join("data"), &args, &[], Some(48));
-    let held: Vec<TcpStream> = (0..80).filter_map(|_| TcpStream::connect(srv.addr).ok()).collect();
+    let held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(srv.addr).ok())
+        .collect();
     assert!(held.len() >= 40);
     let before = cpu_seconds(srv.pid());
     let t = Instant::now();
@@ -189,11 +218,17 @@ fn connection_cap_503() {
         let mut args = driver.to_vec();
         args.extend(["--workers", "1", "--max-connections", "3"]);
         let srv = data.start(&args);
-        let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(srv.addr).unwrap()).collect();
+        let held: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(srv.addr).unwrap())
+            .collect();
         // The held connections are accepted once the server answers a probe on one of them.
         let mut first = &held[0];
         let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
-        write!(first, "HEAD /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+        write!(
+            first,
+            "HEAD /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+        )
+        .unwrap();
         let mut buf = [0u8; 512];
         let n = first.read(&mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -224,9 +259,15 @@ fn drain(driver: &[&str]) {
         .wait_timeout(Duration::from_secs(15))
         .expect("did not exit after SIGTERM + drain timeout");
     assert!(st.success(), "exit status {st}");
-    assert!(TcpStream::connect(addr).is_err(), "still accepting after drain");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after drain"
+    );
     let st = dl.wait().unwrap();
-    assert!(!st.success(), "a 64 MiB download at 2 MB/s cannot have finished in the drain");
+    assert!(
+        !st.success(),
+        "a 64 MiB download at 2 MB/s cannot have finished in the drain"
+    );
 }
 
 #[test]

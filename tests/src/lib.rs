@@ -160,7 +160,10 @@ impl DataDir {
 
     /// Add user `name` with password `pw`.
     pub fn add_user(&self, name: &str, pw: &str) {
-        self.ok(&["user", "add", name, "--password-stdin"], Some(&format!("{pw}\n")));
+        self.ok(
+            &["user", "add", name, "--password-stdin"],
+            Some(&format!("{pw}\n")),
+        );
     }
 
     /// Register `file` as item `id` and put it in `user`'s cart.
@@ -228,7 +231,10 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("WEIR_LOG", std::env::var("WEIR_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env(
+            "WEIR_LOG",
+            std::env::var("WEIR_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -392,6 +398,9 @@ pub fn status_of(resp: &[u8]) -> u16 {
 /// The drivers every end-to-end test runs against.
 pub const DRIVERS: &[(&str, &[&str])] = &[
     ("uring", &["--driver", "uring"]),
-    ("uring-minimal", &["--driver", "uring", "--uring-features", "minimal"]),
+    (
+        "uring-minimal",
+        &["--driver", "uring", "--uring-features", "minimal"],
+    ),
     ("epoll", &["--driver", "epoll"]),
 ];

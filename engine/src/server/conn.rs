@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::http::{
-    self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition,
-    RangeOutcome, RequestError, RequestHead, ResponseHead, Route, Validators,
+    self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
+    RequestError, RequestHead, ResponseHead, Route, Validators,
 };
 use crate::store::ItemKind;
 use crate::token;
@@ -149,7 +149,9 @@ impl Conn {
             return None;
         }
         match self.state {
-            State::Head if self.head_started => tracing::debug!(fd = self.fd, "request head timeout"),
+            State::Head if self.head_started => {
+                tracing::debug!(fd = self.fd, "request head timeout")
+            }
             State::Head => tracing::trace!(fd = self.fd, "idle timeout"),
             _ => tracing::debug!(fd = self.fd, "send made no progress: timeout"),
         }
@@ -232,7 +234,8 @@ impl Conn {
         } else {
             &[]
         };
-        self.error(ctx, status, false, true, extra)
+        // After a malformed head nothing on this connection can be trusted: answer and close.
+        self.error(ctx, status, false, false, extra)
     }
 
     /// Authenticate and authorize, from the worker's caches when possible.
@@ -282,7 +285,13 @@ impl Conn {
         };
         let item = job.item.clone();
         if !ctx.pool.submit(job) {
-            return self.error(ctx, 503, head.method == Method::Head, false, &[("Retry-After", "1")]);
+            return self.error(
+                ctx,
+                503,
+                head.method == Method::Head,
+                false,
+                &[("Retry-After", "1")],
+            );
         }
         self.pending = Some(Box::new(Pending { head, item }));
         self.state = State::Auth;
@@ -302,7 +311,13 @@ impl Conn {
             (Verdict::Forbidden, _) => self.simple(ctx, &p.head, 403),
             (Verdict::Unavailable, _) => {
                 let head_only = p.head.method == Method::Head;
-                self.error(ctx, 503, head_only, p.head.keep_alive, &[("Retry-After", "1")])
+                self.error(
+                    ctx,
+                    503,
+                    head_only,
+                    p.head.keep_alive,
+                    &[("Retry-After", "1")],
+                )
             }
         }
     }
@@ -310,10 +325,19 @@ impl Conn {
     /// A short error response to a well-formed request.
     fn simple(&mut self, ctx: &mut Ctx, head: &RequestHead, status: u16) -> Next {
         let extra: &[(&str, &str)] = match status {
-            401 => &[("WWW-Authenticate", "Basic realm=\"weir\", charset=\"UTF-8\"")],
+            401 => &[(
+                "WWW-Authenticate",
+                "Basic realm=\"weir\", charset=\"UTF-8\"",
+            )],
             _ => &[],
         };
-        self.error(ctx, status, head.method == Method::Head, head.keep_alive, extra)
+        self.error(
+            ctx,
+            status,
+            head.method == Method::Head,
+            head.keep_alive,
+            extra,
+        )
     }
 
     fn error(
@@ -369,7 +393,16 @@ impl Conn {
         let mut resp = self.take_response();
         let honor_range = match http::evaluate_preconditions(&head, &v) {
             Precondition::NotModified => {
-                write_representation_head(ctx, &mut resp, 304, len, "application/octet-stream", keep_alive, &v, None);
+                write_representation_head(
+                    ctx,
+                    &mut resp,
+                    304,
+                    len,
+                    "application/octet-stream",
+                    keep_alive,
+                    &v,
+                    None,
+                );
                 resp.keep_alive = keep_alive;
                 return self.start(ctx, resp);
             }
@@ -381,7 +414,16 @@ impl Conn {
         };
         match outcome {
             RangeOutcome::Full => {
-                write_representation_head(ctx, &mut resp, 200, len, "application/octet-stream", keep_alive, &v, None);
+                write_representation_head(
+                    ctx,
+                    &mut resp,
+                    200,
+                    len,
+                    "application/octet-stream",
+                    keep_alive,
+                    &v,
+                    None,
+                );
                 if !head_only && len > 0 {
                     resp.pieces.push(BodyPiece::File {
                         file: part.file.clone(),
@@ -414,7 +456,16 @@ impl Conn {
                         end_inclusive: r.end - 1,
                         len,
                     };
-                    write_representation_head(ctx, &mut resp, 206, r.end - r.start, "application/octet-stream", keep_alive, &v, Some(cr));
+                    write_representation_head(
+                        ctx,
+                        &mut resp,
+                        206,
+                        r.end - r.start,
+                        "application/octet-stream",
+                        keep_alive,
+                        &v,
+                        Some(cr),
+                    );
                     if !head_only {
                         resp.pieces.push(BodyPiece::File {
                             file: part.file.clone(),
@@ -426,7 +477,16 @@ impl Conn {
                     let boundary = http::boundary_for(&part.etag);
                     let mp = Multipart::new(ranges, len, "application/octet-stream", &boundary);
                     let ctype = mp.content_type();
-                    write_representation_head(ctx, &mut resp, 206, mp.content_length(), &ctype, keep_alive, &v, None);
+                    write_representation_head(
+                        ctx,
+                        &mut resp,
+                        206,
+                        mp.content_length(),
+                        &ctype,
+                        keep_alive,
+                        &v,
+                        None,
+                    );
                     if !head_only {
                         for p in mp.pieces() {
                             resp.pieces.push(match p {
@@ -527,7 +587,9 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EFAULT) {
-                    tracing::error!("a content-store file shrank under a send (EFAULT); closing the connection");
+                    tracing::error!(
+                        "a content-store file shrank under a send (EFAULT); closing the connection"
+                    );
                 }
                 return Next::Close;
             }

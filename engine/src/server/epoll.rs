@@ -37,8 +37,20 @@ fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
 
 fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
     let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
-    ctl(ep, libc::EPOLL_CTL_ADD, listen_fd, libc::EPOLLIN as u32, LISTENER)?;
-    ctl(ep, libc::EPOLL_CTL_ADD, w.wake_fd(), libc::EPOLLIN as u32, WAKE)?;
+    ctl(
+        ep,
+        libc::EPOLL_CTL_ADD,
+        listen_fd,
+        libc::EPOLLIN as u32,
+        LISTENER,
+    )?;
+    ctl(
+        ep,
+        libc::EPOLL_CTL_ADD,
+        w.wake_fd(),
+        libc::EPOLLIN as u32,
+        WAKE,
+    )?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
         let timeout = w
@@ -46,7 +58,12 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
             .saturating_duration_since(Instant::now())
             .as_millis()
             .min(1000) as i32;
-        let n = match syscall!(epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout)) {
+        let n = match syscall!(epoll_wait(
+            ep,
+            events.as_mut_ptr(),
+            events.len() as i32,
+            timeout
+        )) {
             Ok(n) => n as usize,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
@@ -61,7 +78,11 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                     let Some(c) = w.conns.get_mut(token) else {
                         continue;
                     };
-                    if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                    if flags
+                        & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
+                            as u32
+                        != 0
+                    {
                         c.readable = true;
                     }
                     if flags & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -79,7 +100,13 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
             }
             if w.accept_paused_until.is_some_and(|t| w.ctx.now >= t) && !w.ctx.draining {
                 w.accept_paused_until = None;
-                ctl(ep, libc::EPOLL_CTL_ADD, listen_fd, libc::EPOLLIN as u32, LISTENER)?;
+                ctl(
+                    ep,
+                    libc::EPOLL_CTL_ADD,
+                    listen_fd,
+                    libc::EPOLLIN as u32,
+                    LISTENER,
+                )?;
             }
         }
         if w.finished() {
@@ -115,7 +142,15 @@ fn accept_burst(w: &mut Worker, ep: i32) {
         let fd = match sys::accept(listen_fd) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE)
+                        | Some(libc::ENFILE)
+                        | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM)
+                ) =>
+            {
                 tracing::warn!(error = %e, "accept: out of descriptors; pausing accepts");
                 let _ = ctl(ep, libc::EPOLL_CTL_DEL, listen_fd, 0, 0);
                 w.accept_paused_until = Some(w.ctx.now + EMFILE_BACKOFF);

@@ -110,8 +110,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         let draining = draining.clone();
         let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
         let wakes_alive = wakes.clone();
-        let mut signals =
-            signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])?;
         std::thread::Builder::new()
             .name("weir-signals".into())
             .spawn(move || {
@@ -135,11 +137,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
 
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
-    for (id, ((listener, wake), inbox)) in listeners
-        .into_iter()
-        .zip(wakes)
-        .zip(inbox_rx)
-        .enumerate()
+    for (id, ((listener, wake), inbox)) in
+        listeners.into_iter().zip(wakes).zip(inbox_rx).enumerate()
     {
         let init = WorkerInit {
             id,
@@ -197,6 +196,9 @@ fn print_banner(addr: std::net::SocketAddr, workers: usize, driver: &str, demo: 
             p = d.password
         );
     }
-    let _ = writeln!(out, "weir: listening on http://{addr} ({driver}, {workers} workers)");
+    let _ = writeln!(
+        out,
+        "weir: listening on http://{addr} ({driver}, {workers} workers)"
+    );
     let _ = out.flush();
 }

@@ -162,9 +162,13 @@ impl Driver {
                 .flags(flags)
                 .build()
         } else {
-            opcode::Accept::new(types::Fd(listen_fd), std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(flags)
-                .build()
+            opcode::Accept::new(
+                types::Fd(listen_fd),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(flags)
+            .build()
         };
         // SAFETY: accept passes no buffers (null address pointers).
         unsafe { self.push(entry.user_data(OP_ACCEPT)) };
@@ -229,7 +233,9 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                     d.arm_timer(every, fixed);
                 }
                 OP_POLL => {
-                    let Some(c) = op_done(&mut w.conns, token) else { continue };
+                    let Some(c) = op_done(&mut w.conns, token) else {
+                        continue;
+                    };
                     let next = if res < 0 {
                         Next::Close
                     } else {
@@ -239,7 +245,9 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                     drive(w, d, token, next);
                 }
                 OP_SEND => {
-                    let Some(c) = op_done(&mut w.conns, token) else { continue };
+                    let Some(c) = op_done(&mut w.conns, token) else {
+                        continue;
+                    };
                     let r = if res < 0 {
                         Err(io::Error::from_raw_os_error(-res))
                     } else {
@@ -290,11 +298,20 @@ fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
     let rearm = !cqueue::more(flags) || !d.features.multishot_accept;
     if res < 0 {
         let errno = -res;
-        if matches!(errno, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+        if matches!(
+            errno,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        ) {
             tracing::warn!(errno, "accept: out of descriptors; pausing accepts");
             if cqueue::more(flags) {
                 // SAFETY: cancel passes no buffers.
-                unsafe { d.push(opcode::AsyncCancel::new(OP_ACCEPT).build().user_data(OP_CANCEL)) };
+                unsafe {
+                    d.push(
+                        opcode::AsyncCancel::new(OP_ACCEPT)
+                            .build()
+                            .user_data(OP_CANCEL),
+                    )
+                };
             }
             w.accept_paused_until = Some(w.ctx.now + EMFILE_BACKOFF);
             return;
@@ -339,7 +356,13 @@ fn on_wake(w: &mut Worker, d: &mut Driver) {
     }
     if w.drain_requested() {
         // SAFETY: cancel passes no buffers.
-        unsafe { d.push(opcode::AsyncCancel::new(OP_ACCEPT).build().user_data(OP_CANCEL)) };
+        unsafe {
+            d.push(
+                opcode::AsyncCancel::new(OP_ACCEPT)
+                    .build()
+                    .user_data(OP_CANCEL),
+            )
+        };
         w.listener = None;
         for t in w.begin_drain() {
             drive(w, d, t, Next::Close);
