@@ -466,6 +466,12 @@ impl Store {
             id: id.to_owned(),
             reason,
         };
+        if id.ends_with(".zip") {
+            // `/d/{album}.zip` is the album's zip: an item may not take that URL.
+            return Err(invalid(
+                "ids ending in .zip are reserved for album zips".into(),
+            ));
+        }
         match (kind, parts.len()) {
             (ItemKind::File, 1) | (ItemKind::Album, 1..) => {}
             (ItemKind::File, n) => return Err(invalid(format!("a file has one part, not {n}"))),

@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::completion::{tcp_delivery, StreamMap, ZipSlice};
 use crate::http::{
     self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
     RequestError, RequestHead, ResponseHead, Route, Validators,
@@ -20,10 +21,10 @@ use crate::store::ItemKind;
 use crate::token;
 
 use super::auth::{Claim, Job, Reply, Verdict};
-use super::resources::Resource;
+use super::resources::{Part, Resource, ZipRep};
 use super::segment::MappedFile;
 use super::sys;
-use super::worker::Ctx;
+use super::worker::{Credit, Ctx};
 
 /// Largest body chunk handed to the kernel in one send when the connection is not shaped.
 const MAX_CHUNK: u64 = 1 << 20;
@@ -64,11 +65,15 @@ enum BodyPiece {
         file: Arc<MappedFile>,
         start: u64,
         end: u64,
+        /// Which part of the item these bytes are (0 for a file, the track index in an album).
+        part: u32,
     },
 }
 
 /// The response being sent.
 struct Response {
+    /// Whose download this is, when its body is catalog content that counts toward completion.
+    owner: Option<(Arc<str>, Arc<str>)>,
     head: Vec<u8>,
     head_sent: usize,
     pieces: Vec<BodyPiece>,
@@ -81,6 +86,30 @@ struct Response {
 impl Response {
     fn done(&self) -> bool {
         self.head_sent == self.head.len() && self.piece == self.pieces.len()
+    }
+}
+
+/// Delivered-bytes accounting for one connection (see `Conn::account`).
+struct Accounting {
+    /// Which stream offsets carried which content.
+    map: StreamMap,
+    /// Tags used in `map`: (user, item, part).
+    targets: Vec<(Arc<str>, Arc<str>, u32)>,
+    /// Scratch for newly acknowledged ranges.
+    acked: Vec<(u32, std::ops::Range<u64>)>,
+}
+
+impl Accounting {
+    fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
+        if let Some(i) = self
+            .targets
+            .iter()
+            .position(|(u, it, p)| *p == part && Arc::ptr_eq(u, user) && Arc::ptr_eq(it, item))
+        {
+            return i as u32;
+        }
+        self.targets.push((user.clone(), item.clone(), part));
+        (self.targets.len() - 1) as u32
     }
 }
 
@@ -111,6 +140,12 @@ pub struct Conn {
     /// What the connection last asked its driver for.
     pub want: Next,
     pub closing: bool,
+    /// Stream bytes handed to the kernel since the connection began.
+    written: u64,
+    /// Set once the connection carried content that counts toward completion.
+    acct: Option<Box<Accounting>>,
+    /// The server closed its side after a response and waits for the client's FIN.
+    lingering: bool,
 }
 
 impl Conn {
@@ -135,6 +170,9 @@ impl Conn {
             writable: true,
             want: Next::Read,
             closing: false,
+            written: 0,
+            acct: None,
+            lingering: false,
         })
     }
 
@@ -171,7 +209,12 @@ impl Conn {
         debug_assert_eq!(self.state, State::Head);
         loop {
             let n = match sys::recv(self.fd, &mut ctx.scratch) {
-                Ok(0) => return Next::Close,
+                Ok(0) => {
+                    // A clean FIN: the client's application read everything before closing.
+                    self.account(ctx, true);
+                    return Next::Close;
+                }
+                Ok(_) if self.lingering => continue,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
@@ -240,9 +283,11 @@ impl Conn {
 
     /// Authenticate and authorize, from the worker's caches when possible.
     fn begin_request(&mut self, ctx: &mut Ctx, head: RequestHead) -> Next {
+        // A client sends its next request after reading the previous response.
+        self.account(ctx, true);
         let item = match http::route(&head.target) {
             Route::NotFound => return self.simple(ctx, &head, 404),
-            Route::Item(id) => id,
+            Route::Item(id) => http::zip_album(id).unwrap_or(id),
             Route::Track { album, .. } => album,
             Route::Zip(album) => album,
         };
@@ -266,7 +311,7 @@ impl Conn {
         if let Some(user) = &claim_user {
             if ctx.cache.granted(user, item, ctx.now) {
                 if let Some(res) = ctx.cache.resources.get(item).cloned() {
-                    return self.serve(ctx, head, &res);
+                    return self.serve(ctx, head, &res, user.clone());
                 }
             }
         }
@@ -304,12 +349,12 @@ impl Conn {
             return Next::Close;
         };
         ctx.cache.learn(&reply, &p.item, ctx.now);
-        match (reply.verdict, reply.resource) {
-            (Verdict::Allowed, Some(res)) => self.serve(ctx, p.head, &res),
-            (Verdict::Allowed, None) | (Verdict::NotFound, _) => self.simple(ctx, &p.head, 404),
-            (Verdict::Unauthorized, _) => self.simple(ctx, &p.head, 401),
-            (Verdict::Forbidden, _) => self.simple(ctx, &p.head, 403),
-            (Verdict::Unavailable, _) => {
+        match (reply.verdict, reply.resource, reply.user) {
+            (Verdict::Allowed, Some(res), Some(user)) => self.serve(ctx, p.head, &res, user),
+            (Verdict::Allowed, ..) | (Verdict::NotFound, ..) => self.simple(ctx, &p.head, 404),
+            (Verdict::Unauthorized, ..) => self.simple(ctx, &p.head, 401),
+            (Verdict::Forbidden, ..) => self.simple(ctx, &p.head, 403),
+            (Verdict::Unavailable, ..) => {
                 let head_only = p.head.method == Method::Head;
                 self.error(
                     ctx,
@@ -374,35 +419,33 @@ impl Conn {
     }
 
     /// Serve a representation the user may fetch.
-    fn serve(&mut self, ctx: &mut Ctx, head: RequestHead, res: &Resource) -> Next {
-        let part = match (http::route(&head.target), res.kind) {
-            (Route::Item(_), ItemKind::File) => res.parts.first(),
-            (Route::Track { n, .. }, ItemKind::Album) => res.parts.get(n as usize - 1),
+    fn serve(&mut self, ctx: &mut Ctx, head: RequestHead, res: &Resource, user: Arc<str>) -> Next {
+        let repr = match (http::route(&head.target), res.kind, &res.zip) {
+            (Route::Item(id), ItemKind::File, _) if http::zip_album(id).is_none() => {
+                res.parts.first().map(|p| Repr::Part(p, 0))
+            }
+            (Route::Track { n, .. }, ItemKind::Album, _) => {
+                let i = n as usize - 1;
+                res.parts.get(i).map(|p| Repr::Part(p, i as u32))
+            }
+            (Route::Item(_) | Route::Zip(_), ItemKind::Album, Some(z)) => Some(Repr::Zip(res, z)),
             _ => None,
         };
-        let Some(part) = part else {
+        let Some(repr) = repr else {
             return self.simple(ctx, &head, 404);
         };
-        let len = part.file.len();
+        let len = repr.len();
         let keep_alive = head.keep_alive && !ctx.draining;
         let head_only = head.method == Method::Head;
-        let v = Validators {
-            etag: &part.etag,
-            last_modified: part.last_modified,
-        };
+        let v = repr.validators();
+        let ctype = repr.content_type();
         let mut resp = self.take_response();
+        if ctx.cfg.accounting {
+            resp.owner = Some((user, Arc::from(res.id.as_str())));
+        }
         let honor_range = match http::evaluate_preconditions(&head, &v) {
             Precondition::NotModified => {
-                write_representation_head(
-                    ctx,
-                    &mut resp,
-                    304,
-                    len,
-                    "application/octet-stream",
-                    keep_alive,
-                    &v,
-                    None,
-                );
+                write_representation_head(ctx, &mut resp, 304, len, ctype, keep_alive, &v, None);
                 resp.keep_alive = keep_alive;
                 return self.start(ctx, resp);
             }
@@ -414,35 +457,24 @@ impl Conn {
         };
         match outcome {
             RangeOutcome::Full => {
-                write_representation_head(
-                    ctx,
-                    &mut resp,
-                    200,
-                    len,
-                    "application/octet-stream",
-                    keep_alive,
-                    &v,
-                    None,
-                );
-                if !head_only && len > 0 {
-                    resp.pieces.push(BodyPiece::File {
-                        file: part.file.clone(),
-                        start: 0,
-                        end: len,
-                    });
+                write_representation_head(ctx, &mut resp, 200, len, ctype, keep_alive, &v, None);
+                if !head_only {
+                    repr.emit(0..len, &mut resp.pieces);
                 }
             }
             RangeOutcome::Unsatisfiable => {
                 let body = http::error_body(416);
+                let cr = Some(ContentRange::Unsatisfiable { len });
+                let text = "text/plain; charset=utf-8";
                 write_representation_head(
                     ctx,
                     &mut resp,
                     416,
                     body.len() as u64,
-                    "text/plain; charset=utf-8",
+                    text,
                     keep_alive,
                     &v,
-                    Some(ContentRange::Unsatisfiable { len }),
+                    cr,
                 );
                 if !head_only {
                     resp.head.extend_from_slice(body);
@@ -451,52 +483,41 @@ impl Conn {
             RangeOutcome::Partial(ranges) => {
                 let ranges = ranges.as_slice();
                 if let [r] = ranges {
-                    let cr = ContentRange::Bytes {
-                        start: r.start,
-                        end_inclusive: r.end - 1,
-                        len,
-                    };
+                    let cr = Some(ContentRange::of(r, len));
                     write_representation_head(
                         ctx,
                         &mut resp,
                         206,
                         r.end - r.start,
-                        "application/octet-stream",
+                        ctype,
                         keep_alive,
                         &v,
-                        Some(cr),
+                        cr,
                     );
                     if !head_only {
-                        resp.pieces.push(BodyPiece::File {
-                            file: part.file.clone(),
-                            start: r.start,
-                            end: r.end,
-                        });
+                        repr.emit(r.clone(), &mut resp.pieces);
                     }
                 } else {
-                    let boundary = http::boundary_for(&part.etag);
-                    let mp = Multipart::new(ranges, len, "application/octet-stream", &boundary);
-                    let ctype = mp.content_type();
+                    let mp = Multipart::new(ranges, len, ctype, &http::boundary_for(v.etag));
+                    let mp_type = mp.content_type();
                     write_representation_head(
                         ctx,
                         &mut resp,
                         206,
                         mp.content_length(),
-                        &ctype,
+                        &mp_type,
                         keep_alive,
                         &v,
                         None,
                     );
                     if !head_only {
                         for p in mp.pieces() {
-                            resp.pieces.push(match p {
-                                HttpPiece::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
-                                HttpPiece::File(r) => BodyPiece::File {
-                                    file: part.file.clone(),
-                                    start: r.start,
-                                    end: r.end,
-                                },
-                            });
+                            match p {
+                                HttpPiece::Literal(bytes) => {
+                                    resp.pieces.push(BodyPiece::Literal(bytes.clone()))
+                                }
+                                HttpPiece::File(r) => repr.emit(r.clone(), &mut resp.pieces),
+                            }
                         }
                     }
                 }
@@ -510,6 +531,7 @@ impl Conn {
     fn take_response(&mut self) -> Box<Response> {
         match self.resp.take() {
             Some(mut r) => {
+                r.owner = None;
                 r.head.clear();
                 r.head_sent = 0;
                 r.pieces.clear();
@@ -518,6 +540,7 @@ impl Conn {
                 r
             }
             None => Box::new(Response {
+                owner: None,
                 head: Vec::with_capacity(256),
                 head_sent: 0,
                 pieces: Vec::new(),
@@ -557,7 +580,9 @@ impl Conn {
                     let rest = &bytes[resp.offset as usize..];
                     (rest.as_ptr(), rest.len())
                 }
-                BodyPiece::File { file, start, end } => {
+                BodyPiece::File {
+                    file, start, end, ..
+                } => {
                     let from = start + resp.offset;
                     file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
                 }
@@ -600,11 +625,24 @@ impl Conn {
         if n > 0 {
             self.deadline = ctx.now + ctx.cfg.send_timeout;
         }
+        if self.acct.is_none() && resp.owner.is_some() {
+            let mut map = StreamMap::new();
+            map.push_overhead(self.written);
+            self.acct = Some(Box::new(Accounting {
+                map,
+                targets: Vec::new(),
+                acked: Vec::new(),
+            }));
+        }
+        self.written += n as u64;
         let mut left = n;
         let head_rest = resp.head.len() - resp.head_sent;
         let h = left.min(head_rest);
         resp.head_sent += h;
         left -= h;
+        if let Some(a) = self.acct.as_deref_mut() {
+            a.map.push_overhead(h as u64);
+        }
         while left > 0 {
             let Some(piece) = resp.pieces.get(resp.piece) else {
                 break;
@@ -614,6 +652,15 @@ impl Conn {
                 BodyPiece::File { start, end, .. } => end - start,
             };
             let take = (left as u64).min(plen - resp.offset);
+            if let Some(a) = self.acct.as_deref_mut() {
+                match (piece, &resp.owner) {
+                    (BodyPiece::File { start, part, .. }, Some((user, item))) => {
+                        let tag = a.tag(user, item, *part);
+                        a.map.push_content(tag, start + resp.offset, take);
+                    }
+                    _ => a.map.push_overhead(take),
+                }
+            }
             resp.offset += take;
             left -= take as usize;
             if resp.offset == plen {
@@ -637,6 +684,16 @@ impl Conn {
             }
         }
         if !keep_alive {
+            if self.acct.as_ref().is_some_and(|a| a.map.in_flight() > 0) {
+                // Close our side and wait (briefly) for the client's FIN: it proves the client
+                // read the tail of the response, which is then credited.
+                sys::shutdown_write(self.fd);
+                self.lingering = true;
+                self.state = State::Head;
+                self.resp = None;
+                self.deadline = ctx.now + LINGER;
+                return Next::Read;
+            }
             return Next::Close;
         }
         self.state = State::Head;
@@ -650,6 +707,109 @@ impl Conn {
         // Idle connections keep no response buffer: memory per idle connection stays small.
         self.resp = None;
         Next::Read
+    }
+}
+
+impl Conn {
+    /// Credit content the client's TCP acknowledged (`tcpi_bytes_acked`, mapped back through the
+    /// stream map). `proof` means the client showed it read everything sent so far (a clean FIN,
+    /// or its next request). Without proof, nothing is credited while the client advertises a
+    /// zero receive window: its kernel acknowledged bytes its application is not reading.
+    pub fn account(&mut self, ctx: &mut Ctx, proof: bool) {
+        let Some(a) = self.acct.as_deref_mut() else {
+            return;
+        };
+        if a.map.in_flight() == 0 {
+            return;
+        }
+        let Ok(info) = tcp_delivery(self.fd) else {
+            return;
+        };
+        if !proof && info.peer_window == Some(0) {
+            return;
+        }
+        a.acked.clear();
+        a.map.acknowledge_into(info.bytes_acked, &mut a.acked);
+        for (tag, range) in a.acked.drain(..) {
+            let (user, item, part) = &a.targets[tag as usize];
+            ctx.credits.push(Credit {
+                user: user.clone(),
+                item: item.clone(),
+                part: *part,
+                range,
+            });
+        }
+    }
+
+    /// Whether this connection holds content not yet acknowledged (the sweep polls those).
+    pub fn has_unacknowledged(&self) -> bool {
+        self.acct.as_ref().is_some_and(|a| a.map.in_flight() > 0)
+    }
+}
+
+/// How long a closing connection waits for the client's FIN after the last response.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a request is served from: one file part, or an album's zip.
+enum Repr<'a> {
+    Part(&'a Part, u32),
+    Zip(&'a Resource, &'a ZipRep),
+}
+
+impl Repr<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Repr::Part(p, _) => p.file.len(),
+            Repr::Zip(_, z) => z.layout.len(),
+        }
+    }
+
+    fn validators(&self) -> Validators<'_> {
+        match self {
+            Repr::Part(p, _) => Validators {
+                etag: &p.etag,
+                last_modified: p.last_modified,
+            },
+            Repr::Zip(_, z) => Validators {
+                etag: &z.etag,
+                last_modified: z.last_modified,
+            },
+        }
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self {
+            Repr::Part(..) => "application/octet-stream",
+            Repr::Zip(..) => "application/zip",
+        }
+    }
+
+    /// Append the body pieces for `range` of this representation.
+    fn emit(&self, range: std::ops::Range<u64>, out: &mut Vec<BodyPiece>) {
+        if range.is_empty() {
+            return;
+        }
+        match self {
+            Repr::Part(p, part) => out.push(BodyPiece::File {
+                file: p.file.clone(),
+                start: range.start,
+                end: range.end,
+                part: *part,
+            }),
+            Repr::Zip(res, z) => {
+                for slice in z.layout.slice(range) {
+                    out.push(match slice {
+                        ZipSlice::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
+                        ZipSlice::Data { track, range } => BodyPiece::File {
+                            file: res.parts[track].file.clone(),
+                            start: range.start,
+                            end: range.end,
+                            part: track as u32,
+                        },
+                    });
+                }
+            }
+        }
     }
 }
 

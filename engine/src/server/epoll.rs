@@ -109,6 +109,7 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                 )?;
             }
         }
+        w.ctx.flush_credits();
         if w.finished() {
             return Ok(());
         }
@@ -195,6 +196,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                 c.on_sent(&mut w.ctx, res)
             }
             Next::Close => {
+                c.account(&mut w.ctx, false);
                 if let Some(c) = w.conns.remove(token) {
                     sys::close(c.fd);
                 }

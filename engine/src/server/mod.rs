@@ -58,6 +58,7 @@ fn choose_driver(cfg: &ServeConfig) -> anyhow::Result<Driver> {
 
 /// Run the server until SIGTERM/SIGINT has drained it.
 pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
+    refuse_unbuilt(&cfg)?;
     let nofile = sys::raise_nofile();
     let store = Store::open(&cfg.data_dir)
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
@@ -135,6 +136,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_desc, workers, nofile, items = resources.len(), "weir starting");
     print_banner(addr, workers, &driver_desc, demo.as_ref());
 
+    let credit_sink: Option<worker::CreditSink> = None;
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
     for (id, ((listener, wake), inbox)) in
@@ -150,6 +152,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             resources: resources.clone(),
             pool: pool.clone(),
             draining: draining.clone(),
+            credit_sink: credit_sink.clone(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -175,6 +178,28 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         anyhow::bail!("a worker failed");
     }
     tracing::info!("drained; bye");
+    Ok(())
+}
+
+/// Options whose machinery has not landed yet are refused, never silently ignored.
+fn refuse_unbuilt(cfg: &ServeConfig) -> anyhow::Result<()> {
+    use weir_shaper::Rate;
+    let mut missing = Vec::new();
+    if cfg.global_rate != Rate::Unlimited || cfg.default_user_rate != Rate::Unlimited {
+        missing.push("--global-rate/--default-rate (bandwidth shaping)");
+    }
+    if cfg.webhook.is_some() {
+        missing.push("--webhook (completion webhooks)");
+    }
+    if cfg.admin_listen.is_some() {
+        missing.push("--admin-listen (admin API)");
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "not available in this build yet: {}; see the README's status section",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 

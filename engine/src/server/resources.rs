@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
+
+use crate::completion::{ZipEntry, ZipLayout};
 use crate::store::{Item, ItemKind};
 
 use super::segment::MappedFile;
@@ -20,12 +23,22 @@ pub struct Part {
     pub name: String,
 }
 
+/// An album's zip: laid out once (CRCs come from the import), served from literals and tracks.
+pub struct ZipRep {
+    pub layout: ZipLayout,
+    /// Strong ETag over the tracks' hashes and names: the zip's bytes are a function of both.
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
 /// A catalog item ready to serve.
 pub struct Resource {
     pub id: String,
     pub kind: ItemKind,
     /// A file: one part. An album: its tracks in order.
     pub parts: Vec<Part>,
+    /// An album's zip (`/d/{album}.zip`).
+    pub zip: Option<ZipRep>,
 }
 
 impl Resource {
@@ -41,10 +54,39 @@ impl Resource {
                 name: blob.name.clone(),
             });
         }
+        let zip = (item.kind == ItemKind::Album).then(|| {
+            let entries: Vec<ZipEntry> = item
+                .parts
+                .iter()
+                .map(|b| ZipEntry {
+                    name: b.name.clone(),
+                    size: b.size,
+                    crc32: b.crc32,
+                    mtime_unix: b.mtime,
+                })
+                .collect();
+            let mut h = Sha256::new();
+            for b in &item.parts {
+                h.update(b.sha256.as_bytes());
+                h.update(b.name.as_bytes());
+                h.update([0]);
+            }
+            let digest = hex::encode(h.finalize());
+            ZipRep {
+                layout: ZipLayout::new(&entries),
+                etag: format!("\"z{}\"", &digest[..31]),
+                last_modified: parts
+                    .iter()
+                    .map(|p| p.last_modified)
+                    .max()
+                    .unwrap_or(UNIX_EPOCH),
+            }
+        });
         Ok(Resource {
             id: item.id.clone(),
             kind: item.kind,
             parts,
+            zip,
         })
     }
 }

@@ -130,6 +130,11 @@ pub fn shutdown(fd: RawFd) {
     let _ = syscall!(shutdown(fd, libc::SHUT_RDWR));
 }
 
+/// Close the sending side only: the kernel sends what is queued, then a FIN.
+pub fn shutdown_write(fd: RawFd) {
+    let _ = syscall!(shutdown(fd, libc::SHUT_WR));
+}
+
 /// Best-effort write of a small static response on a fresh socket (503 over the connection cap).
 pub fn send_small(fd: RawFd, bytes: &[u8]) {
     let _ = syscall!(send(

@@ -271,6 +271,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                 d.arm_accept(listen_fd);
             }
         }
+        w.ctx.flush_credits();
         if w.finished() {
             return Ok(());
         }
@@ -399,6 +400,7 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, next: Next) {
         }
         Next::Park => {}
         Next::Close => {
+            c.account(&mut w.ctx, false);
             if c.in_flight == 0 {
                 if let Some(c) = w.conns.remove(token) {
                     sys::close(c.fd);

@@ -17,6 +17,19 @@ use super::conn::{Conn, Next};
 use super::resources::Resource;
 use super::sys;
 
+/// Content bytes a client's TCP acknowledged, for the completion ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credit {
+    pub user: Arc<str>,
+    pub item: Arc<str>,
+    /// 0 for a file; the track index for an album.
+    pub part: u32,
+    pub range: std::ops::Range<u64>,
+}
+
+/// Where a worker sends its credits (once per event-loop iteration, never per chunk).
+pub type CreditSink = Arc<dyn Fn(Vec<Credit>) + Send + Sync>;
+
 /// Per-worker context the connection state machine reads and updates.
 pub struct Ctx {
     pub id: usize,
@@ -31,6 +44,22 @@ pub struct Ctx {
     pub draining: bool,
     /// Receive buffer shared by all connections of this worker.
     pub scratch: Box<[u8]>,
+    /// Acknowledged content not yet handed to the ledger.
+    pub credits: Vec<Credit>,
+    pub credit_sink: Option<CreditSink>,
+}
+
+impl Ctx {
+    /// Hand the batch of credits gathered in this loop iteration to the ledger.
+    pub fn flush_credits(&mut self) {
+        if self.credits.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.credits);
+        if let Some(sink) = &self.credit_sink {
+            sink(batch);
+        }
+    }
 }
 
 /// Everything a worker thread starts with.
@@ -44,6 +73,7 @@ pub struct WorkerInit {
     pub resources: HashMap<String, Arc<Resource>>,
     pub pool: AuthPool,
     pub draining: Arc<AtomicBool>,
+    pub credit_sink: Option<CreditSink>,
 }
 
 /// A worker's connections: `token = generation << 32 | index`.
@@ -174,6 +204,8 @@ impl Worker {
                 now,
                 draining: false,
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+                credits: Vec::new(),
+                credit_sink: init.credit_sink,
             },
             conns: Slab::new(),
             listener: Some(init.listener),
@@ -216,6 +248,7 @@ impl Worker {
     }
 
     /// Tokens of connections whose deadline passed (or all of them past the drain deadline).
+    /// Also credits what long responses delivered since the last sweep.
     pub fn expired(&mut self) -> Vec<u64> {
         let now = self.ctx.now;
         let cut_all = self.drain_deadline.is_some_and(|d| now >= d);
@@ -224,6 +257,9 @@ impl Worker {
             if let Some(c) = self.conns.get_mut(t) {
                 if c.closing {
                     continue;
+                }
+                if c.has_unacknowledged() {
+                    c.account(&mut self.ctx, false);
                 }
                 if cut_all || c.on_deadline(now) == Some(Next::Close) {
                     out.push(t);
