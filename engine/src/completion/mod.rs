@@ -36,5 +36,5 @@ pub mod zip;
 
 pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
-pub use tcp_info::{tcp_delivery, TcpDelivery};
+pub use tcp_info::{tcp_acked, tcp_delivery, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};

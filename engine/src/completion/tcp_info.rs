@@ -155,6 +155,35 @@ pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
     })
 }
 
+/// What accounting polls need, in one `getsockopt`: `(tcpi_bytes_acked, tcpi_snd_wnd)`.
+/// The window is `None` on kernels before 5.4.
+pub fn tcp_acked(fd: RawFd) -> io::Result<(u64, Option<u32>)> {
+    let mut info = KernelTcpInfo::default();
+    let mut len = size_of::<KernelTcpInfo>() as libc::socklen_t;
+    // SAFETY: as in `tcp_delivery`: `info` is a live, writable local of the size `len` states,
+    // and every bit pattern is a valid `KernelTcpInfo`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut KernelTcpInfo).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < NEEDED_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("kernel tcp_info is {len} bytes, tcpi_bytes_acked needs {NEEDED_LEN}"),
+        ));
+    }
+    let window = ((len as usize) >= SND_WND_LEN).then_some(info.snd_wnd);
+    Ok((info.bytes_acked, window))
+}
+
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
 pub fn send_queue_bytes(fd: RawFd) -> io::Result<u32> {
     let mut queued: libc::c_int = 0;

@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::completion::{tcp_delivery, StreamMap, ZipSlice};
+use crate::completion::{tcp_acked, StreamMap, ZipSlice};
 use crate::http::{
     self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
     RequestError, RequestHead, ResponseHead, Route, Validators,
@@ -97,6 +97,9 @@ struct Accounting {
     targets: Vec<(Arc<str>, Arc<str>, u32)>,
     /// Scratch for newly acknowledged ranges.
     acked: Vec<(u32, std::ops::Range<u64>)>,
+    /// Stream bytes the client provably read (it sent a later request); credited even while
+    /// its receive window is zero.
+    read_upto: u64,
 }
 
 impl Accounting {
@@ -104,7 +107,7 @@ impl Accounting {
         if let Some(i) = self
             .targets
             .iter()
-            .position(|(u, it, p)| *p == part && Arc::ptr_eq(u, user) && Arc::ptr_eq(it, item))
+            .position(|(u, it, p)| *p == part && u == user && it == item)
         {
             return i as u32;
         }
@@ -207,50 +210,60 @@ impl Conn {
     /// The socket is readable: receive and act on what arrived.
     pub fn on_readable(&mut self, ctx: &mut Ctx) -> Next {
         debug_assert_eq!(self.state, State::Head);
-        loop {
-            let n = match sys::recv(self.fd, &mut ctx.scratch) {
-                Ok(0) => {
-                    // A clean FIN: the client's application read everything before closing.
-                    self.account(ctx, true);
-                    return Next::Close;
-                }
-                Ok(_) if self.lingering => continue,
+        // The worker's receive buffer, taken out of the context for the duration (no copy).
+        let mut scratch = std::mem::take(&mut ctx.scratch);
+        let next = loop {
+            let n = match sys::recv(self.fd, &mut scratch) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
-                    return Next::Read;
+                    break Next::Read;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Next::Close,
+                Err(_) => break Next::Close,
             };
-            if n < ctx.scratch.len() {
+            if n < scratch.len() {
                 // A short read drained the socket; a new edge comes with new data.
                 self.readable = false;
             }
-            if !self.head_started {
-                self.head_started = true;
-                self.deadline = ctx.now + ctx.cfg.header_timeout;
-            }
-            let next = if self.inbuf.is_empty() {
-                // Common case: the whole head arrived in one read; parse in place.
-                match http::parse_request(&ctx.scratch[..n], &ctx.limits) {
-                    Ok(Parsed::Complete { head, consumed }) => {
-                        self.inbuf.extend_from_slice(&ctx.scratch[consumed..n]);
-                        self.begin_request(ctx, head)
-                    }
-                    Ok(Parsed::Partial) => {
-                        self.inbuf.extend_from_slice(&ctx.scratch[..n]);
-                        Next::Read
-                    }
-                    Err(e) => self.bad_request(ctx, e),
-                }
-            } else {
-                self.inbuf.extend_from_slice(&ctx.scratch[..n]);
-                self.parse_buffered(ctx)
-            };
+            let next = self.feed(ctx, &scratch[..n]);
             if next != Next::Read || !self.readable {
-                return next;
+                break next;
             }
+        };
+        ctx.scratch = scratch;
+        next
+    }
+
+    /// Bytes arrived (from `recv` or an io_uring provided buffer); empty means the peer's FIN.
+    pub fn feed(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
+        if data.is_empty() {
+            // A clean FIN: the client's application read everything before closing.
+            self.account(ctx, true);
+            return Next::Close;
+        }
+        if self.lingering {
+            return Next::Read;
+        }
+        if !self.head_started {
+            self.head_started = true;
+            self.deadline = ctx.now + ctx.cfg.header_timeout;
+        }
+        if !self.inbuf.is_empty() {
+            self.inbuf.extend_from_slice(data);
+            return self.parse_buffered(ctx);
+        }
+        // Common case: the whole head arrived in one read; parse in place.
+        match http::parse_request(data, &ctx.limits) {
+            Ok(Parsed::Complete { head, consumed }) => {
+                self.inbuf.extend_from_slice(&data[consumed..]);
+                self.begin_request(ctx, head)
+            }
+            Ok(Parsed::Partial) => {
+                self.inbuf.extend_from_slice(data);
+                Next::Read
+            }
+            Err(e) => self.bad_request(ctx, e),
         }
     }
 
@@ -283,8 +296,11 @@ impl Conn {
 
     /// Authenticate and authorize, from the worker's caches when possible.
     fn begin_request(&mut self, ctx: &mut Ctx, head: RequestHead) -> Next {
-        // A client sends its next request after reading the previous response.
-        self.account(ctx, true);
+        // A client sends its next request after reading the previous response. Only mark it:
+        // the sweep polls TCP_INFO, so keep-alive requests cost no extra syscall.
+        if let Some(a) = self.acct.as_deref_mut() {
+            a.read_upto = a.map.written();
+        }
         let item = match http::route(&head.target) {
             Route::NotFound => return self.simple(ctx, &head, 404),
             Route::Item(id) => http::zip_album(id).unwrap_or(id),
@@ -441,7 +457,7 @@ impl Conn {
         let ctype = repr.content_type();
         let mut resp = self.take_response();
         if ctx.cfg.accounting {
-            resp.owner = Some((user, Arc::from(res.id.as_str())));
+            resp.owner = Some((user, res.key.clone()));
         }
         let honor_range = match http::evaluate_preconditions(&head, &v) {
             Precondition::NotModified => {
@@ -632,6 +648,7 @@ impl Conn {
                 map,
                 targets: Vec::new(),
                 acked: Vec::new(),
+                read_upto: 0,
             }));
         }
         self.written += n as u64;
@@ -712,9 +729,10 @@ impl Conn {
 
 impl Conn {
     /// Credit content the client's TCP acknowledged (`tcpi_bytes_acked`, mapped back through the
-    /// stream map). `proof` means the client showed it read everything sent so far (a clean FIN,
-    /// or its next request). Without proof, nothing is credited while the client advertises a
-    /// zero receive window: its kernel acknowledged bytes its application is not reading.
+    /// stream map). `proof` means the client showed it read everything sent so far (a clean
+    /// FIN). Without proof, while the client advertises a zero receive window (its kernel
+    /// acknowledged bytes its application is not reading), only what it provably read (bytes
+    /// before its latest request) is credited.
     pub fn account(&mut self, ctx: &mut Ctx, proof: bool) {
         let Some(a) = self.acct.as_deref_mut() else {
             return;
@@ -722,14 +740,16 @@ impl Conn {
         if a.map.in_flight() == 0 {
             return;
         }
-        let Ok(info) = tcp_delivery(self.fd) else {
+        let Ok((acked, window)) = tcp_acked(self.fd) else {
             return;
         };
-        if !proof && info.peer_window == Some(0) {
-            return;
-        }
+        let upto = if proof || window != Some(0) {
+            acked
+        } else {
+            acked.min(a.read_upto)
+        };
         a.acked.clear();
-        a.map.acknowledge_into(info.bytes_acked, &mut a.acked);
+        a.map.acknowledge_into(upto, &mut a.acked);
         for (tag, range) in a.acked.drain(..) {
             let (user, item, part) = &a.targets[tag as usize];
             ctx.credits.push(Credit {

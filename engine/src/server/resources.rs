@@ -34,6 +34,9 @@ pub struct ZipRep {
 /// A catalog item ready to serve.
 pub struct Resource {
     pub id: String,
+    /// The id again, shared: every download's accounting owner points at it (no allocation
+    /// per request).
+    pub key: Arc<str>,
     pub kind: ItemKind,
     /// A file: one part. An album: its tracks in order.
     pub parts: Vec<Part>,
@@ -83,6 +86,7 @@ impl Resource {
             }
         });
         Ok(Resource {
+            key: Arc::from(item.id.as_str()),
             id: item.id.clone(),
             kind: item.kind,
             parts,

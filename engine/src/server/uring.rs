@@ -29,14 +29,17 @@ pub struct Features {
     pub cheap_taskrun: bool,
     /// IORING_OP_SEND_ZC (6.0): probed and reported, not used (see the README's send-path numbers).
     pub send_zc: bool,
+    /// Provided-buffer rings (5.19): RECV picks a buffer from a per-worker pool when data
+    /// arrives, so a read costs no extra syscall and idle connections still own no buffer.
+    pub buf_ring: bool,
 }
 
 impl std::fmt::Display for Features {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "multishot_accept={} coop_taskrun={} send_zc_available={}",
-            self.multishot_accept, self.cheap_taskrun, self.send_zc
+            "multishot_accept={} coop_taskrun={} buf_ring={} send_zc_available={}",
+            self.multishot_accept, self.cheap_taskrun, self.buf_ring, self.send_zc
         )
     }
 }
@@ -87,6 +90,7 @@ pub fn probe(level: UringFeatures) -> Result<Features, String> {
         multishot_accept: full && at_least(5, 19),
         cheap_taskrun: full && at_least(6, 0),
         send_zc: full && probe.is_supported(opcode::SendZc::CODE),
+        buf_ring: full && at_least(5, 19) && probe.is_supported(opcode::Recv::CODE),
     })
 }
 
@@ -97,7 +101,97 @@ const OP_TIMER: u64 = 3 << 56;
 const OP_POLL: u64 = 4 << 56;
 const OP_SEND: u64 = 5 << 56;
 const OP_CANCEL: u64 = 6 << 56;
+const OP_RECV: u64 = 7 << 56;
 const OP_MASK: u64 = 0xFF << 56;
+
+/// Buffer group id of the worker's receive pool.
+const BGID: u16 = 0;
+/// Receive buffers in the pool and their size: a request head is at most 8 KiB.
+const RING_ENTRIES: u16 = 256;
+const RING_BUF: usize = 8192;
+
+/// A provided-buffer ring: the kernel takes a buffer when a RECV has data, weir gives it back
+/// once the bytes are parsed.
+struct BufRing {
+    /// INVARIANT: `RING_ENTRIES` entries, page-aligned (mmap), registered with the ring while
+    /// the driver lives; unmapped only after the ring is dropped.
+    entries: *mut types::BufRingEntry,
+    /// INVARIANT: `RING_ENTRIES * RING_BUF` bytes the kernel writes into; never moved or freed
+    /// while registered.
+    bufs: Box<[u8]>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring) -> io::Result<BufRing> {
+        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut br = BufRing {
+            entries: ptr.cast(),
+            bufs: vec![0u8; usize::from(RING_ENTRIES) * RING_BUF].into_boxed_slice(),
+            tail: 0,
+        };
+        // SAFETY: `entries` is a fresh page-aligned mapping of RING_ENTRIES entries (zeroed, so
+        // the tail starts at 0) that lives until `Drop`, after the ring is gone.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(ptr as u64, RING_ENTRIES, BGID, 0)?;
+        }
+        for bid in 0..RING_ENTRIES {
+            br.give_back(bid);
+        }
+        Ok(br)
+    }
+
+    /// The bytes a completion reported in buffer `bid`.
+    fn data(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * RING_BUF;
+        &self.bufs[start..start + len.min(RING_BUF)]
+    }
+
+    /// Return buffer `bid` to the kernel.
+    fn give_back(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (RING_ENTRIES - 1));
+        let addr = self.bufs.as_ptr() as u64 + (usize::from(bid) * RING_BUF) as u64;
+        // SAFETY: `idx < RING_ENTRIES`, inside the mapping (see INVARIANT); the kernel only
+        // reads entries past the published tail, and this one is not yet published.
+        let entry = unsafe { &mut *self.entries.add(idx) };
+        entry.set_addr(addr);
+        entry.set_len(RING_BUF as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field lives in the first entry of the registered ring; the kernel
+        // reads it concurrently, so publish it with a release store.
+        unsafe {
+            let tail =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: unmapping the mapping made in `new`; the ring that used it was dropped first.
+        unsafe {
+            libc::munmap(self.entries.cast(), bytes);
+        }
+    }
+}
 
 /// Buffers the ring's own operations point into; dropped after the ring (declared first).
 struct Fixed {
@@ -109,6 +203,8 @@ struct Driver {
     ring: IoUring,
     features: Features,
     cqes: Vec<(u64, i32, u32)>,
+    /// Declared after `ring`, so it is dropped (unmapped) after the ring is closed.
+    bufs: Option<BufRing>,
 }
 
 pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
@@ -122,10 +218,22 @@ pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
         builder.setup_coop_taskrun().setup_single_issuer();
     }
     let ring = builder.build(4096).or_else(|_| IoUring::new(4096))?;
+    let bufs = if features.buf_ring {
+        match BufRing::new(&ring) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "no provided-buffer ring; reading with poll + recv");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut d = Driver {
         ring,
         features,
         cqes: Vec::with_capacity(1024),
+        bufs,
     };
     let result = event_loop(&mut w, &mut d, &mut fixed);
     for t in w.conns.tokens() {
@@ -133,7 +241,9 @@ pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
             sys::close(c.fd);
         }
     }
-    drop(d);
+    let Driver { ring, bufs, .. } = d;
+    drop(ring);
+    drop(bufs);
     drop(fixed);
     result
 }
@@ -241,6 +351,29 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                     } else {
                         c.readable = true;
                         c.on_readable(&mut w.ctx)
+                    };
+                    drive(w, d, token, next);
+                }
+                OP_RECV => {
+                    let bid = cqueue::buffer_select(flags);
+                    let Some(c) = op_done(&mut w.conns, token) else {
+                        if let (Some(b), Some(bid)) = (d.bufs.as_mut(), bid) {
+                            b.give_back(bid);
+                        }
+                        continue;
+                    };
+                    let next = match (res, bid, d.bufs.as_mut()) {
+                        (n, Some(bid), Some(b)) if n >= 0 => {
+                            let next = c.feed(&mut w.ctx, b.data(bid, n as usize));
+                            b.give_back(bid);
+                            next
+                        }
+                        // The pool ran dry: read this one with poll + recv.
+                        (n, _, _) if n == -libc::ENOBUFS => {
+                            c.readable = true;
+                            c.on_readable(&mut w.ctx)
+                        }
+                        _ => Next::Close,
                     };
                     drive(w, d, token, next);
                 }
@@ -379,11 +512,20 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, next: Next) {
     c.want = next;
     match next {
         Next::Read => {
-            let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
-                .build()
-                .user_data(OP_POLL | token);
+            let entry = if d.bufs.is_some() {
+                opcode::Recv::new(types::Fd(c.fd), std::ptr::null_mut(), RING_BUF as u32)
+                    .buf_group(BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(OP_RECV | token)
+            } else {
+                opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(OP_POLL | token)
+            };
             c.in_flight += 1;
-            // SAFETY: a poll passes no buffers.
+            // SAFETY: a poll passes no buffers; a buffer-select RECV writes only into the
+            // registered pool, which outlives the ring.
             unsafe { d.push(entry) };
         }
         Next::Write => {
