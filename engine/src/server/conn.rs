@@ -28,6 +28,21 @@ use super::worker::{Credit, Ctx};
 
 /// Largest body chunk handed to the kernel in one send when the connection is not shaped.
 const MAX_CHUNK: u64 = 1 << 20;
+/// File pieces at least this large go out with `sendfile(2)` (page-cache pages attached to the
+/// socket, one copy fewer than sending from the mapping); smaller ones go with the head in one
+/// `sendmsg` from the mapping.
+const SENDFILE_MIN: u64 = 64 * 1024;
+/// Largest `sendfile` chunk.
+const MAX_SENDFILE_CHUNK: u64 = 4 << 20;
+
+/// How the driver should carry out the next send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPlan {
+    /// `sendmsg` with `Conn::iov`/`Conn::msg` (`more`: a sendfile follows, set MSG_MORE).
+    Iov { len: usize, more: bool },
+    /// `sendfile(sock, fd, offset, len)`.
+    File { fd: RawFd, offset: u64, len: usize },
+}
 
 /// What a connection needs from its driver next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,52 +589,87 @@ impl Conn {
         Next::Write
     }
 
-    /// Describe the next send in `iov`/`msg`; returns the number of bytes it covers.
-    pub fn prepare_send(&mut self) -> usize {
+    /// Describe the next send: `iov`/`msg` for bytes in memory (the head, literals, small file
+    /// pieces from the mapping), or a `sendfile` range for large file pieces.
+    pub fn prepare_send(&mut self) -> SendPlan {
         let Some(resp) = self.resp.as_deref() else {
-            return 0;
+            return SendPlan::Iov {
+                len: 0,
+                more: false,
+            };
         };
+        let piece = resp.pieces.get(resp.piece);
+        let big_file = match piece {
+            Some(BodyPiece::File { start, end, .. }) => end - start >= SENDFILE_MIN,
+            _ => false,
+        };
+        let head_rest = &resp.head[resp.head_sent..];
+        if big_file && head_rest.is_empty() {
+            if let Some(BodyPiece::File {
+                file, start, end, ..
+            }) = piece
+            {
+                let from = start + resp.offset;
+                return SendPlan::File {
+                    fd: file.raw_fd(),
+                    offset: from,
+                    len: (end - from).min(MAX_SENDFILE_CHUNK) as usize,
+                };
+            }
+        }
         let mut n = 0;
         let mut total = 0usize;
-        if resp.head_sent < resp.head.len() {
-            let rest = &resp.head[resp.head_sent..];
+        if !head_rest.is_empty() {
             self.iov[n] = libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
+                iov_base: head_rest.as_ptr() as *mut libc::c_void,
+                iov_len: head_rest.len(),
             };
-            total += rest.len();
+            total += head_rest.len();
             n += 1;
         }
-        if let Some(piece) = resp.pieces.get(resp.piece) {
-            let (ptr, len) = match piece {
-                BodyPiece::Literal(bytes) => {
-                    let rest = &bytes[resp.offset as usize..];
-                    (rest.as_ptr(), rest.len())
-                }
-                BodyPiece::File {
-                    file, start, end, ..
-                } => {
-                    let from = start + resp.offset;
-                    file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
-                }
-            };
-            if len > 0 {
-                self.iov[n] = libc::iovec {
-                    iov_base: ptr as *mut libc::c_void,
-                    iov_len: len,
+        if !(big_file && n > 0) {
+            if let Some(piece) = piece {
+                let (ptr, len) = match piece {
+                    BodyPiece::Literal(bytes) => {
+                        let rest = &bytes[resp.offset as usize..];
+                        (rest.as_ptr(), rest.len())
+                    }
+                    BodyPiece::File {
+                        file, start, end, ..
+                    } => {
+                        let from = start + resp.offset;
+                        file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
+                    }
                 };
-                total += len;
-                n += 1;
+                if len > 0 {
+                    self.iov[n] = libc::iovec {
+                        iov_base: ptr as *mut libc::c_void,
+                        iov_len: len,
+                    };
+                    total += len;
+                    n += 1;
+                }
             }
         }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n;
-        total
+        SendPlan::Iov {
+            len: total,
+            more: big_file,
+        }
     }
 
     /// A send finished with `res`.
     pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
         let n = match res {
+            Ok(0) => {
+                // Nothing went out although the socket took the send: a content file shrank
+                // under sendfile (or the peer is gone).
+                tracing::error!(
+                    "a send made no progress (content file truncated?); closing the connection"
+                );
+                return Next::Close;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use super::conn::{Conn, Next};
+use super::conn::{Conn, Next, SendPlan};
 use super::sys::{self, syscall};
 use super::worker::{Worker, EMFILE_BACKOFF, SWEEP_EVERY};
 
@@ -109,6 +109,13 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                 )?;
             }
         }
+        // Connections that used their turn continue now, after everyone else's events.
+        for token in std::mem::take(&mut w.ready) {
+            if let Some(c) = w.conns.get_mut(token) {
+                let want = c.want;
+                drive(w, token, want);
+            }
+        }
         w.ctx.flush_credits();
         if w.finished() {
             return Ok(());
@@ -178,8 +185,13 @@ fn accept_burst(w: &mut Worker, ep: i32) {
     }
 }
 
-/// Carry out what a connection asked for until it has to wait.
+/// Sends one connection may make in a row before it yields to the others.
+const SEND_BUDGET: u32 = 8;
+
+/// Carry out what a connection asked for until it has to wait (or used its turn: then it is
+/// queued in `ready` and resumed after this round of events).
 fn drive(w: &mut Worker, token: u64, mut next: Next) {
+    let mut budget = SEND_BUDGET;
     loop {
         let Some(c) = w.conns.get_mut(token) else {
             return;
@@ -187,9 +199,23 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
         c.want = next;
         next = match next {
             Next::Read if c.readable => c.on_readable(&mut w.ctx),
+            Next::Write if c.writable && budget == 0 => {
+                w.ready.push(token);
+                return;
+            }
             Next::Write if c.writable => {
-                let len = c.prepare_send();
-                let res = sys::sendmsg(c.fd, &c.iov[..c.msg.msg_iovlen]);
+                budget -= 1;
+                let (res, len) = match c.prepare_send() {
+                    SendPlan::Iov { len, more: false } => {
+                        (sys::sendmsg(c.fd, &c.iov[..c.msg.msg_iovlen]), len)
+                    }
+                    SendPlan::Iov { len, more: true } => {
+                        (sys::sendmsg_more(c.fd, &c.iov[..c.msg.msg_iovlen]), len)
+                    }
+                    SendPlan::File { fd, offset, len } => {
+                        (sys::sendfile(c.fd, fd, offset, len), len)
+                    }
+                };
                 if matches!(res, Ok(n) if n < len) {
                     c.writable = false;
                 }

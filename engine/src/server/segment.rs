@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -21,6 +22,9 @@ pub struct MappedFile {
     /// into it are passed to the kernel. See the module docs.
     map: Option<Mmap>,
     len: u64,
+    /// Kept open for `sendfile(2)`, which attaches page-cache pages to the socket instead of
+    /// copying them (one descriptor per content file, shared by every download of it).
+    file: File,
 }
 
 impl MappedFile {
@@ -35,7 +39,11 @@ impl MappedFile {
             )));
         }
         if expected_len == 0 {
-            return Ok(MappedFile { map: None, len: 0 });
+            return Ok(MappedFile {
+                map: None,
+                len: 0,
+                file,
+            });
         }
         // SAFETY: memmap2 requires that the file is not modified while mapped, or that every
         // access tolerates it. Content-store files are immutable once imported (module docs), and
@@ -47,11 +55,18 @@ impl MappedFile {
         Ok(MappedFile {
             map: Some(map),
             len: expected_len,
+            file,
         })
     }
 
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The open content file, for `sendfile(2)`. A truncated file makes sendfile return short
+    /// (never SIGBUS): the connection is closed.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -110,6 +110,23 @@ pub fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Non-blocking `sendfile(2)` of `len` bytes of `file` at `offset` to `sock`.
+pub fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+    let mut off = offset as libc::off_t;
+    let n = syscall!(sendfile(sock, file, &mut off, len))?;
+    Ok(n as usize)
+}
+
+/// Non-blocking gathered send with MSG_MORE (more follows: let the kernel coalesce).
+pub fn sendmsg_more(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: zeroed msghdr is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_MORE))?;
+    Ok(n as usize)
+}
+
 /// Accept one connection, non-blocking and close-on-exec.
 pub fn accept(listener: RawFd) -> io::Result<RawFd> {
     syscall!(accept4(

@@ -16,7 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::config::UringFeatures;
 
-use super::conn::{Conn, Next};
+use super::conn::{Conn, Next, SendPlan};
 use super::sys;
 use super::worker::{Slab, Worker, EMFILE_BACKOFF, SWEEP_EVERY};
 
@@ -102,6 +102,7 @@ const OP_POLL: u64 = 4 << 56;
 const OP_SEND: u64 = 5 << 56;
 const OP_CANCEL: u64 = 6 << 56;
 const OP_RECV: u64 = 7 << 56;
+const OP_WPOLL: u64 = 8 << 56;
 const OP_MASK: u64 = 0xFF << 56;
 
 /// Buffer group id of the worker's receive pool.
@@ -377,6 +378,13 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                     };
                     drive(w, d, token, next);
                 }
+                OP_WPOLL => {
+                    let Some(_) = op_done(&mut w.conns, token) else {
+                        continue;
+                    };
+                    let next = if res < 0 { Next::Close } else { Next::Write };
+                    drive(w, d, token, next);
+                }
                 OP_SEND => {
                     let Some(c) = op_done(&mut w.conns, token) else {
                         continue;
@@ -504,53 +512,88 @@ fn on_wake(w: &mut Worker, d: &mut Driver) {
     }
 }
 
+/// Sends one connection may make in a row before it yields to the others.
+const SEND_BUDGET: u32 = 8;
+
 /// Submit what a connection asked for.
-fn drive(w: &mut Worker, d: &mut Driver, token: u64, next: Next) {
-    let Some(c) = w.conns.get_mut(token) else {
-        return;
-    };
-    c.want = next;
-    match next {
-        Next::Read => {
-            let entry = if d.bufs.is_some() {
-                opcode::Recv::new(types::Fd(c.fd), std::ptr::null_mut(), RING_BUF as u32)
-                    .buf_group(BGID)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
-                    .user_data(OP_RECV | token)
-            } else {
-                opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
-                    .build()
-                    .user_data(OP_POLL | token)
-            };
-            c.in_flight += 1;
-            // SAFETY: a poll passes no buffers; a buffer-select RECV writes only into the
-            // registered pool, which outlives the ring.
-            unsafe { d.push(entry) };
-        }
-        Next::Write => {
-            c.prepare_send();
-            let entry = opcode::SendMsg::new(types::Fd(c.fd), &c.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(OP_SEND | token);
-            c.in_flight += 1;
-            // SAFETY: `msg` and the iovecs it points to live in the boxed connection, and the
-            // bytes they describe are held by its response (see `Conn::iov`'s invariant); the
-            // connection is freed only once `in_flight` drops to zero.
-            unsafe { d.push(entry) };
-        }
-        Next::Park => {}
-        Next::Close => {
-            c.account(&mut w.ctx, false);
-            if c.in_flight == 0 {
-                if let Some(c) = w.conns.remove(token) {
-                    sys::close(c.fd);
+fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
+    let mut budget = SEND_BUDGET;
+    loop {
+        let Some(c) = w.conns.get_mut(token) else {
+            return;
+        };
+        c.want = next;
+        match next {
+            Next::Read => {
+                let entry = if d.bufs.is_some() {
+                    opcode::Recv::new(types::Fd(c.fd), std::ptr::null_mut(), RING_BUF as u32)
+                        .buf_group(BGID)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT)
+                        .user_data(OP_RECV | token)
+                } else {
+                    opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
+                        .build()
+                        .user_data(OP_POLL | token)
+                };
+                c.in_flight += 1;
+                // SAFETY: a poll passes no buffers; a buffer-select RECV writes only into the
+                // registered pool, which outlives the ring.
+                unsafe { d.push(entry) };
+                return;
+            }
+            Next::Write => match c.prepare_send() {
+                SendPlan::Iov { more, .. } => {
+                    let mut flags = libc::MSG_NOSIGNAL as u32;
+                    if more {
+                        flags |= libc::MSG_MORE as u32;
+                    }
+                    let entry = opcode::SendMsg::new(types::Fd(c.fd), &c.msg)
+                        .flags(flags)
+                        .build()
+                        .user_data(OP_SEND | token);
+                    c.in_flight += 1;
+                    // SAFETY: `msg` and the iovecs it points to live in the boxed connection,
+                    // and the bytes they describe are held by its response (see `Conn::iov`'s
+                    // invariant); the connection is freed only once `in_flight` drops to zero.
+                    unsafe { d.push(entry) };
+                    return;
                 }
-            } else if !c.closing {
-                c.closing = true;
-                // In-flight operations complete (with errors) once the socket is shut down.
-                sys::shutdown(c.fd);
+                SendPlan::File { fd, offset, len } => {
+                    // io_uring has no sendfile: call it directly while the socket has room,
+                    // and wait for POLLOUT through the ring when it has none (or when this
+                    // connection used its turn).
+                    let res = if budget == 0 {
+                        Err(io::Error::from(io::ErrorKind::WouldBlock))
+                    } else {
+                        budget -= 1;
+                        sys::sendfile(c.fd, fd, offset, len)
+                    };
+                    if matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                        let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLOUT as u32)
+                            .build()
+                            .user_data(OP_WPOLL | token);
+                        c.in_flight += 1;
+                        // SAFETY: a poll passes no buffers.
+                        unsafe { d.push(entry) };
+                        return;
+                    }
+                    next = c.on_sent(&mut w.ctx, res);
+                }
+            },
+            Next::Park => return,
+            Next::Close => {
+                c.account(&mut w.ctx, false);
+                if c.in_flight == 0 {
+                    if let Some(c) = w.conns.remove(token) {
+                        sys::close(c.fd);
+                    }
+                } else if !c.closing {
+                    c.closing = true;
+                    // In-flight operations complete (with errors) once the socket is shut down.
+                    sys::shutdown(c.fd);
+                }
+                return;
             }
         }
     }

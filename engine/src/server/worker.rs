@@ -180,6 +180,8 @@ pub struct Worker {
     /// Accept paused after EMFILE/ENFILE until then.
     pub accept_paused_until: Option<Instant>,
     pub next_sweep: Instant,
+    /// epoll: connections that used their send turn and continue after this round.
+    pub ready: Vec<u64>,
 }
 
 /// How often deadlines are checked.
@@ -215,6 +217,7 @@ impl Worker {
             drain_deadline: None,
             accept_paused_until: None,
             next_sweep: now + SWEEP_EVERY,
+            ready: Vec::new(),
         }
     }
 
