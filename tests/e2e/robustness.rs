@@ -279,3 +279,59 @@ fn drain_uring() {
 fn drain_epoll() {
     drain(DRIVERS[2].1);
 }
+
+/// io_uring refused (as under Docker's default seccomp profile): `--driver auto` falls back to
+/// epoll and serves; `--driver uring` refuses to start with a clear error.
+#[test]
+fn io_uring_refused_falls_back_to_epoll() {
+    // libseccomp's Python binding from Debian (python3-seccomp), not the pyenv interpreter.
+    const PY: &str = "/usr/bin/python3";
+    let filter = "import errno, os, sys, seccomp\n\
+                  f = seccomp.SyscallFilter(seccomp.ALLOW)\n\
+                  f.add_rule(seccomp.ERRNO(errno.EPERM), 'io_uring_setup')\n\
+                  f.load()\n\
+                  os.execv(sys.argv[1], sys.argv[1:])\n";
+    let ok = Command::new(PY)
+        .args(["-c", "import seccomp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3-seccomp is needed (apt-get install python3-seccomp)"
+    );
+    let data = setup(4096);
+    let srv = Server::start_wrapped(
+        &data.path().join("data"),
+        &["--driver", "auto"],
+        &[],
+        None,
+        &[PY, "-c", filter],
+    );
+    assert!(
+        srv.listen_line.contains("(epoll"),
+        "expected the epoll driver: {}",
+        srv.listen_line
+    );
+    let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
+    assert_eq!(r.status, 200);
+    assert!(srv.stop().success());
+
+    // Forcing io_uring where it is refused is an error, not a silent fallback.
+    let out = Command::new(PY)
+        .args(["-c", filter])
+        .arg(weir_tests::bin("weir"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--driver",
+            "uring",
+            "--data-dir",
+        ])
+        .arg(data.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring"), "stderr: {err}");
+}

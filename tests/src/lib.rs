@@ -189,6 +189,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// What it printed before it was ready (banner, demo credentials).
     pub banner: Vec<String>,
+    /// The `listening on http://ADDR (driver, N workers)` line.
+    pub listen_line: String,
 }
 
 impl Server {
@@ -203,6 +205,17 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
         nofile: Option<u32>,
+    ) -> Server {
+        Self::start_wrapped(data, extra, env, nofile, &[])
+    }
+
+    /// As [`Server::start_with`], with `wrapper` (a program and its arguments) exec'ing weir.
+    pub fn start_wrapped(
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+        wrapper: &[&str],
     ) -> Server {
         let weir = bin("weir");
         let mut args: Vec<String> = vec![
@@ -220,6 +233,11 @@ impl Server {
                     .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
                     .arg(&weir)
                     .args(&args);
+                c
+            }
+            None if !wrapper.is_empty() => {
+                let mut c = Command::new(wrapper[0]);
+                c.args(&wrapper[1..]).arg(&weir).args(&args);
                 c
             }
             None => {
@@ -244,14 +262,14 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut reader = BufReader::new(stdout);
         let mut banner = Vec::new();
-        let addr = loop {
+        let (addr, listen_line) = loop {
             let mut line = String::new();
             let n = reader.read_line(&mut line).expect("read server stdout");
             assert!(n > 0, "weir serve exited before listening: {banner:?}");
             let line = line.trim_end().to_string();
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
-                break addr.parse().expect("listen address");
+                break (addr.parse().expect("listen address"), line.clone());
             }
             banner.push(line);
         };
@@ -266,6 +284,7 @@ impl Server {
             child: Some(child),
             addr,
             banner,
+            listen_line,
         }
     }
 
