@@ -13,7 +13,9 @@
 //! - [`demo`]: the embedded default catalog `weir serve` creates on a fresh machine.
 //! - [`http`]: request parsing, routing, ranges, conditionals, response heads (no I/O).
 //! - [`server`]: workers, the connection state machine and its two drivers (io_uring, epoll).
+//! - [`admin`]: the admin listener (metrics, live rates, drain).
 
+pub mod admin;
 pub mod catalog;
 pub mod cli;
 pub mod completion;

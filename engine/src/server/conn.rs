@@ -583,6 +583,14 @@ impl Conn {
     }
 
     fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>) -> Next {
+        // "HTTP/1.1 NNN": the status is in bytes 9..12 of every head.
+        let status = resp
+            .head
+            .get(9..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        ctx.stats.response(status);
         self.resp = Some(resp);
         self.state = State::Send;
         self.deadline = ctx.now + ctx.cfg.send_timeout;
@@ -677,6 +685,7 @@ impl Conn {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
             Err(e) => {
+                ctx.stats.add(&ctx.stats.send_errors, 1);
                 if e.raw_os_error() == Some(libc::EFAULT) {
                     tracing::error!(
                         "a content-store file shrank under a send (EFAULT); closing the connection"
@@ -702,6 +711,7 @@ impl Conn {
             }));
         }
         self.written += n as u64;
+        ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
         let mut left = n;
         let head_rest = resp.head.len() - resp.head_sent;
         let h = left.min(head_rest);
@@ -800,6 +810,8 @@ impl Conn {
         };
         a.acked.clear();
         a.map.acknowledge_into(upto, &mut a.acked);
+        let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
+        ctx.stats.add(&ctx.stats.bytes_credited, credited);
         for (tag, range) in a.acked.drain(..) {
             let (user, item, part) = &a.targets[tag as usize];
             ctx.credits.push(Credit {

@@ -160,6 +160,7 @@ fn accept_burst(w: &mut Worker, ep: i32) {
                 ) =>
             {
                 tracing::warn!(error = %e, "accept: out of descriptors; pausing accepts");
+                w.ctx.stats.add(&w.ctx.stats.accept_backoffs, 1);
                 let _ = ctl(ep, libc::EPOLL_CTL_DEL, listen_fd, 0, 0);
                 w.accept_paused_until = Some(w.ctx.now + EMFILE_BACKOFF);
                 w.next_sweep = w.next_sweep.min(w.ctx.now + EMFILE_BACKOFF);

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod epoll;
 pub mod resources;
 pub mod segment;
+pub mod stats;
 pub mod sys;
 pub mod uring;
 pub mod worker;
@@ -106,6 +107,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         cfg.credential_cache_ttl,
     )?;
 
+    let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     {
         let draining = draining.clone();
@@ -129,11 +131,40 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             })?;
     }
 
+    let admin_addr = match cfg.admin_listen {
+        Some(addr) => {
+            let token = match &cfg.admin_token {
+                Some(t) => t.clone(),
+                None => Store::open(&cfg.data_dir)?.admin_token()?,
+            };
+            let draining = draining.clone();
+            let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
+            let wakes_alive = wakes.clone();
+            let state = crate::admin::AdminState {
+                token,
+                data_dir: cfg.data_dir.clone(),
+                stats: worker_stats.clone(),
+                rates: None,
+                drain: Box::new(move || {
+                    let _keep = &wakes_alive;
+                    draining.store(true, Ordering::Release);
+                    for &fd in &wake_fds {
+                        sys::eventfd_wake(fd);
+                    }
+                }),
+            };
+            Some(crate::admin::spawn(addr, state)?)
+        }
+        None => None,
+    };
     let driver_desc = match driver {
         Driver::Uring(f) => format!("io_uring ({f})"),
         Driver::Epoll => "epoll".to_string(),
     };
     tracing::info!(driver = %driver_desc, workers, nofile, items = resources.len(), "weir starting");
+    if let Some(a) = admin_addr {
+        println!("weir: admin API on http://{a} (bearer token: --admin-token, WEIR_ADMIN_TOKEN or DATA/admin-token)");
+    }
     print_banner(addr, workers, &driver_desc, demo.as_ref());
 
     let credit_sink: Option<worker::CreditSink> = None;
@@ -153,6 +184,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             pool: pool.clone(),
             draining: draining.clone(),
             credit_sink: credit_sink.clone(),
+            stats: worker_stats[id].clone(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -190,9 +222,6 @@ fn refuse_unbuilt(cfg: &ServeConfig) -> anyhow::Result<()> {
     }
     if cfg.webhook.is_some() {
         missing.push("--webhook (completion webhooks)");
-    }
-    if cfg.admin_listen.is_some() {
-        missing.push("--admin-listen (admin API)");
     }
     if !missing.is_empty() {
         anyhow::bail!(

@@ -445,6 +445,7 @@ fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
             libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
         ) {
             tracing::warn!(errno, "accept: out of descriptors; pausing accepts");
+            w.ctx.stats.add(&w.ctx.stats.accept_backoffs, 1);
             if cqueue::more(flags) {
                 // SAFETY: cancel passes no buffers.
                 unsafe {

@@ -15,6 +15,7 @@ use crate::http::{DateCache, Limits};
 use super::auth::{AuthCache, AuthPool, Reply};
 use super::conn::{Conn, Next};
 use super::resources::Resource;
+use super::stats::WorkerStats;
 use super::sys;
 
 /// Content bytes a client's TCP acknowledged, for the completion ledger.
@@ -47,6 +48,7 @@ pub struct Ctx {
     /// Acknowledged content not yet handed to the ledger.
     pub credits: Vec<Credit>,
     pub credit_sink: Option<CreditSink>,
+    pub stats: Arc<WorkerStats>,
 }
 
 impl Ctx {
@@ -74,6 +76,7 @@ pub struct WorkerInit {
     pub pool: AuthPool,
     pub draining: Arc<AtomicBool>,
     pub credit_sink: Option<CreditSink>,
+    pub stats: Arc<WorkerStats>,
 }
 
 /// A worker's connections: `token = generation << 32 | index`.
@@ -81,6 +84,8 @@ pub struct Slab {
     slots: Vec<Slot>,
     free: Vec<u32>,
     len: usize,
+    /// Counts accepted and closed connections for `/metrics`.
+    stats: Arc<WorkerStats>,
 }
 
 struct Slot {
@@ -99,10 +104,15 @@ impl Default for Slab {
 
 impl Slab {
     pub fn new() -> Slab {
+        Self::with_stats(Arc::default())
+    }
+
+    pub fn with_stats(stats: Arc<WorkerStats>) -> Slab {
         Slab {
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
+            stats,
         }
     }
 
@@ -128,6 +138,7 @@ impl Slab {
         let token = (u64::from(slot.gen) << 32) | u64::from(idx);
         slot.conn = Some(make(token));
         self.len += 1;
+        self.stats.add(&self.stats.accepted, 1);
         token
     }
 
@@ -153,6 +164,7 @@ impl Slab {
         let conn = slot.conn.take()?;
         self.free.push(idx as u32);
         self.len -= 1;
+        self.stats.add(&self.stats.closed, 1);
         Some(conn)
     }
 
@@ -208,8 +220,9 @@ impl Worker {
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
                 credits: Vec::new(),
                 credit_sink: init.credit_sink,
+                stats: init.stats.clone(),
             },
-            conns: Slab::new(),
+            conns: Slab::with_stats(init.stats),
             listener: Some(init.listener),
             wake: init.wake,
             inbox: init.inbox,
@@ -269,6 +282,11 @@ impl Worker {
                 }
             }
         }
+        if !cut_all {
+            self.ctx
+                .stats
+                .add(&self.ctx.stats.timeouts, out.len() as u64);
+        }
         if cut_all && !out.is_empty() {
             tracing::warn!(
                 worker = self.ctx.id,
@@ -281,6 +299,7 @@ impl Worker {
 
     /// Answer a fresh socket over the connection cap with 503 and close it.
     pub fn refuse_over_cap(&self, fd: i32) {
+        self.ctx.stats.add(&self.ctx.stats.refused_over_cap, 1);
         const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: weir\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         sys::send_small(fd, BUSY);
         sys::close(fd);
