@@ -79,6 +79,8 @@ struct Shared {
     verified: Mutex<HashMap<String, (Arc<str>, Instant)>>,
     resources: Mutex<HashMap<String, Arc<Resource>>>,
     cred_ttl: Duration,
+    /// Completed items stay downloadable this long.
+    grace: Duration,
 }
 
 impl AuthPool {
@@ -89,6 +91,7 @@ impl AuthPool {
         inboxes: Vec<Inbox>,
         resources: HashMap<String, Arc<Resource>>,
         cred_ttl: Duration,
+        grace: Duration,
     ) -> anyhow::Result<AuthPool> {
         // Bounded: when password checks pile up, new ones are refused with 503 instead of queueing forever.
         let (tx, rx) = crossbeam_channel::bounded::<Job>(4096);
@@ -98,6 +101,7 @@ impl AuthPool {
             verified: Mutex::new(HashMap::new()),
             resources: Mutex::new(resources),
             cred_ttl,
+            grace,
         });
         for i in 0..threads.max(1) {
             let store = Store::open(&shared.data_dir)?;
@@ -164,7 +168,11 @@ impl Shared {
                 return reply;
             }
         }
-        reply.verdict = match store.cart_contains(&user, &job.item) {
+        let grace_since = now_ms().saturating_sub(self.grace.as_millis() as u64);
+        let allowed = store.cart_contains(&user, &job.item).and_then(|in_cart| {
+            Ok(in_cart || store.recently_completed(&user, &job.item, grace_since)?)
+        });
+        reply.verdict = match allowed {
             Ok(true) => Verdict::Allowed,
             Ok(false) => Verdict::Forbidden,
             Err(e) => {
@@ -217,6 +225,13 @@ impl Shared {
             .insert(id.to_string(), r.clone());
         Ok(Some(r))
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();

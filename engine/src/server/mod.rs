@@ -105,6 +105,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         inboxes,
         resources.clone(),
         cfg.credential_cache_ttl,
+        cfg.grace_period,
     )?;
 
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
