@@ -574,12 +574,14 @@ fn uring_send(map: &Mmap, conns: Vec<Slice>, chunk: usize, zc: bool) -> Result<S
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
             };
-            // SAFETY: the buffer is the read-only mapping, which the caller borrows for this whole
-            // function and which outlives it (it is dropped after the thread scope ends); the
-            // kernel only reads it. This function returns only after every SQE's result CQE and,
-            // for SEND_ZC, every notification CQE has been reaped, so no request outlives `map`,
-            // and the sockets in `conns` stay open until then. The SQ has room: at most one SQE per
-            // connection is pushed between submissions and the ring has 256 entries (40 conns).
+            // SAFETY: the buffer lies in the read-only mapping (see above) and the kernel only
+            // reads it. `map` is owned by `main` and outlives this thread (scoped threads are
+            // joined before `main` drops it). On success this function returns only after every
+            // result CQE and, for SEND_ZC, every notification CQE has been reaped; on an error
+            // return the ring is dropped first, and ring teardown cancels and waits out whatever is
+            // still in flight, while `map` is still mapped. Either way no request reads memory
+            // after it is unmapped, and the sockets in `conns` outlive the ring. A full SQ is an
+            // error from `push`, not UB.
             unsafe { ring.submission().push(&entry.user_data(i as u64)) }
                 .context("submission queue full")?;
             s.in_flight = true;
