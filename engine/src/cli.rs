@@ -248,6 +248,9 @@ pub struct ServeArgs {
     /// Do not account delivered bytes (benchmarks only: nothing ever completes)
     #[arg(long, hide = true)]
     pub no_accounting: bool,
+    /// How large bodies reach the socket: from the mapping (send) or with sendfile [default: mmap]
+    #[arg(long, env = "WEIR_SEND_PATH", value_enum)]
+    pub send_path: Option<crate::config::SendPath>,
     /// TOML file with any of these settings (see below)
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -342,6 +345,7 @@ struct FileConfig {
     auth_threads: Option<usize>,
     credential_cache_ttl: Option<FromText<TomlDuration>>,
     no_accounting: Option<bool>,
+    send_path: Option<crate::config::SendPath>,
 }
 
 impl FileConfig {
@@ -415,6 +419,9 @@ fn serve_config(
         .clone()
         .or_else(|| file.admin_token.clone());
     cfg.accounting = !(args.no_accounting || file.no_accounting.unwrap_or(false));
+    if let Some(v) = args.send_path.or(file.send_path) {
+        cfg.send_path = v;
+    }
 
     ensure!(cfg.workers > 0, "--workers must be at least 1");
     ensure!(

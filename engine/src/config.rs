@@ -28,6 +28,16 @@ pub enum UringFeatures {
     Minimal,
 }
 
+/// How large file bodies reach the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// `send`/`sendmsg` (io_uring SENDMSG) straight from the memory-mapped file.
+    Mmap,
+    /// `sendfile(2)` from the content file for pieces of 64 KiB and more.
+    Sendfile,
+}
+
 /// Everything the server needs to run. Built by the CLI; tests may build it directly.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -66,6 +76,8 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     /// Disable delivered-bytes accounting (benchmarks only).
     pub accounting: bool,
+    /// Body send path (see results/2026-11-22-send-path).
+    pub send_path: SendPath,
 }
 
 impl ServeConfig {
@@ -93,6 +105,7 @@ impl ServeConfig {
             admin_listen: None,
             admin_token: None,
             accounting: true,
+            send_path: SendPath::Mmap,
         }
     }
 }

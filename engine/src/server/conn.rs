@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::completion::{tcp_acked, StreamMap, ZipSlice};
+use crate::config::SendPath;
 use crate::http::{
     self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
     RequestError, RequestHead, ResponseHead, Route, Validators,
@@ -599,7 +600,7 @@ impl Conn {
 
     /// Describe the next send: `iov`/`msg` for bytes in memory (the head, literals, small file
     /// pieces from the mapping), or a `sendfile` range for large file pieces.
-    pub fn prepare_send(&mut self) -> SendPlan {
+    pub fn prepare_send(&mut self, send_path: SendPath) -> SendPlan {
         let Some(resp) = self.resp.as_deref() else {
             return SendPlan::Iov {
                 len: 0,
@@ -608,7 +609,9 @@ impl Conn {
         };
         let piece = resp.pieces.get(resp.piece);
         let big_file = match piece {
-            Some(BodyPiece::File { start, end, .. }) => end - start >= SENDFILE_MIN,
+            Some(BodyPiece::File { start, end, .. }) => {
+                send_path == SendPath::Sendfile && end - start >= SENDFILE_MIN
+            }
             _ => false,
         };
         let head_rest = &resp.head[resp.head_sent..];

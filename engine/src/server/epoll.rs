@@ -206,7 +206,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
             }
             Next::Write if c.writable => {
                 budget -= 1;
-                let (res, len) = match c.prepare_send() {
+                let (res, len) = match c.prepare_send(w.ctx.cfg.send_path) {
                     SendPlan::Iov { len, more: false } => {
                         (sys::sendmsg(c.fd, &c.iov[..c.msg.msg_iovlen]), len)
                     }

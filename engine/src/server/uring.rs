@@ -543,7 +543,7 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
                 unsafe { d.push(entry) };
                 return;
             }
-            Next::Write => match c.prepare_send() {
+            Next::Write => match c.prepare_send(w.ctx.cfg.send_path) {
                 SendPlan::Iov { more, .. } => {
                     let mut flags = libc::MSG_NOSIGNAL as u32;
                     if more {
