@@ -335,3 +335,9 @@ fn io_uring_refused_falls_back_to_epoll() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("io_uring"), "stderr: {err}");
 }
+
+#[test]
+fn truncated_mid_download_sendfile() {
+    truncated_mid_download(&["--driver", "uring", "--send-path", "sendfile"]);
+    truncated_mid_download(&["--driver", "epoll", "--send-path", "sendfile"]);
+}
