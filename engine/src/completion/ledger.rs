@@ -211,16 +211,12 @@ impl Ledger {
             }
         };
 
-        let mut state = State {
+        let mut state = State::new(
             store,
             conn,
-            webhook: webhook.as_ref().map(|(tx, _)| tx.clone()),
-            stats: stats.clone(),
-            items: HashMap::new(),
-            open: HashMap::new(),
-            dirty: HashSet::new(),
-            retry: HashSet::new(),
-        };
+            webhook.as_ref().map(|(tx, _)| tx.clone()),
+            stats.clone(),
+        );
         let recovered = state.recover().context("loading journaled progress")?;
         tracing::info!(
             recovered,
@@ -404,6 +400,24 @@ struct Round {
 }
 
 impl State {
+    fn new(
+        store: Store,
+        conn: Connection,
+        webhook: Option<Sender<Signal>>,
+        stats: Arc<LedgerStats>,
+    ) -> State {
+        State {
+            store,
+            conn,
+            webhook,
+            stats,
+            items: HashMap::new(),
+            open: HashMap::new(),
+            dirty: HashSet::new(),
+            retry: HashSet::new(),
+        }
+    }
+
     fn run(mut self, rx: Receiver<Msg>, interval: Duration) {
         let mut next_flush = Instant::now() + interval;
         loop {
@@ -449,7 +463,7 @@ impl State {
             self.finish(&mut round);
             if Instant::now() >= next_flush {
                 self.flush();
-                self.evict();
+                self.evict(EVICT_AFTER);
                 next_flush = Instant::now() + interval;
             }
         }
@@ -790,12 +804,12 @@ impl State {
         Ok(rows)
     }
 
-    /// Drops idle, flushed purchases from memory.
-    fn evict(&mut self) {
+    /// Drops purchases flushed and idle for `idle` from memory.
+    fn evict(&mut self, idle: Duration) {
         let dirty = &self.dirty;
         let retry = &self.retry;
         self.open.retain(|key, p| {
-            p.last_credit.elapsed() < EVICT_AFTER || dirty.contains(key) || retry.contains(key)
+            p.last_credit.elapsed() < idle || dirty.contains(key) || retry.contains(key)
         });
     }
 
@@ -1257,6 +1271,98 @@ mod tests {
         sync(&ledger);
         assert_eq!(f.completions("alice", "b"), 1);
         thread.shutdown();
+    }
+
+    /// The ledger's state driven directly, without its thread.
+    fn state(f: &Fixture) -> State {
+        let store = Store::open(f.store.data_dir()).unwrap();
+        let conn = open_connection(&store.data_dir().join("weir.db")).unwrap();
+        conn.execute_batch(PROGRESS_SCHEMA).unwrap();
+        conn.execute_batch(webhook::OUTBOX_SCHEMA).unwrap();
+        State::new(store, conn, None, Arc::default())
+    }
+
+    fn apply(state: &mut State, credits: Vec<Credit>) {
+        let mut round = Round::default();
+        state.apply(credits, &mut round);
+        state.finish(&mut round);
+    }
+
+    #[test]
+    fn evicted_progress_is_reloaded_from_the_journal() {
+        let f = Fixture::new();
+        f.file("big", 1000);
+        f.store.cart_add("alice", "big").unwrap();
+        let mut state = state(&f);
+        apply(&mut state, vec![credit("alice", "big", 0, 0..600)]);
+        state.evict(Duration::ZERO);
+        assert_eq!(state.open.len(), 1, "unflushed progress stays in memory");
+        state.flush();
+        state.evict(Duration::ZERO);
+        assert!(state.open.is_empty());
+        apply(&mut state, vec![credit("alice", "big", 0, 600..1000)]);
+        assert_eq!(f.completions("alice", "big"), 1);
+    }
+
+    #[test]
+    fn a_gap_of_one_byte_never_completes() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut state = state(&f);
+        for case in 0..60 {
+            use rand::Rng;
+            let id = format!("item{case}");
+            let album = rng.gen_bool(0.5);
+            let sizes: Vec<u64> = if album {
+                (0..rng.gen_range(1..4))
+                    .map(|_| rng.gen_range(1..3000))
+                    .collect()
+            } else {
+                vec![rng.gen_range(1..3000)]
+            };
+            if album {
+                let lens: Vec<usize> = sizes.iter().map(|&s| s as usize).collect();
+                f.album(&id, &lens);
+            } else {
+                f.file(&id, sizes[0] as usize);
+            }
+            f.store.cart_add("alice", &id).unwrap();
+            let hole_part = rng.gen_range(0..sizes.len());
+            let hole = rng.gen_range(0..sizes[hole_part]);
+            // Random overlapping ranges over everything but the hole, in random order.
+            let mut credits = Vec::new();
+            for (part, &size) in sizes.iter().enumerate() {
+                let mut at = 0;
+                while at < size {
+                    let end = (at + rng.gen_range(1..400)).min(size);
+                    let start = at.saturating_sub(rng.gen_range(0..50));
+                    for r in [start..end, start..end] {
+                        if part == hole_part && r.contains(&hole) {
+                            credits.push(credit("alice", &id, part as u32, r.start..hole));
+                            credits.push(credit("alice", &id, part as u32, hole + 1..r.end));
+                        } else {
+                            credits.push(credit("alice", &id, part as u32, r));
+                        }
+                    }
+                    at = end;
+                }
+            }
+            credits.shuffle(&mut rng);
+            for batch in credits.chunks(7) {
+                apply(&mut state, batch.to_vec());
+            }
+            // Another user's delivery of the hole does not fill it.
+            apply(
+                &mut state,
+                vec![credit("bob", &id, hole_part as u32, hole..hole + 1)],
+            );
+            assert_eq!(f.completions("alice", &id), 0, "case {case}");
+            apply(
+                &mut state,
+                vec![credit("alice", &id, hole_part as u32, hole..hole + 1)],
+            );
+            assert_eq!(f.completions("alice", &id), 1, "case {case}");
+        }
     }
 
     /// One request as the test receiver saw it.
