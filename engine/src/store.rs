@@ -690,23 +690,20 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether `user` completed `item` at or after `since_ms` (the grace period: a download
-    /// manager's last connections keep working after the item left the cart).
+    /// Whether `user` completed `item` at or after `since_ms` (unix ms): the grace period in which
+    /// a download manager's last connections may still fetch ranges of a completed item.
     pub fn recently_completed(
         &self,
         user: &str,
         item: &str,
         since_ms: u64,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM history WHERE user = ?1 AND item = ?2 AND completed_at >= ?3 LIMIT 1",
-                rusqlite::params![user, item, since_ms as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(found.is_some())
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM history
+                            WHERE user = ?1 AND item = ?2 AND completed_at >= ?3)",
+            params![user, item, since_ms],
+            |r| r.get(0),
+        )?)
     }
 }
 

@@ -1,8 +1,8 @@
-//! Completion accounting: the parts with no storage, no clock, and no socket I/O outside
-//! [`tcp_info`].
+//! Completion accounting: which bytes reached each client, and when that makes a completion.
 //!
 //! An item leaves a user's cart only when every byte of it was acknowledged by the client's TCP.
-//! The server calls into four pieces:
+//! The first four pieces are pure (no storage, no clock, no socket I/O outside [`tcp_info`]);
+//! the last two own the durable side, on their own threads:
 //!
 //! - [`delivery`]: per connection, a [`StreamMap`] of which stream offsets carried which content
 //!   bytes; fed the kernel's `tcpi_bytes_acked`, it returns the content newly acknowledged.
@@ -14,6 +14,9 @@
 //!   ([`IntervalSet`]); the item completes when it covers `0..len`.
 //! - [`tcp_info`]: the one impure helper, [`tcp_delivery`], which reads `tcpi_bytes_acked` and
 //!   the send queue of a socket (one `getsockopt`, one `ioctl`: the module's only `unsafe`).
+//! - [`ledger`]: the [`Ledger`] thread I/O workers hand [`Credit`]s to; it keeps progress per
+//!   purchase, journals it to SQLite, and records each completion in one transaction.
+//! - [`webhook`]: the durable outbox of completion events and the thread that POSTs them.
 //!
 //! ```
 //! use weir::completion::{IntervalSet, StreamMap};
@@ -31,10 +34,13 @@
 
 pub mod delivery;
 pub mod intervals;
+pub mod ledger;
 pub mod tcp_info;
+pub mod webhook;
 pub mod zip;
 
 pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
+pub use ledger::{Credit, Ledger, LedgerConfig, LedgerStats, LedgerThread};
 pub use tcp_info::{tcp_acked, tcp_delivery, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};

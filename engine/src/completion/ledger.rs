@@ -1,0 +1,1534 @@
+//! The completion ledger: the thread that turns credited byte ranges into completions, durably.
+//!
+//! I/O workers learn, from `tcpi_bytes_acked` and their [`StreamMap`](super::StreamMap)s, which
+//! content bytes reached a client, and hand them over as [`Credit`]s with [`Ledger::credit`]
+//! (once per event-loop iteration, never blocking: the channel is unbounded). One ledger thread
+//! owns all progress; nothing here ever runs on an I/O worker.
+//!
+//! # What counts
+//!
+//! - Progress is kept per *purchase*: (user, item, the cart row's `added_at`). A credit counts
+//!   only while the item is in the user's cart; a credit for an item that is not (a download
+//!   manager's last ranges during the grace period after completion, a removed item) is ignored.
+//!   When the cart row disappears or its `added_at` changes (bought again), the old progress is
+//!   discarded, in memory and in the journal.
+//! - Each part keeps an [`IntervalSet`]: part 0 of a file, part `n` (0-based) of an album's
+//!   track `n`. Ranges are clipped to the part's size; a part index the item does not have is
+//!   ignored. Zip ranges are mapped to tracks by the caller
+//!   ([`ZipLayout::track_intervals`](super::ZipLayout::track_intervals)).
+//! - An item completes when every part covers `0..size`. Nothing else completes an item: zero
+//!   false completions. (An item whose parts are all empty completes on its first credit.)
+//!
+//! # Completion
+//!
+//! One SQLite transaction, committed with `synchronous = FULL` (the WAL is fsynced before the
+//! commit returns): delete the cart row *with the purchase's `added_at`* (if it is gone, the
+//! purchase ended and nothing is recorded), insert a `history` row, append an `events` row
+//! (kind `completed`), insert a [`webhook`] outbox row when a webhook is
+//! configured, delete the purchase's progress rows. So a completion happens once per purchase,
+//! also across restarts: afterwards the cart row is gone and further credits are ignored.
+//!
+//! # Journal and durability
+//!
+//! Progress lives in `progress(user, item, cart_added_at, part, intervals)`, one row per part
+//! with the set's [`IntervalSet::to_bytes`]. Parts that changed are upserted every
+//! `flush_interval` (default 1 s) in one transaction with `synchronous = NORMAL`:
+//!
+//! - **SIGKILL** loses nothing committed: a committed WAL frame is in the OS page cache, and the
+//!   kernel writes it whatever happens to the process. At most the credits received since the
+//!   last flush are lost (they were never committed).
+//! - **Power loss or a kernel crash** may also lose the last flush intervals of *progress* (not
+//!   yet fsynced), never a completion: every completion commit is `FULL`, and fsyncing the WAL
+//!   also makes every earlier frame durable.
+//!
+//! Lost progress only means a client fetches those bytes again; it can never cause a false
+//! completion. [`LedgerThread::shutdown`] flushes before it returns (the SIGTERM drain).
+//!
+//! On start, progress rows whose purchase no longer matches the cart are deleted and the rest
+//! is loaded (a purchase found complete is completed then). Purchases idle for a while are
+//! dropped from memory after a flush and reloaded from the journal on their next credit.
+//!
+//! A re-purchase within the same millisecond as the previous `cart add` of the same item
+//! cannot be told apart from the earlier one; the earlier progress then carries over (those
+//! bytes were still delivered to that user).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::intervals::IntervalSet;
+use super::webhook::{self, Signal};
+use crate::store::Store;
+
+/// Default for [`LedgerConfig::flush_interval`].
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`LedgerConfig::webhook_timeout`].
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A purchase with no credit for this long and nothing unflushed leaves memory (it stays in
+/// the journal and is reloaded on its next credit).
+const EVICT_AFTER: Duration = Duration::from_secs(600);
+/// Most channel messages handled before completions are checked and the flush timer looked at.
+const MAX_ROUND: usize = 1024;
+
+/// The ledger's tables (the webhook outbox is in [`webhook`]).
+const PROGRESS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS progress (
+    user          TEXT NOT NULL,
+    item          TEXT NOT NULL,
+    cart_added_at INTEGER NOT NULL,           -- the purchase: cart.added_at when credited
+    part          INTEGER NOT NULL,           -- 0-based: 0 for a file, the track of an album
+    intervals     BLOB NOT NULL,              -- IntervalSet::to_bytes
+    PRIMARY KEY (user, item, part)
+) WITHOUT ROWID;
+";
+
+/// Content bytes of one part of an item that reached a user's client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credit {
+    pub user: Arc<str>,
+    pub item: Arc<str>,
+    /// 0 for a file; the 0-based track index for an album.
+    pub part: u32,
+    /// Byte range within the part.
+    pub range: Range<u64>,
+}
+
+/// What [`Ledger::start`] runs with.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// The data directory ([`Store::open`]).
+    pub data_dir: PathBuf,
+    /// How often changed progress is written to the journal. Default 1 s.
+    pub flush_interval: Duration,
+    /// URL completions are POSTed to, if any.
+    pub webhook: Option<String>,
+    /// Timeout of one webhook POST (connect, send, answer). Default 10 s.
+    pub webhook_timeout: Duration,
+}
+
+impl LedgerConfig {
+    /// The defaults, on `data_dir`, with no webhook.
+    pub fn new(data_dir: impl Into<PathBuf>) -> LedgerConfig {
+        LedgerConfig {
+            data_dir: data_dir.into(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            webhook: None,
+            webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
+        }
+    }
+}
+
+/// Counters for metrics; read them with relaxed loads, any time.
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Purchases completed (history rows written) by this process.
+    pub completions: AtomicU64,
+    /// Credits received (each one range).
+    pub credits: AtomicU64,
+    /// Credits that did not count: item not in the cart, unknown part, database error.
+    pub credits_ignored: AtomicU64,
+    /// Bytes in the credits that counted (overlaps counted each time).
+    pub bytes_credited: AtomicU64,
+    /// Bytes that counted and were not covered before: actual progress.
+    pub bytes_new: AtomicU64,
+    /// Failed journal flushes and completion transactions (each retried).
+    pub journal_errors: AtomicU64,
+    /// Webhook events acknowledged with a 2xx.
+    pub webhook_delivered: AtomicU64,
+    /// Webhook attempts that failed (each retried later).
+    pub webhook_failures: AtomicU64,
+}
+
+impl LedgerStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+enum Msg {
+    Credits(Vec<Credit>),
+    Flush,
+    Sync(Sender<()>),
+    Shutdown,
+    /// Tests: exit at once, without flushing (what SIGKILL does).
+    #[cfg(test)]
+    Abort,
+}
+
+/// The handle workers credit through. Cheap to clone; every clone feeds the same thread.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: Sender<Msg>,
+    stats: Arc<LedgerStats>,
+}
+
+/// The running ledger (and webhook) threads; [`LedgerThread::shutdown`] stops them.
+/// Dropping it does the same.
+pub struct LedgerThread {
+    tx: Sender<Msg>,
+    ledger: Option<JoinHandle<()>>,
+    webhook: Option<(Sender<Signal>, JoinHandle<()>)>,
+}
+
+impl Ledger {
+    /// Opens the data directory, creates the ledger's tables if missing, loads the journaled
+    /// progress of purchases still in a cart (dropping the rest), and spawns the ledger thread,
+    /// plus the webhook sender when `cfg.webhook` is set (queued events are sent at once).
+    pub fn start(cfg: LedgerConfig) -> anyhow::Result<(Ledger, LedgerThread)> {
+        let store = Store::open(&cfg.data_dir)
+            .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
+        let db = store.data_dir().join("weir.db");
+        let conn = open_connection(&db)?;
+        conn.execute_batch(PROGRESS_SCHEMA)
+            .and_then(|()| conn.execute_batch(webhook::OUTBOX_SCHEMA))
+            .context("creating the ledger tables")?;
+        let queued = webhook::queued(&conn).context("reading the webhook outbox")?;
+        let stats = Arc::new(LedgerStats::default());
+
+        let webhook = match &cfg.webhook {
+            Some(url) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let handle =
+                    webhook::spawn(&db, url.clone(), cfg.webhook_timeout, rx, stats.clone())?;
+                Some((tx, handle))
+            }
+            None => {
+                if queued > 0 {
+                    tracing::warn!(
+                        queued,
+                        "webhook events are queued but no webhook is configured; they wait"
+                    );
+                }
+                None
+            }
+        };
+
+        let mut state = State::new(
+            store,
+            conn,
+            webhook.as_ref().map(|(tx, _)| tx.clone()),
+            stats.clone(),
+        );
+        let recovered = state.recover().context("loading journaled progress")?;
+        tracing::info!(
+            recovered,
+            webhook_queued = queued,
+            "completion ledger started"
+        );
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let interval = cfg.flush_interval.max(Duration::from_millis(1));
+        let spawned = std::thread::Builder::new()
+            .name("weir-ledger".into())
+            .spawn(move || state.run(rx, interval));
+        let handle = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some((wtx, wh)) = webhook {
+                    let _ = wtx.send(Signal::Stop);
+                    let _ = wh.join();
+                }
+                return Err(e).context("spawning the ledger thread");
+            }
+        };
+        Ok((
+            Ledger {
+                tx: tx.clone(),
+                stats,
+            },
+            LedgerThread {
+                tx,
+                ledger: Some(handle),
+                webhook,
+            },
+        ))
+    }
+
+    /// Hands delivered ranges to the ledger thread. Never blocks; a no-op once the ledger has
+    /// stopped.
+    pub fn credit(&self, batch: Vec<Credit>) {
+        if !batch.is_empty() {
+            let _ = self.tx.send(Msg::Credits(batch));
+        }
+    }
+
+    /// Asks for a journal flush now, without waiting for it.
+    pub fn flush(&self) {
+        let _ = self.tx.send(Msg::Flush);
+    }
+
+    /// Waits until every credit sent before this call was applied, resulting completions were
+    /// committed and the journal was flushed. False if that took longer than `timeout` or the
+    /// ledger has stopped. Blocks: never call it from an I/O worker.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        self.tx.send(Msg::Sync(ack)).is_ok() && done.recv_timeout(timeout).is_ok()
+    }
+
+    /// The ledger's counters.
+    pub fn stats(&self) -> Arc<LedgerStats> {
+        self.stats.clone()
+    }
+}
+
+impl LedgerThread {
+    /// Applies the credits already sent, flushes the journal, stops the ledger thread and the
+    /// webhook sender (after its POST in flight, at most the webhook timeout) and joins them.
+    pub fn shutdown(mut self) {
+        self.stop(Msg::Shutdown);
+    }
+
+    /// Stops the ledger thread as SIGKILL would: nothing since the last flush is written.
+    #[cfg(test)]
+    fn kill(mut self) {
+        self.stop(Msg::Abort);
+    }
+
+    fn stop(&mut self, msg: Msg) {
+        if let Some(handle) = self.ledger.take() {
+            let _ = self.tx.send(msg);
+            if handle.join().is_err() {
+                tracing::error!("the ledger thread panicked");
+            }
+        }
+        if let Some((tx, handle)) = self.webhook.take() {
+            let _ = tx.send(Signal::Stop);
+            if handle.join().is_err() {
+                tracing::error!("the webhook thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for LedgerThread {
+    fn drop(&mut self) {
+        self.stop(Msg::Shutdown);
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A connection for the ledger's and webhook's writes: WAL (set by [`Store::open`]), waits up
+/// to 5 s for the write lock, `synchronous = NORMAL` unless a transaction raises it.
+pub(crate) fn open_connection(db: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+/// The progress of one purchase.
+struct Purchase {
+    /// The cart row's `added_at` this progress belongs to.
+    added_at: i64,
+    /// Size of each part, in order.
+    sizes: Arc<[u64]>,
+    /// INVARIANT: one per part, each within `0..sizes[i]`.
+    parts: Vec<IntervalSet>,
+    /// Parts changed since the last flush.
+    dirty: Vec<bool>,
+    last_credit: Instant,
+}
+
+impl Purchase {
+    fn new(added_at: i64, sizes: Arc<[u64]>) -> Purchase {
+        let n = sizes.len();
+        Purchase {
+            added_at,
+            sizes,
+            parts: vec![IntervalSet::new(); n],
+            dirty: vec![false; n],
+            last_credit: Instant::now(),
+        }
+    }
+
+    /// The only completion test: every byte of every part was credited.
+    fn is_complete(&self) -> bool {
+        self.parts.len() == self.sizes.len()
+            && self
+                .parts
+                .iter()
+                .zip(self.sizes.iter())
+                .all(|(set, &size)| set.is_complete(size))
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.dirty.iter().any(|&d| d)
+    }
+}
+
+/// The ledger thread's state.
+struct State {
+    /// Item definitions.
+    store: Store,
+    /// Writes to `progress`, `cart`, `history`, `events`, `webhook_outbox`.
+    conn: Connection,
+    webhook: Option<Sender<Signal>>,
+    stats: Arc<LedgerStats>,
+    /// Part sizes by item id (items are immutable once imported).
+    items: HashMap<Arc<str>, Arc<[u64]>>,
+    /// Purchases with progress in memory.
+    open: HashMap<Key, Purchase>,
+    /// Purchases with parts changed since the last flush.
+    dirty: HashSet<Key>,
+    /// Purchases found complete whose completion transaction failed; retried every flush.
+    retry: HashSet<Key>,
+}
+
+/// What one round of messages touched.
+#[derive(Default)]
+struct Round {
+    /// The cart's `added_at` per (user, item), read once per round.
+    carts: HashMap<Key, Option<i64>>,
+    /// Purchases that got a counted credit: check them for completion.
+    touched: HashSet<Key>,
+}
+
+impl State {
+    fn new(
+        store: Store,
+        conn: Connection,
+        webhook: Option<Sender<Signal>>,
+        stats: Arc<LedgerStats>,
+    ) -> State {
+        State {
+            store,
+            conn,
+            webhook,
+            stats,
+            items: HashMap::new(),
+            open: HashMap::new(),
+            dirty: HashSet::new(),
+            retry: HashSet::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>, interval: Duration) {
+        let mut next_flush = Instant::now() + interval;
+        loop {
+            let first = match rx.recv_deadline(next_flush) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            };
+            let mut round = Round::default();
+            let mut next = first;
+            let mut handled = 0;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Credits(batch) => self.apply(batch, &mut round),
+                    Msg::Flush => {
+                        self.finish(&mut round);
+                        self.flush();
+                    }
+                    Msg::Sync(ack) => {
+                        self.finish(&mut round);
+                        self.flush();
+                        let _ = ack.send(());
+                    }
+                    Msg::Shutdown => {
+                        self.finish(&mut round);
+                        self.flush();
+                        tracing::info!("completion ledger stopped");
+                        return;
+                    }
+                    #[cfg(test)]
+                    Msg::Abort => return,
+                }
+                handled += 1;
+                next = if handled < MAX_ROUND {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.finish(&mut round);
+            if Instant::now() >= next_flush {
+                self.flush();
+                self.evict(EVICT_AFTER);
+                next_flush = Instant::now() + interval;
+            }
+        }
+    }
+
+    /// Applies a batch of credits to the purchases they belong to.
+    fn apply(&mut self, batch: Vec<Credit>, round: &mut Round) {
+        let n = batch.len() as u64;
+        LedgerStats::add(&self.stats.credits, n);
+        for credit in batch {
+            let key: Key = (credit.user, credit.item);
+            let added_at = match round.carts.get(&key) {
+                Some(&a) => a,
+                None => {
+                    let a = self.cart_added_at(&key);
+                    round.carts.insert(key.clone(), a);
+                    a
+                }
+            };
+            let Some(added_at) = added_at else {
+                self.forget(&key);
+                LedgerStats::add(&self.stats.credits_ignored, 1);
+                continue;
+            };
+            let part = credit.part as usize;
+            let credited = self.purchase(&key, added_at).and_then(|purchase| {
+                let size = *purchase.sizes.get(part)?;
+                let range = credit.range.start.min(size)..credit.range.end.min(size);
+                let added = purchase.parts[part].insert(range.clone());
+                purchase.last_credit = Instant::now();
+                purchase.dirty[part] |= added > 0;
+                Some((range.end.saturating_sub(range.start), added))
+            });
+            let Some((len, added)) = credited else {
+                tracing::debug!(user = %key.0, item = %key.1, part, "credit for an unknown item or part");
+                LedgerStats::add(&self.stats.credits_ignored, 1);
+                continue;
+            };
+            if added > 0 {
+                self.dirty.insert(key.clone());
+            }
+            LedgerStats::add(&self.stats.bytes_credited, len);
+            LedgerStats::add(&self.stats.bytes_new, added);
+            round.touched.insert(key);
+        }
+    }
+
+    /// Ends a round: completes the purchases it made whole.
+    fn finish(&mut self, round: &mut Round) {
+        round.carts.clear();
+        for key in std::mem::take(&mut round.touched) {
+            if self.open.get(&key).is_some_and(Purchase::is_complete) {
+                self.complete(&key);
+            }
+        }
+    }
+
+    /// The `added_at` of the cart row (user, item), if the item is in the cart. A database
+    /// error counts as "not in the cart" for this round: the credit is lost, never misapplied.
+    fn cart_added_at(&self, key: &Key) -> Option<i64> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT added_at FROM cart WHERE user = ?1 AND item = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![&*key.0, &*key.1], |r| r.get(0))
+                    .optional()
+            });
+        found.unwrap_or_else(|e| {
+            tracing::error!(user = %key.0, item = %key.1, error = %e, "reading the cart");
+            None
+        })
+    }
+
+    /// Part sizes of an item, from the cache or the store.
+    fn sizes(&mut self, item: &Arc<str>) -> Option<Arc<[u64]>> {
+        if let Some(s) = self.items.get(item) {
+            return Some(s.clone());
+        }
+        match self.store.item(item) {
+            Ok(Some(def)) => {
+                let sizes: Arc<[u64]> = def.parts.iter().map(|p| p.size).collect();
+                self.items.insert(item.clone(), sizes.clone());
+                Some(sizes)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(item = %item, error = %e, "reading the item definition");
+                None
+            }
+        }
+    }
+
+    /// The in-memory progress of purchase (key, added_at): kept if it matches, else the old
+    /// progress is discarded and the journal's is loaded.
+    fn purchase(&mut self, key: &Key, added_at: i64) -> Option<&mut Purchase> {
+        if self.open.get(key).is_some_and(|p| p.added_at != added_at) {
+            self.forget(key);
+        }
+        if !self.open.contains_key(key) {
+            let sizes = self.sizes(&key.1)?;
+            let purchase = self.load(key, added_at, sizes);
+            self.open.insert(key.clone(), purchase);
+        }
+        self.open.get_mut(key)
+    }
+
+    /// Reads a purchase's progress from the journal. Rows of another purchase, or that do not
+    /// fit the item, are deleted; the rest is kept.
+    fn load(&mut self, key: &Key, added_at: i64, sizes: Arc<[u64]>) -> Purchase {
+        let mut purchase = Purchase::new(added_at, sizes);
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT cart_added_at, part, intervals FROM progress WHERE user = ?1 AND item = ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![&*key.0, &*key.1], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            });
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Starting from nothing is safe: it can only delay a completion.
+                tracing::error!(user = %key.0, item = %key.1, error = %e, "reading progress");
+                return purchase;
+            }
+        };
+        let mut rejected = false;
+        for (row_added_at, part, bytes) in rows {
+            let fits = usize::try_from(part)
+                .ok()
+                .filter(|&p| row_added_at == added_at && p < purchase.parts.len());
+            let set = IntervalSet::from_bytes(&bytes).ok();
+            match (fits, set) {
+                (Some(p), Some(set)) if set.iter().all(|r| r.end <= purchase.sizes[p]) => {
+                    purchase.parts[p] = set;
+                }
+                _ => rejected = true,
+            }
+        }
+        if rejected {
+            // Rewrite what was kept at the next flush, after deleting everything now.
+            self.delete_progress(key);
+            for (p, set) in purchase.parts.iter().enumerate() {
+                purchase.dirty[p] = !set.is_empty();
+            }
+            if purchase.is_dirty() {
+                self.dirty.insert(key.clone());
+            }
+        }
+        purchase
+    }
+
+    /// Drops a purchase that ended (left the cart, or replaced by a new purchase).
+    fn forget(&mut self, key: &Key) {
+        self.retry.remove(key);
+        self.dirty.remove(key);
+        if self.open.remove(key).is_some() {
+            self.delete_progress(key);
+        }
+    }
+
+    fn delete_progress(&self, key: &Key) {
+        let deleted = self.conn.execute(
+            "DELETE FROM progress WHERE user = ?1 AND item = ?2",
+            params![&*key.0, &*key.1],
+        );
+        if let Err(e) = deleted {
+            // Harmless: rows of another purchase are ignored (and deleted) when read.
+            tracing::warn!(user = %key.0, item = %key.1, error = %e, "deleting old progress");
+        }
+    }
+
+    /// Records the completion of a purchase whose every byte was credited.
+    fn complete(&mut self, key: &Key) {
+        let Some(purchase) = self.open.get(key) else {
+            return;
+        };
+        if !purchase.is_complete() {
+            debug_assert!(false, "complete() called on an incomplete purchase");
+            return;
+        }
+        let (added_at, size, parts) = (
+            purchase.added_at,
+            purchase.sizes.iter().sum::<u64>(),
+            purchase.sizes.len(),
+        );
+        match self.commit_completion(key, added_at, size, parts) {
+            Ok(Some((history_id, completed_at_ms))) => {
+                LedgerStats::add(&self.stats.completions, 1);
+                self.open.remove(key);
+                self.dirty.remove(key);
+                self.retry.remove(key);
+                if let Some(w) = &self.webhook {
+                    let _ = w.send(Signal::Wake);
+                }
+                tracing::info!(user = %key.0, item = %key.1, history_id, completed_at_ms, "download completed");
+            }
+            Ok(None) => {
+                self.open.remove(key);
+                self.dirty.remove(key);
+                self.retry.remove(key);
+                tracing::info!(user = %key.0, item = %key.1, "purchase left the cart before completing");
+            }
+            Err(e) => {
+                LedgerStats::add(&self.stats.journal_errors, 1);
+                self.retry.insert(key.clone());
+                tracing::error!(user = %key.0, item = %key.1, error = %e, "recording a completion failed; will retry");
+            }
+        }
+    }
+
+    /// The completion transaction (see the module docs), committed with `synchronous = FULL`.
+    /// `Ok(None)`: the purchase's cart row is gone, nothing was recorded but its progress was
+    /// deleted.
+    fn commit_completion(
+        &mut self,
+        key: &Key,
+        added_at: i64,
+        size: u64,
+        parts: usize,
+    ) -> rusqlite::Result<Option<(i64, u64)>> {
+        let (user, item) = (&*key.0, &*key.1);
+        let webhook = self.webhook.is_some();
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| -> rusqlite::Result<Option<(i64, u64)>> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let removed = tx.execute(
+                "DELETE FROM cart WHERE user = ?1 AND item = ?2 AND added_at = ?3",
+                params![user, item, added_at],
+            )?;
+            if removed == 0 {
+                tx.execute(
+                    "DELETE FROM progress WHERE user = ?1 AND item = ?2",
+                    params![user, item],
+                )?;
+                tx.commit()?;
+                return Ok(None);
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO history (user, item, completed_at) VALUES (?1, ?2, ?3)",
+                params![user, item, now],
+            )?;
+            let history_id = tx.last_insert_rowid();
+            let event = serde_json::json!({
+                "history_id": history_id,
+                "completed_at_ms": now,
+                "cart_added_at_ms": added_at,
+                "size": size,
+                "parts": parts,
+            });
+            tx.execute(
+                "INSERT INTO events (kind, user, item, at, payload)
+                 VALUES ('completed', ?1, ?2, ?3, ?4)",
+                params![user, item, now, event.to_string()],
+            )?;
+            if webhook {
+                let body = webhook::payload(user, item, now, history_id);
+                webhook::enqueue(&tx, history_id, &body, now)?;
+            }
+            tx.execute(
+                "DELETE FROM progress WHERE user = ?1 AND item = ?2",
+                params![user, item],
+            )?;
+            tx.commit()?;
+            Ok(Some((history_id, now)))
+        })();
+        let restored = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let outcome = result?;
+        restored?;
+        Ok(outcome)
+    }
+
+    /// Writes every changed part in one transaction, and retries failed completions.
+    fn flush(&mut self) {
+        for key in self.retry.clone() {
+            self.complete(&key);
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        match self.write_dirty() {
+            Ok(rows) => {
+                for key in self.dirty.drain() {
+                    if let Some(p) = self.open.get_mut(&key) {
+                        p.dirty.iter_mut().for_each(|d| *d = false);
+                    }
+                }
+                tracing::trace!(rows, "progress flushed");
+            }
+            Err(e) => {
+                LedgerStats::add(&self.stats.journal_errors, 1);
+                tracing::error!(error = %e, "flushing progress failed; will retry");
+            }
+        }
+    }
+
+    fn write_dirty(&mut self) -> rusqlite::Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rows = 0;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO progress (user, item, cart_added_at, part, intervals)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (user, item, part) DO UPDATE
+                 SET cart_added_at = excluded.cart_added_at, intervals = excluded.intervals",
+            )?;
+            for key in &self.dirty {
+                let Some(p) = self.open.get(key) else {
+                    continue;
+                };
+                for (part, set) in p.parts.iter().enumerate() {
+                    if p.dirty[part] {
+                        upsert.execute(params![
+                            &*key.0,
+                            &*key.1,
+                            p.added_at,
+                            part as i64,
+                            set.to_bytes()
+                        ])?;
+                        rows += 1;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// Drops purchases flushed and idle for `idle` from memory.
+    fn evict(&mut self, idle: Duration) {
+        let dirty = &self.dirty;
+        let retry = &self.retry;
+        self.open.retain(|key, p| {
+            p.last_credit.elapsed() < idle || dirty.contains(key) || retry.contains(key)
+        });
+    }
+
+    /// On start: deletes progress of purchases no longer in a cart, loads the rest, and
+    /// completes any that are whole. Returns the number of purchases loaded.
+    fn recover(&mut self) -> rusqlite::Result<usize> {
+        let stale = self.conn.execute(
+            "DELETE FROM progress WHERE NOT EXISTS (
+                 SELECT 1 FROM cart
+                 WHERE cart.user = progress.user AND cart.item = progress.item
+                   AND cart.added_at = progress.cart_added_at)",
+            [],
+        )?;
+        if stale > 0 {
+            tracing::info!(
+                rows = stale,
+                "dropped progress of purchases no longer in a cart"
+            );
+        }
+        let purchases = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT user, item, cart_added_at FROM progress")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    Arc::<str>::from(r.get::<_, String>(0)?),
+                    Arc::<str>::from(r.get::<_, String>(1)?),
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut loaded = 0;
+        for (user, item, added_at) in purchases {
+            let key: Key = (user, item);
+            if self.purchase(&key, added_at).is_some() {
+                loaded += 1;
+                if self.open.get(&key).is_some_and(Purchase::is_complete) {
+                    self.complete(&key);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::{ZipEntry, ZipLayout};
+    use crate::store::{Blob, ItemKind};
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+
+    /// Deadline of every bounded wait in these tests.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        store: Store,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = Store::open(&tmp.path().join("data")).unwrap();
+            store.add_user("alice", "h", None).unwrap();
+            store.add_user("bob", "h", None).unwrap();
+            Fixture { _tmp: tmp, store }
+        }
+
+        fn blob(&self, name: &str, len: usize) -> Blob {
+            let src = self.store.data_dir().join(name);
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + name.len()) as u8).collect();
+            std::fs::write(&src, bytes).unwrap();
+            let b = crate::catalog::import_file(&self.store.content_dir(), &src).unwrap();
+            std::fs::remove_file(src).unwrap();
+            b
+        }
+
+        fn file(&self, id: &str, len: usize) {
+            let b = self.blob(&format!("{id}.bin"), len);
+            self.store.add_item(id, ItemKind::File, &[b]).unwrap();
+        }
+
+        fn album(&self, id: &str, lens: &[usize]) -> Vec<Blob> {
+            let parts: Vec<Blob> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| self.blob(&format!("{id}-{i:02}.flac"), len))
+                .collect();
+            self.store.add_item(id, ItemKind::Album, &parts).unwrap();
+            parts
+        }
+
+        /// Flushes happen only when a test asks (or on shutdown).
+        fn config(&self) -> LedgerConfig {
+            LedgerConfig {
+                flush_interval: Duration::from_secs(3600),
+                ..LedgerConfig::new(self.store.data_dir())
+            }
+        }
+
+        fn start(&self) -> (Ledger, LedgerThread) {
+            Ledger::start(self.config()).unwrap()
+        }
+
+        fn db(&self) -> Connection {
+            Connection::open(self.store.data_dir().join("weir.db")).unwrap()
+        }
+
+        fn count(&self, sql: &str, p: impl rusqlite::Params) -> i64 {
+            self.db().query_row(sql, p, |r| r.get(0)).unwrap()
+        }
+
+        fn completions(&self, user: &str, item: &str) -> usize {
+            self.store
+                .history_list(user)
+                .unwrap()
+                .iter()
+                .filter(|h| h.item == item)
+                .count()
+        }
+
+        fn events(&self, user: &str, item: &str) -> i64 {
+            self.count(
+                "SELECT COUNT(*) FROM events WHERE kind = 'completed' AND user = ?1 AND item = ?2",
+                [user, item],
+            )
+        }
+
+        fn progress_rows(&self) -> i64 {
+            self.count("SELECT COUNT(*) FROM progress", [])
+        }
+
+        fn outbox(&self) -> i64 {
+            self.count("SELECT COUNT(*) FROM webhook_outbox", [])
+        }
+
+        fn history_id(&self, user: &str, item: &str) -> i64 {
+            self.count(
+                "SELECT id FROM history WHERE user = ?1 AND item = ?2 ORDER BY id DESC LIMIT 1",
+                [user, item],
+            )
+        }
+    }
+
+    fn credit(user: &str, item: &str, part: u32, range: Range<u64>) -> Credit {
+        Credit {
+            user: user.into(),
+            item: item.into(),
+            part,
+            range,
+        }
+    }
+
+    fn sync(ledger: &Ledger) {
+        assert!(ledger.sync(WAIT), "the ledger did not answer");
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn file_completes_exactly_once_from_many_connections() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        f.store.cart_add("bob", "movie").unwrap();
+        let (ledger, thread) = f.start();
+
+        // Partial, plus the missing bytes delivered to someone else: not complete.
+        ledger.credit(vec![
+            credit("alice", "movie", 0, 0..4000),
+            credit("alice", "movie", 0, 6000..10_000),
+            credit("bob", "movie", 0, 4000..6000),
+        ]);
+        ledger.credit(Vec::new()); // an empty batch is not even sent
+        sync(&ledger);
+        assert!(f.store.cart_contains("alice", "movie").unwrap());
+        assert_eq!(f.completions("alice", "movie"), 0);
+        assert_eq!(f.progress_rows(), 2, "one part each for alice and bob");
+
+        // Overlapping ranges, shuffled, from 8 "connections" at once.
+        let mut ranges: Vec<Range<u64>> = (0..10_000u64)
+            .step_by(100)
+            .map(|s| s..(s + 150).min(10_000))
+            .collect();
+        ranges.shuffle(&mut StdRng::seed_from_u64(7));
+        let workers: Vec<_> = ranges
+            .chunks(13)
+            .map(|chunk| {
+                let ledger = ledger.clone();
+                let chunk = chunk.to_vec();
+                std::thread::spawn(move || {
+                    for batch in chunk.chunks(4) {
+                        ledger.credit(
+                            batch
+                                .iter()
+                                .map(|r| credit("alice", "movie", 0, r.clone()))
+                                .collect(),
+                        );
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        sync(&ledger);
+
+        assert!(!f.store.cart_contains("alice", "movie").unwrap());
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(f.events("alice", "movie"), 1);
+        assert_eq!(f.progress_rows(), 1, "only bob's progress is left");
+        assert_eq!(f.outbox(), 0, "no webhook configured");
+        assert!(f.store.cart_contains("bob", "movie").unwrap());
+        assert_eq!(f.completions("bob", "movie"), 0);
+        let stats = ledger.stats();
+        assert_eq!(stats.completions.load(Ordering::Relaxed), 1);
+
+        // More credits after completion (the grace period) change nothing.
+        let ignored = stats.credits_ignored.load(Ordering::Relaxed);
+        ledger.credit(vec![credit("alice", "movie", 0, 0..10_000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(f.events("alice", "movie"), 1);
+        assert_eq!(stats.completions.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.credits_ignored.load(Ordering::Relaxed), ignored + 1);
+
+        // The grace period check.
+        assert!(f.store.recently_completed("alice", "movie", 0).unwrap());
+        assert!(!f
+            .store
+            .recently_completed("alice", "movie", now_ms() + 60_000)
+            .unwrap());
+        assert!(!f.store.recently_completed("bob", "movie", 0).unwrap());
+        thread.shutdown();
+    }
+
+    #[test]
+    fn album_completes_from_zip_ranges_and_tracks() {
+        let f = Fixture::new();
+        let parts = f.album("album", &[3000, 1, 5000]);
+        f.store.cart_add("alice", "album").unwrap();
+        let layout = ZipLayout::new(
+            &parts
+                .iter()
+                .map(|p| ZipEntry {
+                    name: p.name.clone(),
+                    size: p.size,
+                    crc32: p.crc32,
+                    mtime_unix: p.mtime,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let zip = |range: Range<u64>| -> Vec<Credit> {
+            layout
+                .track_intervals(range)
+                .into_iter()
+                .map(|(t, r)| credit("alice", "album", t as u32, r))
+                .collect()
+        };
+        let (ledger, thread) = f.start();
+
+        // The zip from its start to the middle of track 3 (headers included): tracks 1 and 2.
+        let half3 = layout.track_range(2).unwrap().start + 2500;
+        ledger.credit(zip(0..half3));
+        // A part the album does not have counts for nothing.
+        ledger.credit(vec![credit("alice", "album", 3, 0..5000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "album"), 0);
+        assert_eq!(ledger.stats().credits_ignored.load(Ordering::Relaxed), 1);
+
+        // Track 3 directly, all but its last byte; then the zip's tail (central directory
+        // and that byte).
+        ledger.credit(vec![credit("alice", "album", 2, 2000..4999)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "album"), 0);
+        let tail = layout.track_range(2).unwrap().end - 1..layout.len();
+        assert_eq!(zip(tail.clone()).len(), 1);
+        ledger.credit(zip(tail));
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "album"), 1);
+        assert_eq!(f.events("alice", "album"), 1);
+        assert!(!f.store.cart_contains("alice", "album").unwrap());
+        thread.shutdown();
+    }
+
+    #[test]
+    fn credits_outside_the_cart_never_count() {
+        let f = Fixture::new();
+        f.file("doc", 100);
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "doc", 0, 0..100)]);
+        ledger.credit(vec![credit("alice", "nonexistent", 0, 0..100)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "doc"), 0);
+        assert_eq!(f.progress_rows(), 0);
+        assert_eq!(ledger.stats().credits_ignored.load(Ordering::Relaxed), 2);
+
+        // Bought now: the earlier delivery does not count toward it.
+        f.store.cart_add("alice", "doc").unwrap();
+        ledger.credit(vec![credit("alice", "doc", 0, 0..99)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "doc"), 0);
+        // A range past the end is clipped to the item.
+        ledger.credit(vec![credit("alice", "doc", 0, 99..1_000_000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "doc"), 1);
+        assert_eq!(ledger.stats().bytes_new.load(Ordering::Relaxed), 100);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn progress_survives_a_kill_up_to_the_last_flush() {
+        let f = Fixture::new();
+        f.file("big", 1000);
+        f.store.cart_add("alice", "big").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "big", 0, 0..500)]);
+        sync(&ledger); // flushed
+        ledger.credit(vec![credit("alice", "big", 0, 500..750)]);
+        thread.kill(); // never flushed: lost, like SIGKILL
+        drop(ledger);
+
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "big", 0, 750..1000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "big"), 0, "500..750 was lost");
+        ledger.credit(vec![credit("alice", "big", 0, 500..750)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "big"), 1, "0..500 was recovered");
+        thread.kill();
+        drop(ledger);
+
+        // After another restart the completion is not repeated.
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "big", 0, 0..1000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "big"), 1);
+        assert_eq!(f.events("alice", "big"), 1);
+        assert_eq!(ledger.stats().completions.load(Ordering::Relaxed), 0);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn shutdown_flushes_progress() {
+        let f = Fixture::new();
+        f.file("big", 1000);
+        f.store.cart_add("alice", "big").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "big", 0, 0..600)]);
+        thread.shutdown();
+        assert_eq!(f.progress_rows(), 1);
+
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "big", 0, 600..1000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "big"), 1);
+        assert_eq!(f.progress_rows(), 0);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn the_periodic_flush_runs_by_itself() {
+        let f = Fixture::new();
+        f.file("big", 1000);
+        f.store.cart_add("alice", "big").unwrap();
+        let cfg = LedgerConfig {
+            flush_interval: Duration::from_millis(20),
+            ..LedgerConfig::new(f.store.data_dir())
+        };
+        let (ledger, thread) = Ledger::start(cfg).unwrap();
+        ledger.credit(vec![credit("alice", "big", 0, 0..10)]);
+        wait_until("the timed flush", || f.progress_rows() == 1);
+        thread.kill();
+    }
+
+    #[test]
+    fn a_new_purchase_needs_every_byte_again() {
+        let f = Fixture::new();
+        f.file("song", 400);
+        f.store.cart_add("alice", "song").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "song", 0, 0..400)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 1);
+
+        // Bought again after completion.
+        f.store.cart_add("alice", "song").unwrap();
+        ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 1);
+        assert!(f.store.cart_contains("alice", "song").unwrap());
+        ledger.credit(vec![credit("alice", "song", 0, 200..400)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 2);
+        assert_eq!(f.events("alice", "song"), 2);
+
+        // Re-purchased mid-download (the cart row's added_at changed): old progress is gone.
+        f.store.cart_add("alice", "song").unwrap();
+        ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
+        sync(&ledger);
+        f.db()
+            .execute(
+                "UPDATE cart SET added_at = added_at + 1 WHERE user = 'alice' AND item = 'song'",
+                [],
+            )
+            .unwrap();
+        ledger.credit(vec![credit("alice", "song", 0, 200..400)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 2);
+        assert_eq!(f.progress_rows(), 1);
+
+        // Removed from the cart mid-download: progress is dropped and credits are ignored.
+        assert!(f.store.cart_remove("alice", "song").unwrap());
+        ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
+        sync(&ledger);
+        assert_eq!(f.progress_rows(), 0);
+        f.store.cart_add("alice", "song").unwrap();
+        ledger.credit(vec![credit("alice", "song", 0, 200..400)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 2);
+        ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 3);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn restart_drops_progress_of_ended_purchases() {
+        let f = Fixture::new();
+        f.file("a", 100);
+        f.file("b", 100);
+        f.store.cart_add("alice", "a").unwrap();
+        f.store.cart_add("alice", "b").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![
+            credit("alice", "a", 0, 0..50),
+            credit("alice", "b", 0, 0..50),
+        ]);
+        sync(&ledger);
+        thread.kill();
+        drop(ledger);
+        assert_eq!(f.progress_rows(), 2);
+
+        f.store.cart_remove("alice", "a").unwrap();
+        let (ledger, thread) = f.start();
+        assert_eq!(f.progress_rows(), 1, "a's progress is dropped, b's kept");
+        ledger.credit(vec![credit("alice", "b", 0, 50..100)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "b"), 1);
+        thread.shutdown();
+    }
+
+    /// The ledger's state driven directly, without its thread.
+    fn state(f: &Fixture) -> State {
+        let store = Store::open(f.store.data_dir()).unwrap();
+        let conn = open_connection(&store.data_dir().join("weir.db")).unwrap();
+        conn.execute_batch(PROGRESS_SCHEMA).unwrap();
+        conn.execute_batch(webhook::OUTBOX_SCHEMA).unwrap();
+        State::new(store, conn, None, Arc::default())
+    }
+
+    fn apply(state: &mut State, credits: Vec<Credit>) {
+        let mut round = Round::default();
+        state.apply(credits, &mut round);
+        state.finish(&mut round);
+    }
+
+    #[test]
+    fn evicted_progress_is_reloaded_from_the_journal() {
+        let f = Fixture::new();
+        f.file("big", 1000);
+        f.store.cart_add("alice", "big").unwrap();
+        let mut state = state(&f);
+        apply(&mut state, vec![credit("alice", "big", 0, 0..600)]);
+        state.evict(Duration::ZERO);
+        assert_eq!(state.open.len(), 1, "unflushed progress stays in memory");
+        state.flush();
+        state.evict(Duration::ZERO);
+        assert!(state.open.is_empty());
+        apply(&mut state, vec![credit("alice", "big", 0, 600..1000)]);
+        assert_eq!(f.completions("alice", "big"), 1);
+    }
+
+    #[test]
+    fn a_gap_of_one_byte_never_completes() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut state = state(&f);
+        for case in 0..60 {
+            use rand::Rng;
+            let id = format!("item{case}");
+            let album = rng.gen_bool(0.5);
+            let sizes: Vec<u64> = if album {
+                (0..rng.gen_range(1..4))
+                    .map(|_| rng.gen_range(1..3000))
+                    .collect()
+            } else {
+                vec![rng.gen_range(1..3000)]
+            };
+            if album {
+                let lens: Vec<usize> = sizes.iter().map(|&s| s as usize).collect();
+                f.album(&id, &lens);
+            } else {
+                f.file(&id, sizes[0] as usize);
+            }
+            f.store.cart_add("alice", &id).unwrap();
+            let hole_part = rng.gen_range(0..sizes.len());
+            let hole = rng.gen_range(0..sizes[hole_part]);
+            // Random overlapping ranges over everything but the hole, in random order.
+            let mut credits = Vec::new();
+            for (part, &size) in sizes.iter().enumerate() {
+                let mut at = 0;
+                while at < size {
+                    let end = (at + rng.gen_range(1..400)).min(size);
+                    let start = at.saturating_sub(rng.gen_range(0..50));
+                    for r in [start..end, start..end] {
+                        if part == hole_part && r.contains(&hole) {
+                            credits.push(credit("alice", &id, part as u32, r.start..hole));
+                            credits.push(credit("alice", &id, part as u32, hole + 1..r.end));
+                        } else {
+                            credits.push(credit("alice", &id, part as u32, r));
+                        }
+                    }
+                    at = end;
+                }
+            }
+            credits.shuffle(&mut rng);
+            for batch in credits.chunks(7) {
+                apply(&mut state, batch.to_vec());
+            }
+            // Another user's delivery of the hole does not fill it.
+            apply(
+                &mut state,
+                vec![credit("bob", &id, hole_part as u32, hole..hole + 1)],
+            );
+            assert_eq!(f.completions("alice", &id), 0, "case {case}");
+            apply(
+                &mut state,
+                vec![credit("alice", &id, hole_part as u32, hole..hole + 1)],
+            );
+            assert_eq!(f.completions("alice", &id), 1, "case {case}");
+        }
+    }
+
+    /// One request as the test receiver saw it.
+    #[derive(Debug)]
+    struct Received {
+        idempotency_key: String,
+        content_type: String,
+        body: serde_json::Value,
+    }
+
+    /// A webhook receiver on a free loopback port: answers 500 to the first `fail_first`
+    /// POSTs and 200 afterwards. Returns its URL and what it received.
+    fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<Received>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks/weir", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        // Lives until the test process ends.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(WAIT)).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                assert!(request_line.starts_with("POST /hooks/weir HTTP/1.1"));
+                let mut headers = HashMap::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    let (name, value) = line.split_once(':').unwrap();
+                    headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                }
+                let len: usize = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let mut log = seen.lock().unwrap();
+                let status = if log.len() < fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                log.push(Received {
+                    idempotency_key: headers["idempotency-key"].clone(),
+                    content_type: headers["content-type"].clone(),
+                    body: serde_json::from_slice(&body).unwrap(),
+                });
+                drop(log);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+            }
+        });
+        (url, log)
+    }
+
+    #[test]
+    fn webhook_retries_with_a_stable_idempotency_key() {
+        let f = Fixture::new();
+        f.file("a", 100);
+        f.file("b", 200);
+        f.store.cart_add("alice", "a").unwrap();
+        f.store.cart_add("alice", "b").unwrap();
+        let (url, log) = receiver(1);
+        let cfg = LedgerConfig {
+            webhook: Some(url),
+            ..f.config()
+        };
+        let (ledger, thread) = Ledger::start(cfg).unwrap();
+
+        ledger.credit(vec![credit("alice", "a", 0, 0..100)]);
+        sync(&ledger);
+        let id_a = f.history_id("alice", "a");
+        wait_until("the first event, retried", || {
+            log.lock().unwrap().len() == 2 && f.outbox() == 0
+        });
+        ledger.credit(vec![credit("alice", "b", 0, 0..200)]);
+        sync(&ledger);
+        let id_b = f.history_id("alice", "b");
+        wait_until("the second event", || {
+            log.lock().unwrap().len() == 3 && f.outbox() == 0
+        });
+
+        let log = log.lock().unwrap();
+        let key_a = format!("weir-completion-{id_a}");
+        assert_eq!(log[0].idempotency_key, key_a);
+        assert_eq!(
+            log[1].idempotency_key, key_a,
+            "the retry carries the same key"
+        );
+        assert_eq!(log[2].idempotency_key, format!("weir-completion-{id_b}"));
+        assert_ne!(id_a, id_b);
+        for r in log.iter() {
+            assert_eq!(r.content_type, "application/json");
+            assert_eq!(r.body["event"], "item.completed");
+            assert_eq!(r.body["user"], "alice");
+            assert!(r.body["completed_at_ms"].as_u64().unwrap() > 0);
+        }
+        assert_eq!(log[0].body, log[1].body);
+        assert_eq!(log[1].body["item"], "a");
+        assert_eq!(log[1].body["history_id"], id_a);
+        assert_eq!(log[2].body["item"], "b");
+        assert_eq!(log[2].body["history_id"], id_b);
+        let stats = ledger.stats();
+        assert_eq!(stats.webhook_delivered.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.webhook_failures.load(Ordering::Relaxed), 1);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn webhook_queue_survives_a_restart() {
+        let f = Fixture::new();
+        f.file("a", 100);
+        f.store.cart_add("alice", "a").unwrap();
+        // A port nobody listens on: the receiver is down.
+        let down = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/hooks/weir", l.local_addr().unwrap())
+        };
+        let cfg = LedgerConfig {
+            webhook: Some(down),
+            webhook_timeout: Duration::from_secs(2),
+            ..f.config()
+        };
+        let (ledger, thread) = Ledger::start(cfg).unwrap();
+        ledger.credit(vec![credit("alice", "a", 0, 0..100)]);
+        sync(&ledger);
+        let stats = ledger.stats();
+        wait_until("a failed delivery", || {
+            stats.webhook_failures.load(Ordering::Relaxed) >= 1
+        });
+        thread.kill();
+        drop(ledger);
+        assert_eq!(f.outbox(), 1);
+        let id = f.history_id("alice", "a");
+
+        let (url, log) = receiver(0);
+        let cfg = LedgerConfig {
+            webhook: Some(url),
+            ..f.config()
+        };
+        let (_ledger, thread) = Ledger::start(cfg).unwrap();
+        wait_until("delivery after the restart", || {
+            log.lock().unwrap().len() == 1 && f.outbox() == 0
+        });
+        let log = log.lock().unwrap();
+        assert_eq!(log[0].idempotency_key, format!("weir-completion-{id}"));
+        assert_eq!(log[0].body["history_id"], id);
+        assert_eq!(f.completions("alice", "a"), 1);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn a_bad_webhook_url_is_refused_at_start() {
+        let f = Fixture::new();
+        for bad in ["not a url", "ftp://example.com/x"] {
+            let cfg = LedgerConfig {
+                webhook: Some(bad.into()),
+                ..f.config()
+            };
+            assert!(Ledger::start(cfg).is_err(), "{bad}");
+        }
+    }
+}

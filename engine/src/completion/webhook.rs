@@ -1,0 +1,351 @@
+//! The completion webhook: a durable outbox in SQLite and the thread that empties it.
+//!
+//! When a webhook is configured, the ledger inserts one `webhook_outbox` row in the same
+//! transaction that records a completion (see [`super::ledger`]), so a completion and its
+//! notification are committed together or not at all. This module's sender thread then POSTs
+//! each due row to the shop:
+//!
+//! ```text
+//! POST <url>
+//! Content-Type: application/json
+//! Idempotency-Key: weir-completion-<history id>
+//!
+//! {"completed_at_ms":1700000000000,"event":"item.completed","history_id":42,"item":"album-1","user":"alice"}
+//! ```
+//!
+//! The contract with the receiver:
+//! - A 2xx answer acknowledges the event: the row is deleted.
+//! - Anything else (another status, a redirect, a timeout, a refused connection) is retried: the
+//!   row's `attempts` grows by one and it is due again after [`retry_delay`] (1 s, doubling, at
+//!   most 60 s, less up to 10 % jitter so many nodes do not retry in lockstep). There is no
+//!   give-up: a receiver that is down for a day gets its events when it is back.
+//! - The `Idempotency-Key` names the history row, so it is identical across retries and restarts.
+//!   Delivery is at least once: a receiver must treat a repeated key as already handled (a 2xx
+//!   whose row delete was lost to a crash or power loss is sent again).
+//! - Rows are sent oldest first when due; a failing event does not hold back later ones.
+//!
+//! The queue lives in the database, so it survives restarts; the sender is its own thread and
+//! never runs on an I/O worker. It sleeps until the next row is due or the ledger wakes it
+//! (a wake-up signal on a channel) after committing a completion. Its own writes (deletes, retry times) use
+//! `synchronous = NORMAL`: losing one to power loss means one more delivery of the same key.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use rusqlite::{params, Connection, Transaction};
+
+use super::ledger::{now_ms, open_connection, LedgerStats};
+
+/// The outbox table; created by the ledger on start whether or not a webhook is configured.
+pub(crate) const OUTBOX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id              INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,     -- weir-completion-<history id>
+    payload         TEXT NOT NULL,            -- the JSON body, exactly as POSTed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_at_ms      INTEGER NOT NULL          -- not sent before this unix time (ms)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_at_ms);
+";
+
+/// First retry delay; each further failure doubles it.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Rows fetched per pass over the due queue.
+const BATCH: usize = 32;
+/// With nothing queued, look at the table again after this long anyway (the ledger normally
+/// wakes the sender; this only bounds how long a missed wake-up could delay an event).
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
+/// Most response body bytes read (and discarded) so the connection can be reused.
+const MAX_RESPONSE_BODY: u64 = 64 * 1024;
+
+/// The `Idempotency-Key` of the completion recorded as history row `history_id`.
+pub fn idempotency_key(history_id: i64) -> String {
+    format!("weir-completion-{history_id}")
+}
+
+/// The JSON body POSTed for a completion.
+pub fn payload(user: &str, item: &str, completed_at_ms: u64, history_id: i64) -> String {
+    serde_json::json!({
+        "event": "item.completed",
+        "user": user,
+        "item": item,
+        "completed_at_ms": completed_at_ms,
+        "history_id": history_id,
+    })
+    .to_string()
+}
+
+/// How long to wait after the `attempts`-th failed attempt (1-based): 1 s doubling up to 60 s,
+/// shortened by `jitter` (clamped to `0.0..=1.0`) times 10 %.
+pub fn retry_delay(attempts: u32, jitter: f64) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    let base = FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY);
+    base.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0))
+}
+
+/// Queues the notification of a completion, inside the transaction that records it. Due now.
+pub(crate) fn enqueue(
+    tx: &Transaction<'_>,
+    history_id: i64,
+    payload: &str,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO webhook_outbox (idempotency_key, payload, attempts, next_at_ms)
+         VALUES (?1, ?2, 0, ?3)",
+        params![idempotency_key(history_id), payload, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Number of rows waiting in the outbox.
+pub(crate) fn queued(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))
+}
+
+/// What the ledger tells the sender thread.
+pub(crate) enum Signal {
+    /// A completion was committed: look at the queue now.
+    Wake,
+    /// Finish the POST in flight (if any) and exit.
+    Stop,
+}
+
+/// One queued event, read out of the table before any network I/O.
+struct Row {
+    id: i64,
+    key: String,
+    payload: String,
+    attempts: u32,
+}
+
+/// Why a pass over the queue ended early.
+enum Pass {
+    /// Every due row was tried; wait for the next one.
+    Done,
+    /// A full batch was tried; more may be due.
+    More,
+    /// The ledger asked the sender to stop.
+    Stopped,
+}
+
+/// The sender thread's state.
+struct Sender {
+    conn: Connection,
+    agent: ureq::Agent,
+    url: String,
+    signals: Receiver<Signal>,
+    stats: Arc<LedgerStats>,
+}
+
+/// Checks `url` and starts the sender thread on the database at `db`.
+pub(crate) fn spawn(
+    db: &Path,
+    url: String,
+    timeout: Duration,
+    signals: Receiver<Signal>,
+    stats: Arc<LedgerStats>,
+) -> anyhow::Result<JoinHandle<()>> {
+    use anyhow::Context as _;
+    // Redirects are not followed: a 3xx is not an acknowledgement, and a POST must not turn
+    // into a GET somewhere else.
+    let agent = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .redirects(0)
+        .build();
+    agent
+        .post(&url)
+        .request_url()
+        .with_context(|| format!("webhook URL {url:?}"))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!("webhook URL {url:?}: only http:// and https:// are supported");
+    }
+    let conn = open_connection(db)?;
+    let sender = Sender {
+        conn,
+        agent,
+        url,
+        signals,
+        stats,
+    };
+    std::thread::Builder::new()
+        .name("weir-webhook".into())
+        .spawn(move || sender.run())
+        .context("spawning the webhook thread")
+}
+
+impl Sender {
+    fn run(self) {
+        tracing::info!(url = %self.url, "webhook sender started");
+        loop {
+            let wait = match self.pass() {
+                Ok(Pass::Stopped) => return,
+                Ok(Pass::More) => continue,
+                Ok(Pass::Done) => self.next_due_in().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "webhook outbox: reading the next due time");
+                    FIRST_RETRY
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook outbox: database error");
+                    FIRST_RETRY
+                }
+            };
+            match self.signals.recv_timeout(wait) {
+                Ok(Signal::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Whether a stop was asked for; swallows wake-ups, which a pass makes moot.
+    fn stop_requested(&self) -> bool {
+        loop {
+            match self.signals.try_recv() {
+                Ok(Signal::Wake) => continue,
+                Err(TryRecvError::Empty) => return false,
+                Ok(Signal::Stop) | Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Tries every row due now, up to one batch.
+    fn pass(&self) -> rusqlite::Result<Pass> {
+        let rows = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, idempotency_key, payload, attempts FROM webhook_outbox
+                 WHERE next_at_ms <= ?1 ORDER BY next_at_ms, id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms(), BATCH], |r| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    payload: r.get(2)?,
+                    attempts: r.get(3)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let full = rows.len() == BATCH;
+        for row in rows {
+            if self.stop_requested() {
+                return Ok(Pass::Stopped);
+            }
+            match self.post(&row) {
+                Ok(status) => {
+                    self.conn
+                        .execute("DELETE FROM webhook_outbox WHERE id = ?1", params![row.id])?;
+                    self.stats.webhook_delivered.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(key = %row.key, status, "webhook delivered");
+                }
+                Err(why) => {
+                    let attempts = row.attempts.saturating_add(1);
+                    let delay = retry_delay(attempts, rand::random::<f64>());
+                    self.conn.execute(
+                        "UPDATE webhook_outbox SET attempts = ?2, next_at_ms = ?3 WHERE id = ?1",
+                        params![row.id, attempts, now_ms() + delay.as_millis() as u64],
+                    )?;
+                    self.stats.webhook_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        key = %row.key,
+                        attempts,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %why,
+                        "webhook delivery failed; will retry"
+                    );
+                }
+            }
+        }
+        Ok(if full { Pass::More } else { Pass::Done })
+    }
+
+    /// POSTs one event; `Ok(status)` only for a 2xx answer.
+    fn post(&self, row: &Row) -> Result<u16, String> {
+        let result = self
+            .agent
+            .post(&self.url)
+            .set("Content-Type", "application/json")
+            .set("Idempotency-Key", &row.key)
+            .send_string(&row.payload);
+        match result {
+            Ok(resp) => {
+                let status = resp.status();
+                // Drain a little of the body so the connection can be reused.
+                let _ = std::io::copy(
+                    &mut resp.into_reader().take(MAX_RESPONSE_BODY),
+                    &mut std::io::sink(),
+                );
+                if (200..300).contains(&status) {
+                    Ok(status)
+                } else {
+                    Err(format!("HTTP status {status}"))
+                }
+            }
+            Err(ureq::Error::Status(status, _)) => Err(format!("HTTP status {status}")),
+            Err(ureq::Error::Transport(t)) => Err(t.to_string()),
+        }
+    }
+
+    /// How long until the earliest queued row is due (zero if one is due now).
+    fn next_due_in(&self) -> rusqlite::Result<Duration> {
+        let next: Option<u64> =
+            self.conn
+                .query_row("SELECT MIN(next_at_ms) FROM webhook_outbox", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(match next {
+            None => IDLE_RECHECK,
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_RECHECK),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_caps_and_jitters_down() {
+        let ms = |a, j| retry_delay(a, j).as_millis();
+        assert_eq!(ms(1, 0.0), 1000);
+        assert_eq!(ms(2, 0.0), 2000);
+        assert_eq!(ms(3, 0.0), 4000);
+        assert_eq!(ms(6, 0.0), 32_000);
+        assert_eq!(ms(7, 0.0), 60_000);
+        assert_eq!(ms(u32::MAX, 0.0), 60_000);
+        assert_eq!(ms(0, 0.0), 1000, "attempts below 1 count as the first");
+        assert_eq!(ms(1, 1.0), 900);
+        assert_eq!(ms(7, 0.5), 57_000);
+        assert_eq!(ms(7, 7.0), 54_000, "jitter is clamped");
+        for a in 0..100 {
+            let d = retry_delay(a, rand::random());
+            assert!(
+                d >= Duration::from_millis(900) && d <= MAX_RETRY,
+                "{a}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_and_payload() {
+        assert_eq!(idempotency_key(42), "weir-completion-42");
+        let p: serde_json::Value =
+            serde_json::from_str(&payload("alice", "album-1", 1_700_000_000_000, 42)).unwrap();
+        assert_eq!(
+            p,
+            serde_json::json!({
+                "event": "item.completed",
+                "user": "alice",
+                "item": "album-1",
+                "completed_at_ms": 1_700_000_000_000u64,
+                "history_id": 42,
+            })
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! Completion: an item leaves the cart only when every byte reached the client, however it was
+//! fetched (40 connections, a zip, tracks, a mix), exactly once, across a SIGKILL; never for a
+//! download that was cut; the shop's webhook hears of it even if it fails at first.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_tests::{curl, have, sha256_file, DataDir, DRIVERS};
+
+const ALICE: &str = "alice:wonderland";
+
+/// `weir cart list alice --json` as (item, delivered bytes) pairs.
+fn cart(data: &DataDir) -> Vec<(String, u64)> {
+    data.ok(&["cart", "list", "alice", "--json"], None)
+        .lines()
+        .map(|l| {
+            let item = field(l, "item").unwrap();
+            let delivered = field(l, "delivered_bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            (item, delivered)
+        })
+        .collect()
+}
+
+/// `weir history alice --json` items.
+fn history(data: &DataDir) -> Vec<String> {
+    data.ok(&["history", "alice", "--json"], None)
+        .lines()
+        .map(|l| field(l, "item").unwrap())
+        .collect()
+}
+
+/// A top-level field of a one-line JSON object, as text (strings unquoted).
+fn field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":");
+    let rest = &line[line.find(&key)? + key.len()..];
+    let rest = rest.trim_start();
+    if let Some(s) = rest.strip_prefix('"') {
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+/// Poll `cond` until it holds or `limit` passes (completion is journaled asynchronously).
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
+    let data = DataDir::new();
+    data.add_user("alice", "wonderland");
+    let tracks: Vec<_> = (1..=3)
+        .map(|i| data.make_file(&format!("track{i:02}.flac"), 3 << 20 | (i * 1000), i as u64))
+        .collect();
+    let mut args = vec!["album", "add", "best"];
+    let paths: Vec<String> = tracks.iter().map(|t| t.to_str().unwrap().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    data.ok(&args, None);
+    data.ok(&["cart", "add", "alice", "best"], None);
+    (data, tracks)
+}
+
+/// The album as a zip through `axel -n 40`: unzips to the exact tracks and completes the album.
+fn zip_with_axel(driver: &[&str]) {
+    assert!(have("axel") && have("unzip"), "axel and unzip must be installed");
+    let (data, tracks) = album_fixture();
+    let srv = data.start(driver);
+    let out = data.path().join("best.zip");
+    let url = format!("http://{ALICE}@{}/d/best.zip", srv.addr);
+    let st = Command::new("axel").args(["-q", "-n", "40", "-o"]).arg(&out).arg(&url).status().unwrap();
+    assert!(st.success());
+    let st = Command::new("unzip").arg("-tq").arg(&out).status().unwrap();
+    assert!(st.success(), "unzip -t failed");
+    let dir = data.path().join("x");
+    let st = Command::new("unzip").arg("-q").arg(&out).arg("-d").arg(&dir).status().unwrap();
+    assert!(st.success());
+    for t in &tracks {
+        let name = t.file_name().unwrap();
+        assert_eq!(sha256_file(&dir.join(name)), sha256_file(t), "{name:?} differs");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
+        "album not completed: cart {:?}",
+        cart(&data)
+    );
+    assert!(cart(&data).is_empty());
+    // The grace period: the download manager's stragglers still get their ranges.
+    assert_eq!(curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", "0-99"]).status, 206);
+    srv.stop();
+    assert_eq!(history(&data), ["best"], "completed once");
+}
+
+#[test]
+fn zip_with_axel_uring() {
+    zip_with_axel(DRIVERS[0].1);
+}
+
+#[test]
+fn zip_with_axel_epoll() {
+    zip_with_axel(DRIVERS[2].1);
+}
+
+/// Whole track 1, track 2 in two ranges, track 3 through a range of the zip: complete.
+#[test]
+fn album_completed_by_a_mix() {
+    let (data, tracks) = album_fixture();
+    let srv = data.start(&[]);
+    let size = |i: usize| std::fs::metadata(&tracks[i]).unwrap().len();
+    assert_eq!(curl(&srv.url("/d/best/1"), &["-u", ALICE]).status, 200);
+    let half = size(1) / 2;
+    assert_eq!(curl(&srv.url("/d/best/2"), &["-u", ALICE, "-r", &format!("0-{}", half - 1)]).status, 206);
+    assert!(eventually(Duration::from_secs(5), || history(&data).is_empty()));
+    assert_eq!(curl(&srv.url("/d/best/2"), &["-u", ALICE, "-r", &format!("{half}-")]).status, 206);
+    assert!(history(&data).is_empty(), "completed without track 3");
+    // Track 3's data sits at the end of the zip, before the central directory: fetch the last
+    // part of the zip generously (the whole of track 3 plus the directory).
+    let zip_len: u64 = curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-I"])
+        .header("content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let from = zip_len - size(2) - 4096;
+    let r = curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", &format!("{from}-")]);
+    assert_eq!(r.status, 206);
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
+        "album not completed by the mix: cart {:?}",
+        cart(&data)
+    );
+    srv.stop();
+}
+
+fn file_fixture(size: usize) -> (DataDir, std::path::PathBuf) {
+    let data = DataDir::new();
+    data.add_user("alice", "wonderland");
+    let f = data.make_file("movie.bin", size, 9);
+    data.add_item_for("movie", &f, "alice");
+    (data, f)
+}
+
+/// A rate-limited download killed after 2 s never completes, and credits at most what it got.
+#[test]
+fn killed_download_never_completes() {
+    let (data, _) = file_fixture(32 << 20);
+    let srv = data.start(&[]);
+    let mut dl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "1M", "-u", ALICE])
+        .arg(srv.url("/d/movie"))
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dl.kill().unwrap();
+    dl.wait().unwrap();
+    // Give the server time to notice the reset and journal what was credited.
+    assert!(eventually(Duration::from_secs(5), || cart(&data)[0].1 > 0));
+    let delivered = cart(&data)[0].1;
+    assert!(delivered < 32 << 20);
+    srv.stop();
+    assert!(history(&data).is_empty(), "a killed download completed");
+    assert_eq!(cart(&data).len(), 1);
+}
+
+/// A client that reads nothing delivers nothing, however long the server tries.
+#[test]
+fn zero_window_delivers_nothing() {
+    let (data, _) = file_fixture(64 << 20);
+    let token = "t0ken";
+    let srv = data.start(&["--send-timeout", "2s", "--admin-listen", "127.0.0.1:0", "--admin-token", token]);
+    let admin = srv
+        .banner
+        .iter()
+        .find_map(|l| l.split("admin API on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    write!(s, "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    // Never read. The server's send stalls and its send timeout cuts the connection.
+    let timeouts = || -> u64 {
+        let r = curl(&format!("{admin}/metrics"), &["-H", &format!("Authorization: Bearer {token}")]);
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find(|l| l.starts_with("weir_timeouts_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(15), || timeouts() >= 1), "stalled send never timed out");
+    // Past one journal flush, nothing may have been credited.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cart(&data)[0].1, 0, "a client that read nothing was credited");
+    drop(s);
+    srv.stop();
+    assert!(history(&data).is_empty());
+}
+
+/// SIGKILL mid-download; after a restart the journaled progress is back and the rest of the
+/// download completes the item exactly once.
+#[test]
+fn sigkill_and_resume_completes_once() {
+    let (data, _) = file_fixture(32 << 20);
+    let srv = data.start(&[]);
+    let mut dl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "4M", "-u", ALICE])
+        .arg(srv.url("/d/movie"))
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || cart(&data)[0].1 >= 4 << 20),
+        "progress was not journaled"
+    );
+    srv.signal(libc::SIGKILL);
+    drop(srv);
+    let _ = dl.wait();
+    let journaled = cart(&data)[0].1;
+    assert!(journaled >= 4 << 20);
+    // Restart: progress recovered; fetch the rest from where the journal ends.
+    let srv = data.start(&[]);
+    assert_eq!(cart(&data)[0].1, journaled, "progress lost across the restart");
+    let r = curl(&srv.url("/d/movie"), &["-u", ALICE, "-r", &format!("{journaled}-")]);
+    assert_eq!(r.status, 206);
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
+        "resumed download did not complete: {:?}",
+        cart(&data)
+    );
+    // Fetching again in the grace period changes nothing.
+    assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
+    srv.stop();
+    let srv = data.start(&[]);
+    srv.stop();
+    assert_eq!(history(&data), ["movie"], "completed more than once");
+}
+
+/// A webhook receiver that fails the first POST still gets the completion, with the same
+/// Idempotency-Key on the retry.
+#[test]
+fn webhook_retries_with_stable_key() {
+    let (data, _) = file_fixture(100_000);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<(u16, String, String)>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut key = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("idempotency-key:") {
+                    key = line[line.len() - v.len()..].trim().to_string();
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let status = if i == 0 { 500 } else { 200 };
+            seen2.lock().unwrap().push((status, key, String::from_utf8_lossy(&body).into_owned()));
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let srv = data.start(&["--webhook", &hook]);
+    assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
+    assert!(
+        eventually(Duration::from_secs(30), || seen.lock().unwrap().len() >= 2),
+        "webhook not retried: {:?}",
+        seen.lock().unwrap()
+    );
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls[0].0, 500);
+    assert_eq!(calls[1].0, 200);
+    assert!(!calls[0].1.is_empty(), "no Idempotency-Key");
+    assert_eq!(calls[0].1, calls[1].1, "Idempotency-Key changed between retries");
+    assert!(calls[1].2.contains("\"item\":\"movie\""), "payload: {}", calls[1].2);
+    assert!(calls[1].2.contains("\"user\":\"alice\""));
+    srv.stop();
+}
+
+/// After the grace period a completed item is no longer downloadable.
+#[test]
+fn grace_period_ends() {
+    let (data, _) = file_fixture(10_000);
+    let srv = data.start(&["--grace", "2s"]);
+    assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
+    assert!(eventually(Duration::from_secs(10), || history(&data) == ["movie"]));
+    assert!(
+        eventually(Duration::from_secs(10), || curl(&srv.url("/d/movie"), &["-u", ALICE]).status == 403),
+        "still downloadable after the grace period"
+    );
+    srv.stop();
+}
