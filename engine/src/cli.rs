@@ -161,7 +161,7 @@ pub enum CartCommand {
     /// List USER's cart
     List {
         user: String,
-        /// One JSON object per line: {"item", "added_at_ms"}
+        /// One JSON object per line: {"item", "added_at_ms", "delivered_bytes", "size_bytes"}
         #[arg(long)]
         json: bool,
     },
@@ -648,10 +648,23 @@ fn cart(store: &Store, cmd: CartCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         CartCommand::List { user, json } => {
             for e in store.cart_list(&user)? {
+                let delivered = store.delivered_bytes(&user, &e.item)?;
+                let size = store.item(&e.item)?.map(|i| i.size()).unwrap_or(0);
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                    let line = serde_json::json!({
+                        "item": e.item,
+                        "added_at_ms": e.added_at_ms,
+                        "delivered_bytes": delivered,
+                        "size_bytes": size,
+                    });
+                    writeln!(out, "{line}")?;
                 } else {
-                    writeln!(out, "{}\t{}", e.item, format_ms(e.added_at_ms))?;
+                    writeln!(
+                        out,
+                        "{}\t{}\t{delivered}/{size} bytes delivered",
+                        e.item,
+                        format_ms(e.added_at_ms)
+                    )?;
                 }
             }
         }

@@ -690,6 +690,32 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Content bytes of `item` the ledger has journaled as delivered to `user` for the purchase
+    /// now in the cart (0 before the first journal flush, or when the item is not in the cart).
+    pub fn delivered_bytes(&self, user: &str, item: &str) -> Result<u64, StoreError> {
+        let rows = self.conn.prepare(
+            "SELECT p.intervals FROM progress p JOIN cart c
+               ON c.user = p.user AND c.item = p.item AND c.added_at = p.cart_added_at
+             WHERE p.user = ?1 AND p.item = ?2",
+        );
+        let mut stmt = match rows {
+            Ok(stmt) => stmt,
+            // The ledger creates its journal on first start; before that nothing was delivered.
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+                return Ok(0)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let blobs = stmt.query_map(params![user, item], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut total = 0;
+        for blob in blobs {
+            let set = crate::completion::IntervalSet::from_bytes(&blob?)
+                .map_err(|e| StoreError::Corrupt(format!("progress of {user}/{item}: {e}")))?;
+            total += set.covered();
+        }
+        Ok(total)
+    }
+
     /// Whether `user` completed `item` at or after `since_ms` (unix ms): the grace period in which
     /// a download manager's last connections may still fetch ranges of a completed item.
     pub fn recently_completed(

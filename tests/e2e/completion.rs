@@ -65,7 +65,10 @@ fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
         .map(|i| data.make_file(&format!("track{i:02}.flac"), 3 << 20 | (i * 1000), i as u64))
         .collect();
     let mut args = vec!["album", "add", "best"];
-    let paths: Vec<String> = tracks.iter().map(|t| t.to_str().unwrap().to_string()).collect();
+    let paths: Vec<String> = tracks
+        .iter()
+        .map(|t| t.to_str().unwrap().to_string())
+        .collect();
     args.extend(paths.iter().map(String::as_str));
     data.ok(&args, None);
     data.ok(&["cart", "add", "alice", "best"], None);
@@ -74,21 +77,39 @@ fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
 
 /// The album as a zip through `axel -n 40`: unzips to the exact tracks and completes the album.
 fn zip_with_axel(driver: &[&str]) {
-    assert!(have("axel") && have("unzip"), "axel and unzip must be installed");
+    assert!(
+        have("axel") && have("unzip"),
+        "axel and unzip must be installed"
+    );
     let (data, tracks) = album_fixture();
     let srv = data.start(driver);
     let out = data.path().join("best.zip");
     let url = format!("http://{ALICE}@{}/d/best.zip", srv.addr);
-    let st = Command::new("axel").args(["-q", "-n", "40", "-o"]).arg(&out).arg(&url).status().unwrap();
+    let st = Command::new("axel")
+        .args(["-q", "-n", "40", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .status()
+        .unwrap();
     assert!(st.success());
     let st = Command::new("unzip").arg("-tq").arg(&out).status().unwrap();
     assert!(st.success(), "unzip -t failed");
     let dir = data.path().join("x");
-    let st = Command::new("unzip").arg("-q").arg(&out).arg("-d").arg(&dir).status().unwrap();
+    let st = Command::new("unzip")
+        .arg("-q")
+        .arg(&out)
+        .arg("-d")
+        .arg(&dir)
+        .status()
+        .unwrap();
     assert!(st.success());
     for t in &tracks {
         let name = t.file_name().unwrap();
-        assert_eq!(sha256_file(&dir.join(name)), sha256_file(t), "{name:?} differs");
+        assert_eq!(
+            sha256_file(&dir.join(name)),
+            sha256_file(t),
+            "{name:?} differs"
+        );
     }
     assert!(
         eventually(Duration::from_secs(10), || history(&data) == ["best"]),
@@ -97,7 +118,10 @@ fn zip_with_axel(driver: &[&str]) {
     );
     assert!(cart(&data).is_empty());
     // The grace period: the download manager's stragglers still get their ranges.
-    assert_eq!(curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", "0-99"]).status, 206);
+    assert_eq!(
+        curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", "0-99"]).status,
+        206
+    );
     srv.stop();
     assert_eq!(history(&data), ["best"], "completed once");
 }
@@ -120,9 +144,23 @@ fn album_completed_by_a_mix() {
     let size = |i: usize| std::fs::metadata(&tracks[i]).unwrap().len();
     assert_eq!(curl(&srv.url("/d/best/1"), &["-u", ALICE]).status, 200);
     let half = size(1) / 2;
-    assert_eq!(curl(&srv.url("/d/best/2"), &["-u", ALICE, "-r", &format!("0-{}", half - 1)]).status, 206);
+    assert_eq!(
+        curl(
+            &srv.url("/d/best/2"),
+            &["-u", ALICE, "-r", &format!("0-{}", half - 1)]
+        )
+        .status,
+        206
+    );
     assert!(eventually(Duration::from_secs(5), || history(&data).is_empty()));
-    assert_eq!(curl(&srv.url("/d/best/2"), &["-u", ALICE, "-r", &format!("{half}-")]).status, 206);
+    assert_eq!(
+        curl(
+            &srv.url("/d/best/2"),
+            &["-u", ALICE, "-r", &format!("{half}-")]
+        )
+        .status,
+        206
+    );
     assert!(history(&data).is_empty(), "completed without track 3");
     // Track 3's data sits at the end of the zip, before the central directory: fetch the last
     // part of the zip generously (the whole of track 3 plus the directory).
@@ -132,7 +170,10 @@ fn album_completed_by_a_mix() {
         .parse()
         .unwrap();
     let from = zip_len - size(2) - 4096;
-    let r = curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", &format!("{from}-")]);
+    let r = curl(
+        &srv.url("/d/best.zip"),
+        &["-u", ALICE, "-r", &format!("{from}-")],
+    );
     assert_eq!(r.status, 206);
     assert!(
         eventually(Duration::from_secs(10), || history(&data) == ["best"]),
@@ -180,7 +221,14 @@ fn killed_download_never_completes() {
 fn zero_window_delivers_nothing() {
     let (data, _) = file_fixture(64 << 20);
     let token = "t0ken";
-    let srv = data.start(&["--send-timeout", "2s", "--admin-listen", "127.0.0.1:0", "--admin-token", token]);
+    let srv = data.start(&[
+        "--send-timeout",
+        "2s",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        token,
+    ]);
     let admin = srv
         .banner
         .iter()
@@ -190,23 +238,37 @@ fn zero_window_delivers_nothing() {
         .to_string();
     let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
     let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(s, "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+    )
+    .unwrap();
     // Never read. The server's send stalls and its send timeout cuts the connection.
     let timeouts = || -> u64 {
-        let r = curl(&format!("{admin}/metrics"), &["-H", &format!("Authorization: Bearer {token}")]);
+        let r = curl(
+            &format!("{admin}/metrics"),
+            &["-H", &format!("Authorization: Bearer {token}")],
+        );
         String::from_utf8_lossy(&r.body)
             .lines()
             .find(|l| l.starts_with("weir_timeouts_total "))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0)
     };
-    assert!(eventually(Duration::from_secs(15), || timeouts() >= 1), "stalled send never timed out");
+    assert!(
+        eventually(Duration::from_secs(15), || timeouts() >= 1),
+        "stalled send never timed out"
+    );
     // Past one journal flush, nothing may have been credited.
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(cart(&data)[0].1, 0, "a client that read nothing was credited");
+    assert_eq!(
+        cart(&data)[0].1,
+        0,
+        "a client that read nothing was credited"
+    );
     drop(s);
     srv.stop();
     assert!(history(&data).is_empty());
@@ -234,8 +296,15 @@ fn sigkill_and_resume_completes_once() {
     assert!(journaled >= 4 << 20);
     // Restart: progress recovered; fetch the rest from where the journal ends.
     let srv = data.start(&[]);
-    assert_eq!(cart(&data)[0].1, journaled, "progress lost across the restart");
-    let r = curl(&srv.url("/d/movie"), &["-u", ALICE, "-r", &format!("{journaled}-")]);
+    assert_eq!(
+        cart(&data)[0].1,
+        journaled,
+        "progress lost across the restart"
+    );
+    let r = curl(
+        &srv.url("/d/movie"),
+        &["-u", ALICE, "-r", &format!("{journaled}-")],
+    );
     assert_eq!(r.status, 206);
     assert!(
         eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
@@ -281,8 +350,14 @@ fn webhook_retries_with_stable_key() {
             let mut body = vec![0u8; len];
             let _ = reader.read_exact(&mut body);
             let status = if i == 0 { 500 } else { 200 };
-            seen2.lock().unwrap().push((status, key, String::from_utf8_lossy(&body).into_owned()));
-            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            seen2
+                .lock()
+                .unwrap()
+                .push((status, key, String::from_utf8_lossy(&body).into_owned()));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
         }
     });
     let srv = data.start(&["--webhook", &hook]);
@@ -296,8 +371,15 @@ fn webhook_retries_with_stable_key() {
     assert_eq!(calls[0].0, 500);
     assert_eq!(calls[1].0, 200);
     assert!(!calls[0].1.is_empty(), "no Idempotency-Key");
-    assert_eq!(calls[0].1, calls[1].1, "Idempotency-Key changed between retries");
-    assert!(calls[1].2.contains("\"item\":\"movie\""), "payload: {}", calls[1].2);
+    assert_eq!(
+        calls[0].1, calls[1].1,
+        "Idempotency-Key changed between retries"
+    );
+    assert!(
+        calls[1].2.contains("\"item\":\"movie\""),
+        "payload: {}",
+        calls[1].2
+    );
     assert!(calls[1].2.contains("\"user\":\"alice\""));
     srv.stop();
 }
@@ -310,7 +392,12 @@ fn grace_period_ends() {
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
     assert!(eventually(Duration::from_secs(10), || history(&data) == ["movie"]));
     assert!(
-        eventually(Duration::from_secs(10), || curl(&srv.url("/d/movie"), &["-u", ALICE]).status == 403),
+        eventually(Duration::from_secs(10), || curl(
+            &srv.url("/d/movie"),
+            &["-u", ALICE]
+        )
+        .status
+            == 403),
         "still downloadable after the grace period"
     );
     srv.stop();

@@ -3,5 +3,6 @@
 
 mod admin;
 mod clients;
+mod completion;
 mod http_status;
 mod robustness;

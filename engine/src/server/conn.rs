@@ -113,9 +113,12 @@ struct Accounting {
     targets: Vec<(Arc<str>, Arc<str>, u32)>,
     /// Scratch for newly acknowledged ranges.
     acked: Vec<(u32, std::ops::Range<u64>)>,
-    /// Stream bytes the client provably read (it sent a later request); credited even while
-    /// its receive window is zero.
+    /// Stream bytes the client provably read (it sent a later request).
     read_upto: u64,
+    /// The client's receive window (`tcpi_snd_wnd`) and `tcpi_bytes_acked` when the current
+    /// large response started: its buffer then held about twice that window at most.
+    start_window: u64,
+    start_acked: u64,
 }
 
 impl Accounting {
@@ -592,6 +595,37 @@ impl Conn {
             .and_then(|d| d.parse().ok())
             .unwrap_or(0);
         ctx.stats.response(status);
+        if resp.owner.is_some() {
+            let a = self.acct.get_or_insert_with(|| {
+                let mut map = StreamMap::new();
+                map.push_overhead(self.written);
+                Box::new(Accounting {
+                    map,
+                    targets: Vec::new(),
+                    acked: Vec::new(),
+                    read_upto: 0,
+                    start_window: 0,
+                    start_acked: 0,
+                })
+            });
+            let body: u64 = resp
+                .pieces
+                .iter()
+                .map(|p| match p {
+                    BodyPiece::File { start, end, .. } => end - start,
+                    BodyPiece::Literal(b) => b.len() as u64,
+                })
+                .sum();
+            // The client's window now, before a large body fills its buffer: the baseline for
+            // how much acknowledged data it might not have read.
+            a.start_window = 0;
+            if body >= SENDFILE_MIN {
+                if let Ok((acked, Some(w))) = tcp_acked(self.fd) {
+                    a.start_window = u64::from(w);
+                    a.start_acked = acked;
+                }
+            }
+        }
         self.resp = Some(resp);
         self.state = State::Send;
         self.deadline = ctx.now + ctx.cfg.send_timeout;
@@ -703,16 +737,6 @@ impl Conn {
         if n > 0 {
             self.deadline = ctx.now + ctx.cfg.send_timeout;
         }
-        if self.acct.is_none() && resp.owner.is_some() {
-            let mut map = StreamMap::new();
-            map.push_overhead(self.written);
-            self.acct = Some(Box::new(Accounting {
-                map,
-                targets: Vec::new(),
-                acked: Vec::new(),
-                read_upto: 0,
-            }));
-        }
         self.written += n as u64;
         ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
         let mut left = n;
@@ -792,10 +816,12 @@ impl Conn {
 
 impl Conn {
     /// Credit content the client's TCP acknowledged (`tcpi_bytes_acked`, mapped back through the
-    /// stream map). `proof` means the client showed it read everything sent so far (a clean
-    /// FIN). Without proof, while the client advertises a zero receive window (its kernel
-    /// acknowledged bytes its application is not reading), only what it provably read (bytes
-    /// before its latest request) is credited.
+    /// stream map). Delivered means acknowledged by the client's TCP, with one guard for the
+    /// client that never reads: when its receive window is zero and everything it acknowledged
+    /// of this response fits in the buffer it had when the response started (~2 windows), its
+    /// kernel queued those bytes and its application read none: nothing is credited unless it
+    /// proves otherwise (`proof`: a clean FIN). A client that reads nothing of a large
+    /// response is credited nothing.
     pub fn account(&mut self, ctx: &mut Ctx, proof: bool) {
         let Some(a) = self.acct.as_deref_mut() else {
             return;
@@ -806,10 +832,16 @@ impl Conn {
         let Ok((acked, window)) = tcp_acked(self.fd) else {
             return;
         };
-        let upto = if proof || window != Some(0) {
-            acked
+        // A client that never read: its window is zero and all it acknowledged of this response
+        // fits in the receive buffer it had when the response started (about two windows).
+        let never_read = !proof
+            && window == Some(0)
+            && a.start_window > 0
+            && acked.saturating_sub(a.start_acked) <= 2 * a.start_window;
+        let upto = if never_read {
+            a.start_acked.max(acked.min(a.read_upto))
         } else {
-            acked.min(a.read_upto)
+            acked
         };
         a.acked.clear();
         a.map.acknowledge_into(upto, &mut a.acked);

@@ -168,7 +168,21 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     }
     print_banner(addr, workers, &driver_desc, demo.as_ref());
 
-    let credit_sink: Option<worker::CreditSink> = None;
+    // The completion ledger: credits in, completions (cart -> history, event, webhook) out.
+    let ledger = if cfg.accounting {
+        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
+        lc.webhook = cfg.webhook.clone();
+        Some(crate::completion::Ledger::start(lc)?)
+    } else {
+        if cfg.webhook.is_some() {
+            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
+        }
+        None
+    };
+    let credit_sink: Option<worker::CreditSink> = ledger.as_ref().map(|(l, _)| {
+        let l = l.clone();
+        Arc::new(move |batch| l.credit(batch)) as worker::CreditSink
+    });
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
     for (id, ((listener, wake), inbox)) in
@@ -207,6 +221,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     for h in handles {
         failed |= !matches!(h.join(), Ok(Ok(())));
     }
+    if let Some((_, thread)) = ledger {
+        // Apply the last credits and flush the journal before exiting.
+        thread.shutdown();
+    }
     if failed {
         anyhow::bail!("a worker failed");
     }
@@ -220,9 +238,6 @@ fn refuse_unbuilt(cfg: &ServeConfig) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if cfg.global_rate != Rate::Unlimited || cfg.default_user_rate != Rate::Unlimited {
         missing.push("--global-rate/--default-rate (bandwidth shaping)");
-    }
-    if cfg.webhook.is_some() {
-        missing.push("--webhook (completion webhooks)");
     }
     if !missing.is_empty() {
         anyhow::bail!(

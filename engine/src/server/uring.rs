@@ -364,6 +364,8 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         continue;
                     };
                     let next = match (res, bid, d.bufs.as_mut()) {
+                        // The peer's FIN (no buffer is taken for it).
+                        (0, None, _) => c.feed(&mut w.ctx, &[]),
                         (n, Some(bid), Some(b)) if n >= 0 => {
                             let next = c.feed(&mut w.ctx, b.data(bid, n as usize));
                             b.give_back(bid);

@@ -18,15 +18,7 @@ use super::resources::Resource;
 use super::stats::WorkerStats;
 use super::sys;
 
-/// Content bytes a client's TCP acknowledged, for the completion ledger.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credit {
-    pub user: Arc<str>,
-    pub item: Arc<str>,
-    /// 0 for a file; the track index for an album.
-    pub part: u32,
-    pub range: std::ops::Range<u64>,
-}
+pub use crate::completion::Credit;
 
 /// Where a worker sends its credits (once per event-loop iteration, never per chunk).
 pub type CreditSink = Arc<dyn Fn(Vec<Credit>) + Send + Sync>;
