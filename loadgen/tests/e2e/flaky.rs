@@ -1,0 +1,1 @@
+//! weir-load against a server that cuts and stalls connections (built in step 2).
