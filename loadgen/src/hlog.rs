@@ -97,6 +97,66 @@ pub fn read_totals(path: &Path) -> anyhow::Result<(Histograms, Duration)> {
     Ok((totals, end))
 }
 
+/// Merge several interval logs (one per process of a `--processes` run) into one: intervals of
+/// the same start and tag are added. Returns the merged whole-run histograms.
+pub fn merge_logs(
+    inputs: &[std::path::PathBuf],
+    out: &Path,
+    start: SystemTime,
+    comment: &str,
+) -> anyhow::Result<Histograms> {
+    let mut by_interval: BTreeMap<(u128, &'static str), hdrhistogram::Histogram<u64>> =
+        BTreeMap::new();
+    let mut totals = Histograms::default();
+    let mut de = Deserializer::new();
+    for path in inputs {
+        let bytes = std::fs::read(path)?;
+        for entry in IntervalLogIterator::new(&bytes) {
+            let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+            let LogEntry::Interval(ilh) = entry else {
+                continue;
+            };
+            let Some(metric) = ilh.tag().and_then(|t| Metric::from_name(t.as_str())) else {
+                continue;
+            };
+            let raw = base64::engine::general_purpose::STANDARD.decode(ilh.encoded_histogram())?;
+            let h: hdrhistogram::Histogram<u64> = de
+                .deserialize(&mut &raw[..])
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+            totals.merge_one(metric, &h);
+            let key = (ilh.start_timestamp().as_millis(), metric.name());
+            let slot = by_interval
+                .entry(key)
+                .or_insert_with(crate::histograms::new_histogram);
+            let _ = slot.add(&h);
+        }
+    }
+    let file = std::fs::File::create(out)?;
+    let mut w = BufWriter::new(file);
+    let mut serializer = V2Serializer::new();
+    {
+        let mut writer = IntervalLogWriterBuilder::new()
+            .add_comment(comment)
+            .add_comment("Merged from the interval logs of every process")
+            .with_start_time(start)
+            .with_base_time(start)
+            .begin_log_with(&mut w, &mut serializer)
+            .map_err(std::io::Error::other)?;
+        for ((ms, tag), h) in &by_interval {
+            writer
+                .write_histogram(
+                    h,
+                    Duration::from_millis(*ms as u64),
+                    INTERVAL,
+                    Tag::new(tag),
+                )
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+    }
+    w.flush()?;
+    Ok(totals)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

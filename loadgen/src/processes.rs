@@ -67,13 +67,121 @@ impl Share {
 /// Run a scenario in this process, or fan it out over `--processes` children and merge.
 pub fn dispatch(
     common: &Common,
-    _scenario: &str,
+    scenario: &'static str,
     run: impl FnOnce() -> anyhow::Result<(crate::summary::Summary, PathBuf)>,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let (summary, dir) = run()?;
+    let (summary, dir) = if common.processes > 1 && common.child.is_none() {
+        fan_out(common, scenario)?
+    } else {
+        run()?
+    };
     if common.child.is_none() {
         print!("{}", summary.render());
         println!("  results: {}", dir.display());
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// This command line without `--out`, `--processes`, `--no-progress` (the children get their
+/// own).
+fn child_args() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--out" || a == "--processes" {
+            args.next();
+        } else if a == "--no-progress" || a.starts_with("--out=") || a.starts_with("--processes=") {
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn fan_out(
+    common: &Common,
+    scenario: &'static str,
+) -> anyhow::Result<(crate::summary::Summary, PathBuf)> {
+    use crate::summary::Summary;
+    let n = common.processes;
+    let out = Share::ALL.out_dir(common, scenario);
+    std::fs::create_dir_all(&out)?;
+    let exe = std::env::current_exe()?;
+    let started = std::time::SystemTime::now();
+    let t0 = std::time::Instant::now();
+    let mut children = Vec::new();
+    for i in 0..n {
+        let dir = out.join(format!("proc-{i}"));
+        let child = std::process::Command::new(&exe)
+            .args(child_args())
+            .arg("--child")
+            .arg(format!("{i}/{n}"))
+            .arg("--out")
+            .arg(&dir)
+            .arg("--no-progress")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting child {i}: {e}"))?;
+        children.push((child, dir));
+    }
+    eprintln!(
+        "weir-load: {n} processes running, results merge into {}",
+        out.display()
+    );
+    let mut parts = Vec::new();
+    for (mut child, dir) in children {
+        let status = child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "child process for {} failed: {status}",
+            dir.display()
+        );
+        parts.push((Summary::read(&dir)?, dir));
+    }
+    let elapsed = t0.elapsed();
+    let hlogs: Vec<PathBuf> = parts
+        .iter()
+        .map(|(_, d)| d.join(crate::hlog::FILE))
+        .collect();
+    let comment = format!("weir-load {scenario} over {n} processes");
+    let hists = crate::hlog::merge_logs(&hlogs, &out.join(crate::hlog::FILE), started, &comment)?;
+    let mut merged = parts[0].0.clone();
+    merged.started_at = humantime::format_rfc3339_seconds(started).to_string();
+    merged.processes = n as u64;
+    merged.duration_s = parts
+        .iter()
+        .map(|(s, _)| s.duration_s)
+        .fold(0.0, f64::max)
+        .min(elapsed.as_secs_f64());
+    merged.workers = parts.iter().map(|(s, _)| s.workers).sum();
+    macro_rules! sum {
+        ($($f:ident),*) => { $( merged.$f = parts.iter().map(|(s, _)| s.$f).sum(); )* };
+    }
+    sum!(
+        bytes,
+        useful_bytes,
+        downloads_completed,
+        downloads_verified,
+        downloads_incomplete,
+        requests,
+        responses,
+        connections_opened,
+        max_open_connections,
+        source_addresses,
+        arrivals_queued
+    );
+    merged.errors = Default::default();
+    for (s, _) in &parts {
+        merged.errors.merge(&s.errors);
+    }
+    if parts.iter().any(|(s, _)| s.verification == "unavailable") {
+        merged.verification = "unavailable".to_string();
+    }
+    let secs = merged.duration_s.max(1e-9);
+    merged.requests_per_sec = merged.requests as f64 / secs;
+    merged.goodput_bytes_per_sec = merged.useful_bytes as f64 / secs;
+    merged.set_histograms(&hists);
+    merged.files = Default::default();
+    crate::runner::write_outputs(&out, &merged, &hists)?;
+    Ok((Summary::read(&out)?, out))
 }

@@ -39,6 +39,12 @@ pub struct ConnId {
 }
 
 impl ConnId {
+    /// An id that names no connection.
+    pub const NONE: ConnId = ConnId {
+        idx: u32::MAX,
+        gen: 0,
+    };
+
     fn token(self) -> Token {
         Token(((self.gen as usize) << 32) | self.idx as usize)
     }

@@ -2,6 +2,7 @@
 //! with a message when it is not installed), a deliberately flaky in-test server, and weir's
 //! `demo` contract. Runs are driven in-process through `weir_load::run`.
 
+mod cli;
 mod common;
 mod flaky;
 mod nginx;
