@@ -1,5 +1,6 @@
-//! The two things std and socket2 do not offer: raising RLIMIT_NOFILE and setting
-//! IP_BIND_ADDRESS_NO_PORT. This module is the crate's whole `unsafe` surface (two `libc` calls).
+//! What std and socket2 do not offer: raising RLIMIT_NOFILE, setting IP_BIND_ADDRESS_NO_PORT, and
+//! sending SIGTERM to a child (`demo` stops the server it started). This module is the crate's
+//! whole `unsafe` surface: four `libc` calls, each with its `// SAFETY:`.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -48,6 +49,18 @@ pub fn set_bind_address_no_port(sock: &impl AsRawFd) -> io::Result<()> {
         )
     };
     if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Send SIGTERM to a child process this process started and has not reaped yet (so its PID cannot
+/// have been reused by another process).
+pub fn terminate(child: &std::process::Child) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the PID is that of our
+    // own unreaped child (std's `Child` keeps it from being waited for elsewhere).
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

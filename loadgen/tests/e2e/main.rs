@@ -4,5 +4,6 @@
 
 mod cli;
 mod common;
+mod demo;
 mod flaky;
 mod nginx;
