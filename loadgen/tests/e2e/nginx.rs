@@ -39,7 +39,8 @@ fn forty_downloads_exact_bytes_over_ranges_from_spread_sources() {
     assert_eq!(s["downloads_verified"].as_u64().unwrap(), completed);
     assert_eq!(s["hash_mismatches"], 0);
     assert_eq!(s["errors_total"], 0, "errors: {}", s["errors"]);
-    assert!((5.5..7.0).contains(&s["duration_s"].as_f64().unwrap()));
+    // Ends by its duration (slack for a loaded 2-core CI machine hashing in a debug build).
+    assert!((5.5..9.0).contains(&s["duration_s"].as_f64().unwrap()));
     for h in ["connect", "ttfb", "stall_gap", "download", "goodput"] {
         assert!(
             s["histograms"][h]["count"].as_u64().unwrap() >= 1,
