@@ -63,7 +63,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Parse a response head from the start of `buf`. Interim 1xx responses are not expected for GET
 /// and are treated as the response.
 pub fn parse_head(buf: &[u8]) -> HeadParse {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,

@@ -434,7 +434,7 @@ pub fn run<S: Scenario>(
                 Some(c) => c.queued = false,
                 None => continue,
             }
-            read_ready(&mut io, &mut scenario, &mut scratch, id);
+            read_ready(&mut io, &mut scenario, &mut scratch, id, true);
             deliver_closed(&mut io, &mut scenario);
         }
         let now = Instant::now();
@@ -536,11 +536,22 @@ fn handle_event<S: Scenario>(
         Phase::Head | Phase::Body | Phase::Idle => {}
     }
     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-        read_ready(io, scenario, scratch, id);
+        let drain = ev.is_read_closed() || ev.is_error();
+        read_ready(io, scenario, scratch, id, drain);
     }
 }
 
-fn read_ready<S: Scenario>(io: &mut Io, scenario: &mut S, scratch: &mut [u8], id: ConnId) {
+/// Read what the connection has. A read that returns less than the buffer means the receive
+/// queue is empty: on Linux any byte arriving later raises a new edge, so the loop stops there
+/// instead of spending a syscall on EAGAIN (one read per small response, as wrk does). When the
+/// event also said the peer closed (`drain`), it reads on to see the EOF.
+fn read_ready<S: Scenario>(
+    io: &mut Io,
+    scenario: &mut S,
+    scratch: &mut [u8],
+    id: ConnId,
+    drain: bool,
+) {
     for turn in 0.. {
         if turn == READS_PER_TURN {
             if let Some(conn) = io.conn_mut(id) {
@@ -566,6 +577,9 @@ fn read_ready<S: Scenario>(io: &mut Io, scenario: &mut S, scratch: &mut [u8], id
                 let now = Instant::now();
                 io.now = now;
                 process(io, scenario, id, &scratch[..n]);
+                if n < scratch.len() && !drain {
+                    return;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
