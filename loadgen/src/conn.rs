@@ -62,6 +62,10 @@ pub struct Conn {
     pub first_byte: bool,
     /// In the worker's "still readable" list.
     pub queued: bool,
+    /// Registered for writable events too (while connecting, or while a request waits for
+    /// send-buffer space). Otherwise only readable: ACKs freeing send space would wake the loop
+    /// for nothing.
+    pub want_write: bool,
 }
 
 impl Conn {
@@ -106,6 +110,7 @@ impl Conn {
             last_body_read: None,
             first_byte: false,
             queued: false,
+            want_write: true,
         })
     }
 

@@ -78,38 +78,53 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
         ..Head::default()
     };
     for h in resp.headers.iter() {
+        // Match the name first: only the four headers used here pay for UTF-8 checks.
+        let name = h.name.as_bytes();
+        let wanted = match name.len() {
+            10 => name.eq_ignore_ascii_case(b"connection"),
+            13 => name.eq_ignore_ascii_case(b"content-range"),
+            14 => name.eq_ignore_ascii_case(b"content-length"),
+            17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
         let value = match std::str::from_utf8(h.value) {
             Ok(v) => v.trim(),
             Err(_) => continue,
         };
-        if h.name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<u64>() {
+        match name.len() {
+            14 => match value.parse::<u64>() {
                 Ok(n) if head.content_length.is_none_or(|m| m == n) => {
                     head.content_length = Some(n)
                 }
                 _ => return HeadParse::Invalid,
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-            {
-                head.chunked = true;
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    head.keep_alive = true;
+            },
+            17 => {
+                if value
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+                {
+                    head.chunked = true;
                 }
             }
-        } else if h.name.eq_ignore_ascii_case("content-range") {
-            head.content_range = ContentRange::parse(value);
-            if head.content_range.is_none() {
-                return HeadParse::Invalid;
+            10 => {
+                for token in value.split(',') {
+                    let token = token.trim();
+                    if token.eq_ignore_ascii_case("close") {
+                        head.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        head.keep_alive = true;
+                    }
+                }
+            }
+            _ => {
+                head.content_range = ContentRange::parse(value);
+                if head.content_range.is_none() {
+                    return HeadParse::Invalid;
+                }
             }
         }
     }

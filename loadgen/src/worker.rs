@@ -284,7 +284,10 @@ impl Io {
 
     fn try_write(&mut self, id: ConnId) {
         let now = self.now;
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(slot) = self.slots.get_mut(id.idx as usize) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_mut().filter(|_| slot.gen == id.gen) else {
             return;
         };
         match conn.write_request() {
@@ -292,9 +295,44 @@ impl Io {
                 conn.phase = Phase::Head;
                 conn.sent_at = now;
                 conn.last_progress = now;
+                if conn.want_write {
+                    conn.want_write = false;
+                    let _ = self.poll.registry().reregister(
+                        &mut conn.stream,
+                        id.token(),
+                        Interest::READABLE,
+                    );
+                }
             }
-            Ok(false) => conn.last_progress = now,
+            Ok(false) => {
+                conn.last_progress = now;
+                if !conn.want_write {
+                    conn.want_write = true;
+                    let _ = self.poll.registry().reregister(
+                        &mut conn.stream,
+                        id.token(),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                }
+            }
             Err(kind) => self.fail(id, kind),
+        }
+    }
+
+    /// Stop asking for writable events (connected, nothing waiting to be written).
+    fn readable_only(&mut self, id: ConnId) {
+        let Some(slot) = self.slots.get_mut(id.idx as usize) else {
+            return;
+        };
+        if let Some(conn) = slot.conn.as_mut().filter(|_| slot.gen == id.gen) {
+            if conn.want_write {
+                conn.want_write = false;
+                let _ = self.poll.registry().reregister(
+                    &mut conn.stream,
+                    id.token(),
+                    Interest::READABLE,
+                );
+            }
         }
     }
 
@@ -524,6 +562,7 @@ fn handle_event<S: Scenario>(
                 } else {
                     let conn = io.conn_mut(id).expect("still open");
                     conn.phase = Phase::Idle;
+                    io.readable_only(id);
                     scenario.on_connected(io, id, who);
                 }
             }
