@@ -1,5 +1,5 @@
 //! The live progress line (indicatif, on stderr, drawn only when stderr is a terminal): elapsed,
-//! active users or loops, open connections, MB/s over the last second, completed downloads,
+//! active users or loops, open connections, MB/s over the last half second, completed downloads,
 //! requests per second, and errors by kind.
 
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ impl Progress {
     pub fn update(&mut self, elapsed: Duration, t: &Totals) {
         let now = Instant::now();
         match self.last {
-            Some((at, bytes, reqs)) if now.duration_since(at) >= Duration::from_millis(900) => {
+            Some((at, bytes, reqs)) if now.duration_since(at) >= Duration::from_millis(450) => {
                 let dt = now.duration_since(at).as_secs_f64();
                 self.mb_per_s = (t.bytes - bytes) as f64 / dt / 1e6;
                 self.req_per_s = (t.requests - reqs) as f64 / dt;
@@ -73,7 +73,7 @@ pub fn line(elapsed: Duration, duration: Duration, t: &Totals, mb_s: f64, req_s:
         t.errors.short()
     };
     format!(
-        "{:5.1}s/{:.0}s | active {} | conns {} | {:8.1} MB/s | done {} | req {:.0}/s | errors: {}",
+        "{:.1}s/{:.0}s  active {}  conns {}  {:.1} MB/s  done {}  {:.0} req/s  errors: {}",
         elapsed.as_secs_f64(),
         duration.as_secs_f64(),
         t.active,
@@ -110,5 +110,6 @@ mod tests {
         assert!(s.contains("1234.5 MB/s"));
         assert!(s.contains("done 3"));
         assert!(s.contains("errors: stall=2"));
+        assert!(s.len() < 80, "fits a terminal line: {s}");
     }
 }

@@ -219,6 +219,21 @@ mod tests {
     }
 
     #[test]
+    fn credentials_file_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("creds");
+        std::fs::write(&f, "# users\nalice:a1\n\n  bob:b:2  \n").unwrap();
+        let lines = load_credentials(None, Some(&f)).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], basic_auth_line("bob:b:2").unwrap());
+        std::fs::write(&f, "# nothing\n").unwrap();
+        assert!(load_credentials(None, Some(&f)).is_err());
+        std::fs::write(&f, "nocolon\n").unwrap();
+        assert!(load_credentials(None, Some(&f)).is_err());
+        assert_eq!(load_credentials(Some("u:p"), None).unwrap().len(), 1);
+    }
+
+    #[test]
     fn builds_requests() {
         let u = Url::parse("http://h:1/f").unwrap();
         let auth = basic_auth_line("demo:pw").unwrap();

@@ -136,8 +136,9 @@ fn error_kinds_are_counted_and_runs_end_on_time() {
     std::fs::create_dir_all(ngx.dir.path().join("root/noranges")).unwrap();
     std::fs::write(ngx.dir.path().join("root/noranges/f"), &file).unwrap();
     let dead = format!("http://127.0.0.1:{}/f", free_port());
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
         ("refused", dead, "connect_refused"),
+        ("dns", "http://nonexistent.invalid/f".to_string(), "dns"),
         ("missing", ngx.url("nope"), "http_404"),
         ("r416", ngx.url("r416"), "range_not_satisfiable"),
         ("noranges", ngx.url("noranges/f"), "range_ignored"),
