@@ -459,4 +459,26 @@ mod tests {
             assert!(d.is_done());
         }
     }
+
+    proptest::proptest! {
+        /// Nothing a server sends can panic the head parser or the chunked decoder.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse_head(&bytes);
+            let _ = ContentRange::parse(&String::from_utf8_lossy(&bytes));
+            let head = Head { status: 200, chunked: true, ..Head::default() };
+            let mut d = BodyDecoder::for_head(&head);
+            let mut off = 0;
+            while off < bytes.len() && !d.is_done() {
+                match d.step(&bytes[off..]) {
+                    Ok(step) => {
+                        proptest::prop_assert!(step.data.end <= bytes.len() - off);
+                        if step.consumed == 0 { break; }
+                        off += step.consumed;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
 }

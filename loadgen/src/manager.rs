@@ -243,4 +243,48 @@ mod tests {
         assert_eq!(p.advance(0, 1 << 20), end0);
         assert!(p.range(0).is_done());
     }
+
+    proptest::proptest! {
+        /// Whatever the file size, K, chunk sizes and order in which slots receive bytes or
+        /// steal: the ranges plus the bytes received always partition the file exactly, splits
+        /// stay block-aligned, and the download completes.
+        #[test]
+        fn any_arrival_order_partitions_and_completes(
+            size in 0u64..50_000_000,
+            k in 1usize..48,
+            steps in proptest::collection::vec((0usize..48, 1u64..3_000_000), 1..400),
+        ) {
+            let align = 65536;
+            let mut p = Plan::new(size, k, align, 100 << 10);
+            let mut received = Vec::new();
+            let run = |p: &mut Plan, s: usize, n: u64, received: &mut Vec<(u64, u64)>| {
+                let r = p.range(s);
+                if r.is_done() {
+                    if let Some(new) = p.steal(s) {
+                        assert_eq!(new.pos % align, 0);
+                    }
+                } else {
+                    let got = p.advance(s, n);
+                    received.push((r.pos, r.pos + got));
+                }
+            };
+            for (s, n) in steps {
+                let s = s % p.slots();
+                run(&mut p, s, n, &mut received);
+                assert_partition(&p, &received);
+            }
+            // Then every slot drains in turn until done.
+            let mut guard = 0;
+            while !p.is_complete() {
+                for s in 0..p.slots() {
+                    run(&mut p, s, 1 << 20, &mut received);
+                }
+                guard += 1;
+                assert!(guard < 10_000);
+            }
+            assert_partition(&p, &received);
+            let total: u64 = received.iter().map(|(a, b)| b - a).sum();
+            assert_eq!(total, size);
+        }
+    }
 }
