@@ -1,0 +1,270 @@
+//! Helpers: free ports, an nginx started as a child process with a generated config, driving the
+//! CLI in-process, and a small JSON-schema checker for summary.json.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Is `prog` on PATH?
+pub fn have(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(prog).is_file()
+}
+
+/// Run the CLI in-process.
+pub fn run_cli(args: &[&str]) -> ExitCode {
+    let mut argv = vec!["weir-load"];
+    argv.extend_from_slice(args);
+    let cli = weir_load::cli::Cli::try_parse_from(argv).expect("valid command line");
+    weir_load::run(cli).expect("run")
+}
+
+/// Read a results directory's summary.json as JSON.
+pub fn summary(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Deterministic pseudo-random content.
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// SHA-256 hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// An nginx master started by a test; stopped (SIGTERM to its PID, then SIGKILL) on drop.
+pub struct Nginx {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Nginx {
+    /// Start nginx serving `files` from a fresh root, with extra `location` blocks.
+    /// Returns `None` (after saying so) when nginx is not installed.
+    pub fn start(files: &[(&str, &[u8])], extra: &str) -> Option<Nginx> {
+        if !have("nginx") {
+            eprintln!("SKIP: nginx is not installed (apt-get install nginx-light); CI installs it");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = d.join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(d.join("tmp")).unwrap();
+        for (name, data) in files {
+            std::fs::write(root.join(name), data).unwrap();
+        }
+        let port = free_port();
+        let conf = format!(
+            "worker_processes 2;\n\
+             error_log {d}/error.log;\n\
+             pid {d}/nginx.pid;\n\
+             worker_rlimit_nofile 8192;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               log_format weir '$request $status $http_range $remote_addr';\n\
+               access_log {d}/access.log weir;\n\
+               sendfile on;\n\
+               keepalive_requests 100000;\n\
+               client_body_temp_path {d}/tmp/body;\n\
+               proxy_temp_path {d}/tmp/proxy;\n\
+               fastcgi_temp_path {d}/tmp/fastcgi;\n\
+               uwsgi_temp_path {d}/tmp/uwsgi;\n\
+               scgi_temp_path {d}/tmp/scgi;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 root {root};\n\
+                 {extra}\n\
+               }}\n\
+             }}\n",
+            d = d.display(),
+            root = root.display(),
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new("nginx")
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nginx");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let t0 = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                panic!("nginx exited ({status}): {err}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nginx did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nginx { child, dir, port })
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Lines of the access log: `$request $status $http_range $remote_addr`.
+    pub fn access_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A results directory inside the test's temp dir.
+    pub fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join("results").join(name)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Check `v` against the subset of JSON Schema that summary.schema.json uses (type, const, enum,
+/// required, properties, additionalProperties, minimum, $ref to $defs). Returns the violations.
+pub fn schema_violations(v: &Value, schema: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    check(v, schema, schema, "$", &mut out);
+    out
+}
+
+fn check(v: &Value, s: &Value, root: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return check(v, &root["$defs"][name], root, at, out);
+    }
+    if let Some(c) = s.get("const") {
+        if v != c {
+            out.push(format!("{at}: {v} != const {c}"));
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            out.push(format!("{at}: {v} not in {e:?}"));
+        }
+    }
+    if let Some(t) = s.get("type").and_then(Value::as_str) {
+        let ok = match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            _ => true,
+        };
+        if !ok {
+            out.push(format!("{at}: {v} is not {t}"));
+        }
+    }
+    if let (Some(min), Some(x)) = (s.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+        if x < min {
+            out.push(format!("{at}: {x} < minimum {min}"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        if let Some(req) = s.get("required").and_then(Value::as_array) {
+            for k in req.iter().filter_map(Value::as_str) {
+                if !obj.contains_key(k) {
+                    out.push(format!("{at}: missing required {k}"));
+                }
+            }
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (k, val) in obj {
+            let path = format!("{at}.{k}");
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) => check(val, ps, root, &path, out),
+                None => match s.get("additionalProperties") {
+                    Some(Value::Bool(false)) => out.push(format!("{path}: not allowed")),
+                    Some(ap @ Value::Object(_)) => check(val, ap, root, &path, out),
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// The committed schema.
+pub fn schema() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("summary.schema.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Assert that a results directory holds a complete, schema-valid result.
+pub fn assert_result_dir(dir: &Path) -> Value {
+    let s = summary(dir);
+    let violations = schema_violations(&s, &schema());
+    assert!(
+        violations.is_empty(),
+        "summary.json violates the schema: {violations:#?}"
+    );
+    for (_, f) in s["files"]["hgrm"].as_object().unwrap() {
+        let text = std::fs::read_to_string(dir.join(f.as_str().unwrap())).unwrap();
+        assert!(text.contains("1/(1-Percentile)") && text.contains("#[Buckets ="));
+    }
+    let hlog = std::fs::read_to_string(dir.join("intervals.hlog")).unwrap();
+    assert!(hlog.contains("Tag="), "interval log has intervals");
+    let plot = std::fs::read_to_string(dir.join("percentiles.svg")).unwrap();
+    assert!(plot.starts_with("<svg"));
+    s
+}
