@@ -1,7 +1,19 @@
-//! Hierarchical bandwidth shaper for weir: root (global rate) -> user classes -> connections.
+//! Hierarchical bandwidth shaper for weir: root (global rate) → user classes → connections.
 //!
-//! This crate does no I/O. (Skeleton: the full shaper lands with the shaper issue.)
+//! PLACEHOLDER
+#![forbid(unsafe_code)]
 
+pub mod _guide;
+mod clock;
+mod config;
+mod core;
+mod fair;
 mod rate;
+mod shaper;
 
+pub use crate::core::{ConnKey, CoreShaper, Grant};
+pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
+pub use config::{suggested_sndbuf, ShaperConfig, UserLimits};
+pub use fair::{water_fill, Claim};
 pub use rate::{ParseRateError, Rate};
+pub use shaper::{Shaper, UserHandle, UserStats};
