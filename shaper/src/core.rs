@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::Nanos;
 use crate::shaper::{Shaper, Slot, UserHandle, UserState};
+use crate::MAX_WAIT_PERIODS;
 
 /// A connection known to one [`CoreShaper`]. Copy it freely; it is invalid after `close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,9 +23,6 @@ pub enum Grant {
     /// Ask again at this absolute time (never in the past; usually an epoch boundary).
     Wait(Nanos),
 }
-
-/// Longest wait handed out, in refill periods, so limit changes reach sleeping connections.
-const MAX_WAIT_PERIODS: u64 = 25;
 
 #[derive(Debug, Default)]
 struct Conn {
@@ -221,7 +219,7 @@ impl CoreShaper {
         }
         let c = &mut self.conns[ci];
         let need = want.min(cu.quantum);
-        if want > 0 && c.deficit >= need {
+        if want > 0 && !c.queued && c.deficit >= need {
             return grant(cu, c, want, self.max_grant);
         }
         if want > 0 && !c.queued {
@@ -243,7 +241,7 @@ impl CoreShaper {
             cu.ring.push_back((conn.idx, conn.gen));
             cu.queued += 1;
         } else if c.queued {
-            let lack = cu.cum_enqueued - cu.cum_assigned;
+            let lack = cu.cum_enqueued.saturating_sub(cu.cum_assigned);
             pull(cu, lack.max(self.lease_bytes));
         }
         distribute(cu, &mut self.conns);
@@ -338,7 +336,7 @@ fn refresh(cu: &mut CoreUser, epoch: u64, conns: &mut [Conn], lease_bytes: u64) 
         return;
     }
     if cu.queued > 0 {
-        let lack = cu.cum_enqueued - cu.cum_assigned;
+        let lack = cu.cum_enqueued.saturating_sub(cu.cum_assigned);
         pull(cu, lack.max(lease_bytes));
         distribute(cu, conns);
         publish_queued(cu);

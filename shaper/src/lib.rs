@@ -11,6 +11,10 @@ mod fair;
 mod rate;
 mod shaper;
 
+/// Longest wait handed out, in refill periods, so limit changes reach sleeping connections;
+/// also the most periods the allocator catches up after nobody asked.
+const MAX_WAIT_PERIODS: u64 = 25;
+
 pub use crate::core::{ConnKey, CoreShaper, Grant};
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use config::{suggested_sndbuf, ShaperConfig, UserLimits};

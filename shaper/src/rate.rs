@@ -74,6 +74,18 @@ impl FromStr for Rate {
             "Gbit" | "gbit" => 1e9 / 8.0,
             other => return Err(ParseRateError::UnknownUnit(other.to_string())),
         };
+        // Whole numbers in whole-byte units are exact (f64 would round past 2^53).
+        if !num.contains('.') && mult >= 1.0 && mult.fract() == 0.0 {
+            let exact = num
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult as u64));
+            return match exact {
+                Some(0) => Err(ParseRateError::Zero),
+                Some(b) => Ok(Rate::BytesPerSec(b)),
+                None => Err(ParseRateError::Overflow(s.to_string())),
+            };
+        }
         let bytes = value * mult;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(ParseRateError::Overflow(s.to_string()));

@@ -124,6 +124,8 @@ impl Row {
             weight: 1,
             backlogged: 0,
             ceil_per: 0,
+            steady: 0,
+            hint: 0,
             slots: at..at,
             a1: 0,
             a2: 0,
@@ -137,6 +139,10 @@ struct Row {
     weight: u64,
     backlogged: u64,
     ceil_per: u64,
+    /// Demand per period ignoring the outstanding-token cap, and the share that would give:
+    /// the rate estimate for wait times, so a transient cap does not lengthen waits.
+    steady: u64,
+    hint: u64,
     slots: std::ops::Range<usize>,
     a1: u64,
     a2: u64,
@@ -311,6 +317,17 @@ impl Shaper {
         if now.0 < self.next_at.load(Ordering::Acquire) {
             return;
         }
+        // Connections told to wait several periods ask nobody in between, so the periods
+        // that passed without a request are allocated now, one by one: the credits of a
+        // backlogged user must not be capped at one period just because it was asleep.
+        let missed = st.last_at.map_or(0, |t| {
+            (now.0.saturating_sub(t) / self.period)
+                .saturating_sub(1)
+                .min(crate::MAX_WAIT_PERIODS)
+        });
+        for k in (1..=missed).rev() {
+            self.allocate(&mut st, now.0 - k * self.period);
+        }
         self.allocate(&mut st, now.0);
         let next = (now.0 / self.period + 1) * self.period;
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -425,8 +442,11 @@ impl Shaper {
             }
             drop(slots);
             let room = outstanding_cap(lim, ceil_per, &self.cfg).saturating_sub(outstanding);
+            let steady = demand.min(ceil_per);
             let demand = demand.min(room);
             st.rows.push(Row {
+                steady,
+                hint: 0,
                 rate_cap: demand.min(rate_cap_bytes).min(ceil_bytes),
                 ceil_cap: demand.min(ceil_bytes),
                 weight: u64::from(lim.weight.max(1)),
@@ -438,12 +458,12 @@ impl Shaper {
             });
             i += 1;
         }
-        self.divide(st, root_cap.is_some());
+        self.divide(st, root_cap.is_some(), bytes_in(global, period));
     }
 
     /// Root -> users (assured rates first, then borrowing by weight), then user -> slots by
     /// waiting connections.
-    fn divide(&self, st: &mut AllocState, root_finite: bool) {
+    fn divide(&self, st: &mut AllocState, root_finite: bool, root_per: u64) {
         let budget = if root_finite {
             to_bytes(st.root_bn)
         } else {
@@ -473,6 +493,15 @@ impl Shaper {
         water_fill(budget, &st.claims, st.rotate, &mut st.order, &mut st.out);
         for (r, &a) in st.rows.iter_mut().zip(&st.out) {
             r.a2 = a;
+        }
+        st.claims.clear();
+        st.claims.extend(st.rows.iter().map(|r| Claim {
+            cap: r.steady,
+            weight: r.weight,
+        }));
+        water_fill(root_per, &st.claims, st.rotate, &mut st.order, &mut st.out);
+        for (r, &a) in st.rows.iter_mut().zip(&st.out) {
+            r.hint = a;
         }
 
         for (idx, r) in st.rows.iter().enumerate() {
@@ -506,7 +535,7 @@ impl Shaper {
             for ((s, claim), &share) in slots.iter().zip(&st.out) {
                 s.allocated_cum.fetch_add(share, Ordering::Relaxed);
                 let hint = if claim.cap == BACKLOGGED {
-                    share
+                    share.max(r.hint / total_weight.max(1) * claim.weight)
                 } else {
                     r.ceil_per / total_weight.max(1) * claim.weight
                 };

@@ -53,6 +53,64 @@ fn forty_connections_on_two_cores_jain() {
 }
 
 #[test]
+fn forty_connections_and_one_connection_split_the_root_equally() {
+    let cfg = ShaperConfig {
+        global: Rate::BytesPerSec(4 << 20),
+        ..ShaperConfig::default()
+    };
+    let mut sim = Sim::new(cfg, 2);
+    let many = sim.shaper.user("many", UserLimits::unlimited());
+    let one = sim.shaper.user("one", UserLimits::unlimited());
+    let (many, one) = (sim.add_user(many), sim.add_user(one));
+    for i in 0..40 {
+        sim.add_conn(many, i % 2, 0, u64::MAX);
+    }
+    sim.add_conn(one, 1, 0, u64::MAX);
+    sim.run_until(3000 * MS);
+    let a = sim.user_bytes(many, 1000 * MS, 3000 * MS) as f64;
+    let b = sim.user_bytes(one, 1000 * MS, 3000 * MS) as f64;
+    let ratio = a / b;
+    assert!((0.98..1.02).contains(&ratio), "ratio {ratio}");
+    assert!(((a + b) / 2.0 / f64::from(4 << 20) - 1.0).abs() < 0.01);
+}
+
+/// The accuracy scenario in simulation: 200 users × 40 connections on 2 cores,
+/// users capped at 256 KiB/s, (a) no global cap, (b) a binding 25 MiB/s global cap.
+#[test]
+fn two_hundred_users_of_forty_connections() {
+    for global in [None, Some(25u64 << 20)] {
+        let cfg = ShaperConfig {
+            global: global.map_or(Rate::Unlimited, Rate::BytesPerSec),
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, 2);
+        for u in 0..200 {
+            let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
+            let u = sim.add_user(h);
+            for c in 0..40 {
+                sim.add_conn(u, c % 2, 0, u64::MAX);
+            }
+        }
+        sim.run_until(4000 * MS);
+        let expect = match global {
+            None => 256.0 * 1024.0,
+            Some(g) => g as f64 / 200.0,
+        };
+        let mut ratios: Vec<f64> = (0..200)
+            .map(|u| sim.user_bytes(u, 1000 * MS, 4000 * MS) as f64 / 3.0 / expect)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let j = jain(&ratios);
+        eprintln!(
+            "global {global:?}: p1 {:.4} p50 {:.4} p99 {:.4} jain {j:.5}",
+            ratios[1], ratios[100], ratios[197]
+        );
+        assert!(ratios[1] >= 0.97 && ratios[197] <= 1.03, "{ratios:?}");
+        assert!(j >= 0.99);
+    }
+}
+
+#[test]
 #[ignore]
 fn debug_trace() {
     let mut sim = Sim::new(ShaperConfig::default(), 2);
@@ -66,5 +124,29 @@ fn debug_trace() {
         let b = sim.user_bytes(u, e * 10 * MS, (e + 1) * 10 * MS);
         let w: u64 = sim.conns.iter().map(|c| c.waits).sum();
         eprintln!("epoch {e}: {b} waits {w}");
+    }
+}
+
+#[test]
+#[ignore]
+fn debug_two_users() {
+    let cfg = ShaperConfig {
+        global: Rate::BytesPerSec(512 << 10),
+        ..ShaperConfig::default()
+    };
+    let mut sim = Sim::new(cfg, 2);
+    for i in 0..2 {
+        let h = sim.shaper.user(&format!("u{i}"), UserLimits::unlimited());
+        let u = sim.add_user(h);
+        sim.add_conn(u, 0, 0, u64::MAX);
+    }
+    sim.run_until(1000 * MS);
+    for e in 0..40 {
+        let a = sim.user_bytes(0, e * 10 * MS, (e + 1) * 10 * MS);
+        let b = sim.user_bytes(1, e * 10 * MS, (e + 1) * 10 * MS);
+        eprintln!(
+            "epoch {e}: {a} {b} waits {} {}",
+            sim.conns[0].waits, sim.conns[1].waits
+        );
     }
 }

@@ -21,6 +21,9 @@ pub struct SimConn {
     /// (time, bytes) of every grant.
     pub grants: Vec<(u64, u64)>,
     pub waits: u64,
+    /// Close the connection at `active_until` (else it just stops asking).
+    pub close_at_end: bool,
+    pub closed: bool,
 }
 
 pub struct Sim {
@@ -65,9 +68,14 @@ impl Sim {
             want: 1 << 30,
             grants: Vec::new(),
             waits: 0,
+            close_at_end: false,
+            closed: false,
         });
         let id = self.conns.len() - 1;
         self.queue.push(Reverse((from, id)));
+        if until != u64::MAX {
+            self.queue.push(Reverse((until, id)));
+        }
         id
     }
 
@@ -80,7 +88,14 @@ impl Sim {
             self.queue.pop();
             self.clock.set(Nanos(t));
             let c = &mut self.conns[id];
+            if c.closed {
+                continue;
+            }
             if t >= c.active_until {
+                if c.close_at_end {
+                    c.closed = true;
+                    self.cores[c.core].close(c.key);
+                }
                 continue;
             }
             match self.cores[c.core].request(c.key, c.want, Nanos(t)) {
