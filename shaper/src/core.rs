@@ -187,7 +187,6 @@ impl CoreShaper {
         cu.user.conns.fetch_sub(1, Ordering::Relaxed);
         cu.conns -= 1;
         if cu.conns > 0 {
-            distribute(cu, &mut self.conns);
             publish_queued(cu);
             return;
         }
@@ -219,20 +218,23 @@ impl CoreShaper {
         }
         let c = &mut self.conns[ci];
         let need = want.min(cu.quantum);
-        if want > 0 && !c.queued && c.deficit >= need {
+        // A deficit outside the ring (a refund, or the rest of a grant larger than `want`)
+        // is sent as it is: waiting to top it up would hold tokens idle.
+        if want > 0 && !c.queued && c.deficit > 0 && (c.deficit >= need || cu.queued > 0) {
             return grant(cu, c, want, self.max_grant);
         }
         if want > 0 && !c.queued {
             let lack = need - c.deficit;
-            if cu.queued == 0 {
-                if cu.free < lack {
-                    pull(cu, lack.max(self.lease_bytes));
-                }
-                if cu.free >= lack {
-                    cu.free -= lack;
-                    c.deficit += lack;
-                    return grant(cu, c, want, self.max_grant);
-                }
+            // Free tokens here are a closed connection's deficit (the ring got everything
+            // else): whoever asks first uses them rather than the ring head, which may be
+            // asleep until a later period.
+            if cu.queued == 0 && cu.free < lack {
+                pull(cu, lack.max(self.lease_bytes));
+            }
+            if cu.free >= lack {
+                cu.free -= lack;
+                c.deficit += lack;
+                return grant(cu, c, want, self.max_grant);
             }
             c.queued = true;
             c.need = need;

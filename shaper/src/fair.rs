@@ -5,7 +5,9 @@ use std::cmp::Ordering;
 /// A claim on a budget: at most `cap` bytes, share proportional to `weight` (≥ 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
+    /// Most bytes this claim may receive.
     pub cap: u64,
+    /// Relative share (0 counts as 1).
     pub weight: u64,
 }
 

@@ -15,14 +15,19 @@ pub enum Rate {
 /// Why a rate string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseRateError {
+    /// The string was empty.
     #[error("empty rate")]
     Empty,
+    /// No leading number.
     #[error("rate {0:?} has no number (examples: 512KiB, 2MiB, 10MB, 80Mbit, unlimited)")]
     NoNumber(String),
+    /// The unit is not one of the known ones.
     #[error("unknown unit {0:?} (use B, KB, MB, GB, KiB, MiB, GiB, kbit, Mbit, Gbit)")]
     UnknownUnit(String),
+    /// Zero bytes per second (use `unlimited` for no cap).
     #[error("rate must be greater than zero (use \"unlimited\" for no cap)")]
     Zero,
+    /// More than `u64::MAX` bytes per second.
     #[error("rate {0:?} is too large")]
     Overflow(String),
 }

@@ -97,9 +97,11 @@ impl std::fmt::Debug for UserHandle {
 /// A snapshot of one user class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserStats {
+    /// The limits in force.
     pub limits: UserLimits,
     /// Bytes granted so far, net of refunds (lags by up to one refill period).
     pub bytes_granted: u64,
+    /// Open connections of this user on all cores.
     pub active_connections: u32,
 }
 
