@@ -15,14 +15,19 @@ pub enum Rate {
 /// Why a rate string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseRateError {
+    /// The string was empty.
     #[error("empty rate")]
     Empty,
+    /// No leading number.
     #[error("rate {0:?} has no number (examples: 512KiB, 2MiB, 10MB, 80Mbit, unlimited)")]
     NoNumber(String),
+    /// The unit is not one of the known ones.
     #[error("unknown unit {0:?} (use B, KB, MB, GB, KiB, MiB, GiB, kbit, Mbit, Gbit)")]
     UnknownUnit(String),
+    /// Zero bytes per second (use `unlimited` for no cap).
     #[error("rate must be greater than zero (use \"unlimited\" for no cap)")]
     Zero,
+    /// More than `u64::MAX` bytes per second.
     #[error("rate {0:?} is too large")]
     Overflow(String),
 }
@@ -74,6 +79,18 @@ impl FromStr for Rate {
             "Gbit" | "gbit" => 1e9 / 8.0,
             other => return Err(ParseRateError::UnknownUnit(other.to_string())),
         };
+        // Whole numbers in whole-byte units are exact (f64 would round past 2^53).
+        if !num.contains('.') && mult >= 1.0 && mult.fract() == 0.0 {
+            let exact = num
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult as u64));
+            return match exact {
+                Some(0) => Err(ParseRateError::Zero),
+                Some(b) => Ok(Rate::BytesPerSec(b)),
+                None => Err(ParseRateError::Overflow(s.to_string())),
+            };
+        }
         let bytes = value * mult;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(ParseRateError::Overflow(s.to_string()));

@@ -1,0 +1,170 @@
+//! A deterministic event-driven simulation of an engine driving the shaper.
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_shaper::{ConnKey, CoreShaper, FakeClock, Grant, Nanos, Shaper, ShaperConfig, UserHandle};
+
+pub const MS: u64 = 1_000_000;
+
+pub struct SimConn {
+    pub core: usize,
+    pub key: ConnKey,
+    pub user: usize,
+    /// Backlogged from this time on (None = idle).
+    pub active_from: Option<u64>,
+    pub active_until: u64,
+    pub want: u64,
+    /// (time, bytes) of every grant.
+    pub grants: Vec<(u64, u64)>,
+    pub waits: u64,
+    /// Close the connection at `active_until` (else it just stops asking).
+    pub close_at_end: bool,
+    pub closed: bool,
+}
+
+pub struct Sim {
+    pub clock: Arc<FakeClock>,
+    pub shaper: Arc<Shaper>,
+    pub cores: Vec<CoreShaper>,
+    pub conns: Vec<SimConn>,
+    pub users: Vec<UserHandle>,
+    queue: BinaryHeap<Reverse<(u64, usize)>>,
+}
+
+impl Sim {
+    pub fn new(cfg: ShaperConfig, cores: usize) -> Sim {
+        let clock = Arc::new(FakeClock::new());
+        let shaper = Shaper::with_clock(cfg, clock.clone());
+        Sim {
+            cores: (0..cores)
+                .map(|_| CoreShaper::new(shaper.clone()))
+                .collect(),
+            clock,
+            shaper,
+            conns: Vec::new(),
+            users: Vec::new(),
+            queue: BinaryHeap::new(),
+        }
+    }
+
+    pub fn add_user(&mut self, user: UserHandle) -> usize {
+        self.users.push(user);
+        self.users.len() - 1
+    }
+
+    /// A connection of `user` on `core`, backlogged on [from, until).
+    pub fn add_conn(&mut self, user: usize, core: usize, from: u64, until: u64) -> usize {
+        let key = self.cores[core].open(&self.users[user]);
+        self.conns.push(SimConn {
+            core,
+            key,
+            user,
+            active_from: Some(from),
+            active_until: until,
+            want: 1 << 30,
+            grants: Vec::new(),
+            waits: 0,
+            close_at_end: false,
+            closed: false,
+        });
+        let id = self.conns.len() - 1;
+        self.queue.push(Reverse((from, id)));
+        if until != u64::MAX {
+            self.queue.push(Reverse((until, id)));
+        }
+        id
+    }
+
+    /// Runs every request due before `end` (exclusive), in time order.
+    pub fn run_until(&mut self, end: u64) {
+        while let Some(&Reverse((t, id))) = self.queue.peek() {
+            if t >= end {
+                break;
+            }
+            self.queue.pop();
+            self.clock.set(Nanos(t));
+            let c = &mut self.conns[id];
+            if c.closed {
+                continue;
+            }
+            if t >= c.active_until {
+                if c.close_at_end {
+                    c.closed = true;
+                    self.cores[c.core].close(c.key);
+                }
+                continue;
+            }
+            match self.cores[c.core].request(c.key, c.want, Nanos(t)) {
+                Grant::Send(n) => {
+                    assert!(n > 0 && n <= c.want);
+                    c.grants.push((t, n));
+                    self.queue.push(Reverse((t, id)));
+                }
+                Grant::Wait(at) => {
+                    assert!(at.0 > t, "wait in the past: {at:?} at {t}");
+                    c.waits += 1;
+                    self.queue.push(Reverse((at.0, id)));
+                }
+            }
+        }
+        self.clock.set(Nanos(end));
+    }
+
+    pub fn bytes(&self, conn: usize, from: u64, to: u64) -> u64 {
+        self.conns[conn]
+            .grants
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn user_bytes(&self, user: usize, from: u64, to: u64) -> u64 {
+        (0..self.conns.len())
+            .filter(|&c| self.conns[c].user == user)
+            .map(|c| self.bytes(c, from, to))
+            .sum()
+    }
+
+    /// All grants of a user (time, bytes), sorted by time.
+    pub fn user_grants(&self, user: usize) -> Vec<(u64, u64)> {
+        let mut g: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|c| c.user == user)
+            .flat_map(|c| c.grants.iter().copied())
+            .collect();
+        g.sort_unstable();
+        g
+    }
+}
+
+pub fn jain(xs: &[f64]) -> f64 {
+    let s: f64 = xs.iter().sum();
+    let s2: f64 = xs.iter().map(|x| x * x).sum();
+    s * s / (xs.len() as f64 * s2)
+}
+
+/// Largest sum of grants in any window of `w` ns (sliding over grant times).
+pub fn max_window(grants: &[(u64, u64)], w: u64) -> u64 {
+    let mut best = 0;
+    let mut sum = 0;
+    let mut lo = 0;
+    for hi in 0..grants.len() {
+        sum += grants[hi].1;
+        while grants[hi].0 - grants[lo].0 >= w {
+            sum -= grants[lo].1;
+            lo += 1;
+        }
+        best = best.max(sum);
+    }
+    best
+}
+
+pub fn period() -> Duration {
+    Duration::from_millis(10)
+}

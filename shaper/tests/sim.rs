@@ -1,0 +1,111 @@
+//! Deterministic allocations under simulated time.
+
+mod common;
+
+use common::*;
+use weir_shaper::{Rate, ShaperConfig, UserLimits};
+
+fn limits(bps: u64) -> UserLimits {
+    UserLimits::new(Rate::BytesPerSec(bps))
+}
+
+#[test]
+fn forty_connections_share_one_user_exactly() {
+    // 40 conns × 4096 B per 10 ms epoch = 16,384,000 B/s.
+    let mut sim = Sim::new(ShaperConfig::default(), 1);
+    let u = sim.shaper.user("alice", limits(16_384_000));
+    let u = sim.add_user(u);
+    let conns: Vec<usize> = (0..40).map(|_| sim.add_conn(u, 0, 0, u64::MAX)).collect();
+    sim.run_until(1000 * MS);
+    for e in 10..100 {
+        let per: Vec<u64> = conns
+            .iter()
+            .map(|&c| sim.bytes(c, e * 10 * MS, (e + 1) * 10 * MS))
+            .collect();
+        assert!(per.iter().all(|&b| b == 4096), "epoch {e}: {per:?}");
+    }
+    let total = sim.user_bytes(u, 100 * MS, 1000 * MS);
+    assert_eq!(total, 16_384_000 * 9 / 10);
+}
+
+#[test]
+fn forty_connections_on_two_cores_jain() {
+    let mut sim = Sim::new(ShaperConfig::default(), 2);
+    let u = sim.shaper.user("bob", limits(2 << 20));
+    let u = sim.add_user(u);
+    // 30 on core 0, 10 on core 1.
+    let conns: Vec<usize> = (0..40)
+        .map(|i| sim.add_conn(u, usize::from(i >= 30), 0, u64::MAX))
+        .collect();
+    sim.run_until(3000 * MS);
+    let per: Vec<f64> = conns
+        .iter()
+        .map(|&c| sim.bytes(c, 1000 * MS, 2000 * MS) as f64)
+        .collect();
+    let j = jain(&per);
+    let total = sim.user_bytes(u, 1000 * MS, 3000 * MS) as f64 / 2.0;
+    eprintln!("jain {j:.4} total {total} per {per:?}");
+    assert!(j >= 0.99, "jain {j}");
+    assert!(
+        (total / f64::from(2 << 20) - 1.0).abs() < 0.01,
+        "total {total}"
+    );
+}
+
+#[test]
+fn forty_connections_and_one_connection_split_the_root_equally() {
+    let cfg = ShaperConfig {
+        global: Rate::BytesPerSec(4 << 20),
+        ..ShaperConfig::default()
+    };
+    let mut sim = Sim::new(cfg, 2);
+    let many = sim.shaper.user("many", UserLimits::unlimited());
+    let one = sim.shaper.user("one", UserLimits::unlimited());
+    let (many, one) = (sim.add_user(many), sim.add_user(one));
+    for i in 0..40 {
+        sim.add_conn(many, i % 2, 0, u64::MAX);
+    }
+    sim.add_conn(one, 1, 0, u64::MAX);
+    sim.run_until(3000 * MS);
+    let a = sim.user_bytes(many, 1000 * MS, 3000 * MS) as f64;
+    let b = sim.user_bytes(one, 1000 * MS, 3000 * MS) as f64;
+    let ratio = a / b;
+    assert!((0.98..1.02).contains(&ratio), "ratio {ratio}");
+    assert!(((a + b) / 2.0 / f64::from(4 << 20) - 1.0).abs() < 0.01);
+}
+
+/// The accuracy scenario in simulation: 200 users × 40 connections on 2 cores,
+/// users capped at 256 KiB/s, (a) no global cap, (b) a binding 25 MiB/s global cap.
+#[test]
+fn two_hundred_users_of_forty_connections() {
+    for global in [None, Some(25u64 << 20)] {
+        let cfg = ShaperConfig {
+            global: global.map_or(Rate::Unlimited, Rate::BytesPerSec),
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, 2);
+        for u in 0..200 {
+            let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
+            let u = sim.add_user(h);
+            for c in 0..40 {
+                sim.add_conn(u, c % 2, 0, u64::MAX);
+            }
+        }
+        sim.run_until(4000 * MS);
+        let expect = match global {
+            None => 256.0 * 1024.0,
+            Some(g) => g as f64 / 200.0,
+        };
+        let mut ratios: Vec<f64> = (0..200)
+            .map(|u| sim.user_bytes(u, 1000 * MS, 4000 * MS) as f64 / 3.0 / expect)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let j = jain(&ratios);
+        eprintln!(
+            "global {global:?}: p1 {:.4} p50 {:.4} p99 {:.4} jain {j:.5}",
+            ratios[1], ratios[100], ratios[197]
+        );
+        assert!(ratios[1] >= 0.97 && ratios[197] <= 1.03, "{ratios:?}");
+        assert!(j >= 0.99);
+    }
+}
