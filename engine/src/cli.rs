@@ -716,7 +716,9 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut cfg = serve_config(args, &file, data_dir.clone())?;
 
-    let existed = data_dir.exists();
+    // A data directory that does not exist yet, or exists but holds no database (an empty temp
+    // dir), is a fresh machine: it gets the demo catalog.
+    let existed = data_dir.join("weir.db").exists();
     let store = Store::open(&data_dir)
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     cfg.data_dir = store.data_dir().to_owned();
