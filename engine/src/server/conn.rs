@@ -26,6 +26,7 @@ use super::resources::{Part, Resource, ZipRep};
 use super::segment::MappedFile;
 use super::sys;
 use super::worker::{Credit, Ctx};
+use weir_shaper::{ConnKey, Grant};
 
 /// Largest body chunk handed to the kernel in one send when the connection is not shaped.
 const MAX_CHUNK: u64 = 1 << 20;
@@ -43,6 +44,8 @@ pub enum SendPlan {
     Iov { len: usize, more: bool },
     /// `sendfile(sock, fd, offset, len)`.
     File { fd: RawFd, offset: u64, len: usize },
+    /// The shaper has no bytes for this connection until then: wait, then ask again.
+    Wait(Instant),
 }
 
 /// What a connection needs from its driver next.
@@ -168,6 +171,10 @@ pub struct Conn {
     acct: Option<Box<Accounting>>,
     /// The server closed its side after a response and waits for the client's FIN.
     lingering: bool,
+    /// The shaper's key for this connection and the user it is shaped as.
+    shaped: Option<(ConnKey, Arc<str>)>,
+    /// Body bytes the shaper granted for the send in flight (unsent ones are refunded).
+    granted: u64,
 }
 
 impl Conn {
@@ -195,6 +202,8 @@ impl Conn {
             written: 0,
             acct: None,
             lingering: false,
+            shaped: None,
+            granted: 0,
         })
     }
 
@@ -384,6 +393,9 @@ impl Conn {
             return Next::Close;
         };
         ctx.cache.learn(&reply, &p.item, ctx.now);
+        if let (Verdict::Allowed, Some(user)) = (&reply.verdict, &reply.user) {
+            ctx.shaping.user(user, reply.user_rate);
+        }
         match (reply.verdict, reply.resource, reply.user) {
             (Verdict::Allowed, Some(res), Some(user)) => self.serve(ctx, p.head, &res, user),
             (Verdict::Allowed, ..) | (Verdict::NotFound, ..) => self.simple(ctx, &p.head, 404),
@@ -474,6 +486,7 @@ impl Conn {
         let head_only = head.method == Method::Head;
         let v = repr.validators();
         let ctype = repr.content_type();
+        self.bind_shaper(ctx, &user);
         let mut resp = self.take_response();
         if ctx.cfg.accounting {
             resp.owner = Some((user, res.key.clone()));
@@ -634,7 +647,27 @@ impl Conn {
 
     /// Describe the next send: `iov`/`msg` for bytes in memory (the head, literals, small file
     /// pieces from the mapping), or a `sendfile` range for large file pieces.
-    pub fn prepare_send(&mut self, send_path: SendPath) -> SendPlan {
+    pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        let send_path = ctx.cfg.send_path;
+        // How many body bytes the shaper lets this connection send now. Heads are never shaped.
+        let mut body_budget = u64::MAX;
+        self.granted = 0;
+        if let (Some((key, _)), Some(resp)) = (&self.shaped, self.resp.as_deref()) {
+            if let Some(BodyPiece::File { start, end, .. }) = resp.pieces.get(resp.piece) {
+                let want = (end - start - resp.offset).min(MAX_SENDFILE_CHUNK);
+                let now = ctx.shaping.shaper.now();
+                match ctx.shaping.core.request(*key, want, now) {
+                    Grant::Send(n) => {
+                        body_budget = n;
+                        self.granted = n;
+                    }
+                    Grant::Wait(at) if resp.head_sent == resp.head.len() => {
+                        return SendPlan::Wait(ctx.shaping.deadline(ctx.now, at));
+                    }
+                    Grant::Wait(_) => body_budget = 0,
+                }
+            }
+        }
         let Some(resp) = self.resp.as_deref() else {
             return SendPlan::Iov {
                 len: 0,
@@ -683,7 +716,7 @@ impl Conn {
                         file, start, end, ..
                     } => {
                         let from = start + resp.offset;
-                        file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
+                        file.kernel_ptr(from, (end - from).min(MAX_CHUNK).min(body_budget))
                     }
                 };
                 if len > 0 {
@@ -744,6 +777,14 @@ impl Conn {
         let h = left.min(head_rest);
         resp.head_sent += h;
         left -= h;
+        if self.granted > 0 {
+            // Granted body bytes the kernel did not take go back to the user's share.
+            let unsent = self.granted.saturating_sub(left as u64);
+            if let (Some((key, _)), true) = (&self.shaped, unsent > 0) {
+                ctx.shaping.core.refund(*key, unsent);
+            }
+            self.granted = 0;
+        }
         if let Some(a) = self.acct.as_deref_mut() {
             a.map.push_overhead(h as u64);
         }
@@ -855,6 +896,41 @@ impl Conn {
                 part: *part,
                 range,
             });
+        }
+    }
+
+    /// Shape this connection as `user` (a keep-alive connection may change user).
+    fn bind_shaper(&mut self, ctx: &mut Ctx, user: &Arc<str>) {
+        if matches!(&self.shaped, Some((_, u)) if u == user) {
+            return;
+        }
+        if let Some((key, _)) = self.shaped.take() {
+            ctx.shaping.core.close(key);
+        }
+        let rate = ctx
+            .shaping
+            .shaper
+            .user_stats(user)
+            .map(|s| s.limits.rate)
+            .unwrap_or(ctx.shaping.default_rate);
+        let handle = match ctx.shaping.users.get(user) {
+            Some(h) => h.clone(),
+            None => ctx.shaping.user(user, None),
+        };
+        let key = ctx.shaping.core.open(&handle);
+        self.shaped = Some((key, user.clone()));
+        // A shaped connection needs little send buffer: size it to its share, so stalled
+        // shaped downloads do not pin megabytes of kernel memory each.
+        if let Some(bytes) = weir_shaper::suggested_sndbuf(rate) {
+            let _ = sys::set_sndbuf(self.fd, bytes as usize);
+        }
+    }
+
+    /// The connection is going away: credit what was delivered, release its shaper slot.
+    pub fn on_close(&mut self, ctx: &mut Ctx) {
+        self.account(ctx, false);
+        if let Some((key, _)) = self.shaped.take() {
+            ctx.shaping.core.close(key);
         }
     }
 

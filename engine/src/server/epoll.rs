@@ -53,10 +53,11 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
     )?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
-        let timeout = w
-            .next_sweep
+        let wake_at = w.next_timer().map_or(w.next_sweep, |t| t.min(w.next_sweep));
+        let timeout = wake_at
             .saturating_duration_since(Instant::now())
-            .as_millis()
+            .as_micros()
+            .div_ceil(1000)
             .min(1000) as i32;
         let n = match syscall!(epoll_wait(
             ep,
@@ -107,6 +108,15 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                     libc::EPOLLIN as u32,
                     LISTENER,
                 )?;
+            }
+        }
+        // Shaped connections whose wait is over send again.
+        for token in w.due_timers() {
+            if w.conns
+                .get_mut(token)
+                .is_some_and(|c| c.want == Next::Write)
+            {
+                drive(w, token, Next::Write);
             }
         }
         // Connections that used their turn continue now, after everyone else's events.
@@ -206,7 +216,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
             }
             Next::Write if c.writable => {
                 budget -= 1;
-                let (res, len) = match c.prepare_send(w.ctx.cfg.send_path) {
+                let (res, len) = match c.prepare_send(&mut w.ctx) {
                     SendPlan::Iov { len, more: false } => {
                         (sys::sendmsg(c.fd, &c.iov[..c.msg.msg_iovlen]), len)
                     }
@@ -216,6 +226,10 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                     SendPlan::File { fd, offset, len } => {
                         (sys::sendfile(c.fd, fd, offset, len), len)
                     }
+                    SendPlan::Wait(at) => {
+                        w.timers.push(std::cmp::Reverse((at, token)));
+                        return;
+                    }
                 };
                 if matches!(res, Ok(n) if n < len) {
                     c.writable = false;
@@ -223,7 +237,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                 c.on_sent(&mut w.ctx, res)
             }
             Next::Close => {
-                c.account(&mut w.ctx, false);
+                c.on_close(&mut w.ctx);
                 if let Some(c) = w.conns.remove(token) {
                     sys::close(c.fd);
                 }
