@@ -140,13 +140,7 @@ fn user_cap(driver: &[&str]) {
         "1h",
     ]);
     let srv = data.start(&args);
-    let admin = srv
-        .banner
-        .iter()
-        .find_map(|l| l.split("admin API on ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let admin = srv.admin_url();
     let dl = Downloads::start(srv.addr, "alice:pw", 40);
     let_burst_pass();
     let rates = &measure(&[&dl], Duration::from_secs(6))[0];

@@ -37,13 +37,16 @@ fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
 
 fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
     let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
-    ctl(
-        ep,
-        libc::EPOLL_CTL_ADD,
-        listen_fd,
-        libc::EPOLLIN as u32,
-        LISTENER,
-    )?;
+    let watch_listener = || {
+        ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            listen_fd,
+            libc::EPOLLIN as u32,
+            LISTENER,
+        )
+    };
+    watch_listener()?;
     ctl(
         ep,
         libc::EPOLL_CTL_ADD,
@@ -101,13 +104,7 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
             }
             if w.accept_paused_until.is_some_and(|t| w.ctx.now >= t) && !w.ctx.draining {
                 w.accept_paused_until = None;
-                ctl(
-                    ep,
-                    libc::EPOLL_CTL_ADD,
-                    listen_fd,
-                    libc::EPOLLIN as u32,
-                    LISTENER,
-                )?;
+                watch_listener()?;
             }
         }
         // Shaped connections whose wait is over send again.
