@@ -22,8 +22,18 @@ struct Downloads {
 
 impl Downloads {
     fn start(addr: SocketAddr, user: &str, n: usize) -> Downloads {
-        let stop = Arc::new(AtomicBool::new(false));
         let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, user);
+        Self::start_at(
+            addr,
+            "/d/big",
+            &format!("Authorization: Basic {auth}\r\n"),
+            n,
+        )
+    }
+
+    /// `n` ranged downloads of `target` (a path, possibly a signed link) with `extra` headers.
+    fn start_at(addr: SocketAddr, target: &str, extra: &str, n: usize) -> Downloads {
+        let stop = Arc::new(AtomicBool::new(false));
         let mut counters = Vec::new();
         let mut threads = Vec::new();
         let slice = FILE / n;
@@ -31,16 +41,17 @@ impl Downloads {
             let counter = Arc::new(AtomicU64::new(0));
             counters.push(counter.clone());
             let stop = stop.clone();
-            let auth = auth.clone();
+            let (target, extra) = (target.to_string(), extra.to_string());
             threads.push(std::thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
                 let (a, b) = (i * slice, (i + 1) * slice - 1);
                 write!(
                     s,
-                    "GET /d/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nRange: bytes={a}-{b}\r\n\r\n"
+                    "GET {target} HTTP/1.1\r\nHost: x\r\n{extra}Range: bytes={a}-{b}\r\n\r\n"
                 )
                 .unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
                 let mut buf = vec![0u8; 64 * 1024];
                 while !stop.load(Ordering::Relaxed) {
                     match s.read(&mut buf) {
@@ -220,5 +231,47 @@ fn global_cap_shares_users_equally() {
     );
     many.stop();
     one.stop();
+    srv.stop();
+}
+
+/// A signed link with a rate class is shaped at the class's rate; an unknown class is refused.
+#[test]
+fn signed_link_rate_class() {
+    let data = fixture();
+    let srv = data.start(&["--rate-class", "slow=512KiB", "--grace", "1h"]);
+    let link = data.ok(
+        &[
+            "token",
+            "--user",
+            "bob",
+            "--item",
+            "big",
+            "--rate-class",
+            "slow",
+        ],
+        None,
+    );
+    let dl = Downloads::start_at(srv.addr, link.trim(), "", 8);
+    let_burst_pass();
+    let total: f64 = measure(&[&dl], Duration::from_secs(6))[0].iter().sum();
+    assert!(
+        (total / (512.0 * 1024.0) - 1.0).abs() <= 0.05,
+        "rate class: {:.1} KiB/s, want 512 ± 5%",
+        total / 1024.0
+    );
+    dl.stop();
+    let other = data.ok(
+        &[
+            "token",
+            "--user",
+            "bob",
+            "--item",
+            "big",
+            "--rate-class",
+            "nosuch",
+        ],
+        None,
+    );
+    assert_eq!(curl(&srv.url(other.trim()), &[]).status, 403);
     srv.stop();
 }

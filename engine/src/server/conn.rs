@@ -75,7 +75,11 @@ enum State {
 struct Pending {
     head: RequestHead,
     item: String,
+    class: Option<ShapeClass>,
 }
+
+/// A signed link's rate class: shaped as its own class `user/NAME` at the class's rate.
+type ShapeClass = (Arc<str>, weir_shaper::Rate);
 
 /// One body piece: literal bytes (multipart boundaries) or a range of a mapped file.
 enum BodyPiece {
@@ -337,13 +341,23 @@ impl Conn {
         };
         // Signed link: verified here, no store round trip.
         let claim_user: Option<Arc<str>>;
+        let mut class: Option<ShapeClass> = None;
         if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
             let now_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             match token::verify(&ctx.secret, item, q, now_unix) {
-                Ok(claims) => claim_user = Some(Arc::from(claims.user.as_str())),
+                Ok(claims) => {
+                    if let Some(name) = &claims.rate_class {
+                        // A class the server does not know cannot be honoured: refuse the link.
+                        let Some(rate) = ctx.cfg.rate_classes.get(name) else {
+                            return self.simple(ctx, &head, 403);
+                        };
+                        class = Some((Arc::from(format!("{}/{name}", claims.user)), *rate));
+                    }
+                    claim_user = Some(Arc::from(claims.user.as_str()));
+                }
                 Err(token::TokenError::Malformed) => return self.simple(ctx, &head, 400),
                 Err(_) => return self.simple(ctx, &head, 403),
             }
@@ -355,7 +369,7 @@ impl Conn {
         if let Some(user) = &claim_user {
             if ctx.cache.granted(user, item, ctx.now) {
                 if let Some(res) = ctx.cache.resources.get(item).cloned() {
-                    return self.serve(ctx, head, &res, user.clone());
+                    return self.serve(ctx, head, &res, user.clone(), class);
                 }
             }
         }
@@ -382,7 +396,7 @@ impl Conn {
                 &[("Retry-After", "1")],
             );
         }
-        self.pending = Some(Box::new(Pending { head, item }));
+        self.pending = Some(Box::new(Pending { head, item, class }));
         self.state = State::Auth;
         Next::Park
     }
@@ -397,7 +411,9 @@ impl Conn {
             ctx.shaping.user(user, reply.user_rate);
         }
         match (reply.verdict, reply.resource, reply.user) {
-            (Verdict::Allowed, Some(res), Some(user)) => self.serve(ctx, p.head, &res, user),
+            (Verdict::Allowed, Some(res), Some(user)) => {
+                self.serve(ctx, p.head, &res, user, p.class)
+            }
             (Verdict::Allowed, ..) | (Verdict::NotFound, ..) => self.simple(ctx, &p.head, 404),
             (Verdict::Unauthorized, ..) => self.simple(ctx, &p.head, 401),
             (Verdict::Forbidden, ..) => self.simple(ctx, &p.head, 403),
@@ -466,7 +482,14 @@ impl Conn {
     }
 
     /// Serve a representation the user may fetch.
-    fn serve(&mut self, ctx: &mut Ctx, head: RequestHead, res: &Resource, user: Arc<str>) -> Next {
+    fn serve(
+        &mut self,
+        ctx: &mut Ctx,
+        head: RequestHead,
+        res: &Resource,
+        user: Arc<str>,
+        class: Option<ShapeClass>,
+    ) -> Next {
         let repr = match (http::route(&head.target), res.kind, &res.zip) {
             (Route::Item(id), ItemKind::File, _) if http::zip_album(id).is_none() => {
                 res.parts.first().map(|p| Repr::Part(p, 0))
@@ -486,7 +509,7 @@ impl Conn {
         let head_only = head.method == Method::Head;
         let v = repr.validators();
         let ctype = repr.content_type();
-        self.bind_shaper(ctx, &user);
+        self.bind_shaper(ctx, &user, class);
         let mut resp = self.take_response();
         if ctx.cfg.accounting {
             resp.owner = Some((user, res.key.clone()));
@@ -899,26 +922,30 @@ impl Conn {
         }
     }
 
-    /// Shape this connection as `user` (a keep-alive connection may change user).
-    fn bind_shaper(&mut self, ctx: &mut Ctx, user: &Arc<str>) {
-        if matches!(&self.shaped, Some((_, u)) if u == user) {
+    /// Shape this connection as `user`, or as a signed link's rate class (a keep-alive
+    /// connection may change either).
+    fn bind_shaper(&mut self, ctx: &mut Ctx, user: &Arc<str>, class: Option<ShapeClass>) {
+        let name = class.as_ref().map_or(user, |(n, _)| n);
+        if matches!(&self.shaped, Some((_, u)) if u == name) {
             return;
         }
         if let Some((key, _)) = self.shaped.take() {
             ctx.shaping.core.close(key);
         }
+        let handle = match (&class, ctx.shaping.users.get(name)) {
+            (Some((n, rate)), _) => ctx.shaping.user(n, Some(*rate)),
+            (None, Some(h)) => h.clone(),
+            (None, None) => ctx.shaping.user(user, None),
+        };
+        let name = name.clone();
         let rate = ctx
             .shaping
             .shaper
-            .user_stats(user)
+            .user_stats(&name)
             .map(|s| s.limits.rate)
             .unwrap_or(ctx.shaping.default_rate);
-        let handle = match ctx.shaping.users.get(user) {
-            Some(h) => h.clone(),
-            None => ctx.shaping.user(user, None),
-        };
         let key = ctx.shaping.core.open(&handle);
-        self.shaped = Some((key, user.clone()));
+        self.shaped = Some((key, name));
         // A shaped connection needs little send buffer: size it to its share, so stalled
         // shaped downloads do not pin megabytes of kernel memory each.
         if let Some(bytes) = weir_shaper::suggested_sndbuf(rate) {
