@@ -21,12 +21,7 @@ fn managers(driver: &[&str]) {
 
     let out = data.path().join("axel.out");
     let url = format!("http://alice:wonderland@{}/d/big", srv.addr);
-    let st = Command::new("axel")
-        .args(["-q", "-n", "40", "-o"])
-        .arg(&out)
-        .arg(&url)
-        .status()
-        .expect("run axel");
+    let st = weir_tests::axel(40, &out, &url);
     assert!(st.success(), "axel failed: {st}");
     assert_eq!(sha256_file(&out), want, "axel -n 40 bytes differ");
 

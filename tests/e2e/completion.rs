@@ -85,13 +85,8 @@ fn zip_with_axel(driver: &[&str]) {
     let srv = data.start(driver);
     let out = data.path().join("best.zip");
     let url = format!("http://{ALICE}@{}/d/best.zip", srv.addr);
-    let st = Command::new("axel")
-        .args(["-q", "-n", "40", "-o"])
-        .arg(&out)
-        .arg(&url)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let st = weir_tests::axel(40, &out, &url);
+    assert!(st.success(), "axel failed: {st}");
     let st = Command::new("unzip").arg("-tq").arg(&out).status().unwrap();
     assert!(st.success(), "unzip -t failed");
     let dir = data.path().join("x");

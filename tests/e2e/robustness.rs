@@ -173,6 +173,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 
 /// Out of descriptors: accepts back off without spinning, and service recovers.
 fn emfile(driver: &[&str]) {
+    let _alone = weir_tests::exclusive();
     let data = setup(4096);
     let mut args = driver.to_vec();
     args.extend(["--workers", "1"]);

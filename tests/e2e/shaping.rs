@@ -140,6 +140,7 @@ fn fixture() -> DataDir {
 /// 40 connections of a 2 MiB/s user: 2 MiB/s ± 5% in aggregate, Jain ≥ 0.9; then a live change
 /// to 1 MiB/s through the admin API holds ± 5%.
 fn user_cap(driver: &[&str]) {
+    let _alone = weir_tests::exclusive();
     let data = fixture();
     let mut args = driver.to_vec();
     args.extend([
@@ -210,6 +211,7 @@ fn user_cap_epoll() {
 /// Under a 4 MiB/s global cap, a user on 40 connections and a user on 1 share it equally.
 #[test]
 fn global_cap_shares_users_equally() {
+    let _alone = weir_tests::exclusive();
     let data = fixture();
     let srv = data.start(&["--global-rate", "4MiB", "--grace", "1h"]);
     let many = Downloads::start(srv.addr, "bob:pw", 40);
@@ -237,6 +239,7 @@ fn global_cap_shares_users_equally() {
 /// A signed link with a rate class is shaped at the class's rate; an unknown class is refused.
 #[test]
 fn signed_link_rate_class() {
+    let _alone = weir_tests::exclusive();
     let data = fixture();
     let srv = data.start(&["--rate-class", "slow=512KiB", "--grace", "1h"]);
     let link = data.ok(

@@ -4,11 +4,12 @@
 //! The server prints `listening on http://ADDR` once bound; tests read that line instead of
 //! sleeping. Every server a test starts is killed by PID when its handle drops.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -84,9 +85,35 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// Tests run in parallel, but a test that measures rates or CPU time must not share two cores
+/// with downloads at full speed: it holds this gate exclusively, every other test shares it
+/// (taken by [`DataDir::new`]).
+static GATE: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    static EXCLUSIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held by a timing-sensitive test for its whole duration (see [`GATE`]).
+pub struct Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        EXCLUSIVE.with(|e| e.set(false));
+    }
+}
+
+/// Run the calling test alone among the end-to-end tests.
+pub fn exclusive() -> Exclusive {
+    let guard = GATE.write().unwrap_or_else(|e| e.into_inner());
+    EXCLUSIVE.with(|e| e.set(true));
+    Exclusive(guard)
+}
+
 /// A data directory with the CLI pointed at it.
 pub struct DataDir {
     pub dir: tempfile::TempDir,
+    _gate: Option<RwLockReadGuard<'static, ()>>,
 }
 
 pub struct CliOutput {
@@ -97,11 +124,17 @@ pub struct CliOutput {
 
 impl DataDir {
     pub fn new() -> DataDir {
+        let gate = if EXCLUSIVE.with(Cell::get) {
+            None
+        } else {
+            Some(GATE.read().unwrap_or_else(|e| e.into_inner()))
+        };
         DataDir {
             dir: tempfile::Builder::new()
                 .prefix("weir-e2e-")
                 .tempdir()
                 .expect("tempdir"),
+            _gate: gate,
         }
     }
 
@@ -355,6 +388,30 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// Run `axel -q -n CONNS -o OUT URL`. axel 2.17 itself sometimes dies of SIGSEGV (seen
+/// against nginx too); a run killed by a signal is retried once with a fresh output file. A
+/// normal failing exit is returned as is.
+pub fn axel(conns: u32, out: &Path, url: &str) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = None;
+    for _ in 0..2 {
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(out.with_extension("st"));
+        let st = Command::new("axel")
+            .args(["-q", "-n", &conns.to_string(), "-o"])
+            .arg(out)
+            .arg(url)
+            .status()
+            .expect("run axel");
+        if st.signal().is_none() {
+            return st;
+        }
+        eprintln!("axel crashed ({st}); retrying once");
+        status = Some(st);
+    }
+    status.unwrap()
 }
 
 /// Result of a curl call: HTTP status, headers and body.

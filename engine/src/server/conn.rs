@@ -920,6 +920,11 @@ impl Conn {
                 range,
             });
         }
+        if a.map.in_flight() == 0 && self.resp.is_none() {
+            // Idle and everything sent was credited: keep no accounting state (the next
+            // response starts a new map at the current stream offset).
+            self.acct = None;
+        }
     }
 
     /// Shape this connection as `user`, or as a signed link's rate class (a keep-alive

@@ -108,9 +108,10 @@ const OP_MASK: u64 = 0xFF << 56;
 
 /// Buffer group id of the worker's receive pool.
 const BGID: u16 = 0;
-/// Receive buffers in the pool and their size: a request head is at most 8 KiB.
-const RING_ENTRIES: u16 = 256;
-const RING_BUF: usize = 8192;
+/// Receive buffers in the pool and their size (512 KiB per worker; a buffer goes back as soon
+/// as its bytes are parsed, and a head larger than one buffer arrives in several).
+const RING_ENTRIES: u16 = 128;
+const RING_BUF: usize = 4096;
 
 /// A provided-buffer ring: the kernel takes a buffer when a RECV has data, weir gives it back
 /// once the bytes are parsed.
