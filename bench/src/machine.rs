@@ -94,7 +94,12 @@ impl Versions {
             rustc: command_output("rustc", &["-V"]),
             axel: first_line(command_output("axel", &["-V"])),
             wrk: first_line(command_output("wrk", &["-v"])),
-            curl: first_line(command_output("curl", &["-V"])),
+            // `curl -V`'s first line lists every linked library; name and version suffice.
+            curl: first_line(command_output("curl", &["-V"]))
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }

@@ -215,9 +215,14 @@ pub fn table(summary: &Summary) -> String {
             let met: Vec<String> = weirs
                 .iter()
                 .filter_map(|t| {
-                    m.goal_met
-                        .get(*t)
-                        .map(|b| if *b { "yes" } else { "**no**" }.to_owned())
+                    m.goal_met.get(*t).map(|b| {
+                        let v = if *b { "yes" } else { "**no**" };
+                        if weirs.len() > 1 {
+                            format!("{t}: {v}")
+                        } else {
+                            v.to_owned()
+                        }
+                    })
                 })
                 .collect();
             let runs: Vec<String> = summary
