@@ -222,6 +222,9 @@ pub struct ServeArgs {
     /// Cap for users without a rate of their own [default: unlimited]
     #[arg(long, env = "WEIR_DEFAULT_RATE", value_name = "RATE")]
     pub default_rate: Option<Rate>,
+    /// A rate class signed links may carry (r=NAME), e.g. `hd=4MiB`; repeatable
+    #[arg(long = "rate-class", value_name = "NAME=RATE", value_parser = parse_rate_class)]
+    pub rate_class: Vec<(String, Rate)>,
     /// How long a completed item stays downloadable [default: 10m]
     #[arg(long, env = "WEIR_GRACE", value_parser = parse_duration, value_name = "DURATION")]
     pub grace: Option<Duration>,
@@ -254,6 +257,18 @@ pub struct ServeArgs {
     /// TOML file with any of these settings (see below)
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
+}
+
+/// `NAME=RATE` for `--rate-class`.
+fn parse_rate_class(s: &str) -> Result<(String, Rate), String> {
+    let (name, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=RATE, e.g. hd=4MiB"))?;
+    if !crate::token::valid_field(name) {
+        return Err(format!("rate class {name:?}: use letters, digits, . _ @ -"));
+    }
+    let rate = rate.parse::<Rate>().map_err(|e| e.to_string())?;
+    Ok((name.to_string(), rate))
 }
 
 /// A user's rate as `weir user set --rate` takes it: a rate, `unlimited`, or `default`.
@@ -338,6 +353,7 @@ struct FileConfig {
     drain_timeout: Option<FromText<TomlDuration>>,
     global_rate: Option<FromText<Rate>>,
     default_rate: Option<FromText<Rate>>,
+    rate_classes: Option<std::collections::BTreeMap<String, FromText<Rate>>>,
     grace: Option<FromText<TomlDuration>>,
     webhook: Option<String>,
     admin_listen: Option<FromText<SocketAddr>>,
@@ -421,6 +437,14 @@ fn serve_config(
     cfg.accounting = !(args.no_accounting || file.no_accounting.unwrap_or(false));
     if let Some(v) = args.send_path.or(file.send_path) {
         cfg.send_path = v;
+    }
+    if let Some(classes) = &file.rate_classes {
+        for (name, rate) in classes {
+            cfg.rate_classes.insert(name.clone(), rate.0);
+        }
+    }
+    for (name, rate) in &args.rate_class {
+        cfg.rate_classes.insert(name.clone(), *rate);
     }
 
     ensure!(cfg.workers > 0, "--workers must be at least 1");
@@ -716,7 +740,9 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut cfg = serve_config(args, &file, data_dir.clone())?;
 
-    let existed = data_dir.exists();
+    // A data directory that does not exist yet, or exists but holds no database (an empty temp
+    // dir), is a fresh machine: it gets the demo catalog.
+    let existed = data_dir.join("weir.db").exists();
     let store = Store::open(&data_dir)
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     cfg.data_dir = store.data_dir().to_owned();

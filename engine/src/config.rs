@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub accounting: bool,
     /// Body send path (see results/2026-11-22-send-path).
     pub send_path: SendPath,
+    /// Rate classes signed links may name (`r=NAME`): downloads through such a link are shaped
+    /// as their own class `user/NAME` at this rate.
+    pub rate_classes: std::collections::HashMap<String, Rate>,
 }
 
 impl ServeConfig {
@@ -106,6 +109,7 @@ impl ServeConfig {
             admin_token: None,
             accounting: true,
             send_path: SendPath::Mmap,
+            rate_classes: std::collections::HashMap::new(),
         }
     }
 }

@@ -14,13 +14,7 @@ fn admin_api() {
     let file = data.make_file("song.bin", 50_000, 1);
     data.add_item_for("song", &file, "alice");
     let mut srv = data.start(&["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN]);
-    let admin = srv
-        .banner
-        .iter()
-        .find_map(|l| l.split("admin API on ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .expect("admin address in the banner")
-        .to_string();
+    let admin = srv.admin_url();
     let bearer = format!("Authorization: Bearer {TOKEN}");
 
     // Traffic the metrics must show: one 200 of 50,000 bytes, one 401.

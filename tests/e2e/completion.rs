@@ -229,13 +229,7 @@ fn zero_window_delivers_nothing() {
         "--admin-token",
         token,
     ]);
-    let admin = srv
-        .banner
-        .iter()
-        .find_map(|l| l.split("admin API on ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let admin = srv.admin_url();
     let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
     let mut s = TcpStream::connect(srv.addr).unwrap();
     write!(

@@ -6,3 +6,4 @@ mod clients;
 mod completion;
 mod http_status;
 mod robustness;
+mod shaping;

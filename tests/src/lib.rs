@@ -292,6 +292,17 @@ impl Server {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
     }
 
+    /// The admin API's base URL (`http://ADDR`), from the banner of a server started with
+    /// `--admin-listen`.
+    pub fn admin_url(&self) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.split("admin API on ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("admin address in the banner (start with --admin-listen)")
+            .to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

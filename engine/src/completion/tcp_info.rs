@@ -117,10 +117,9 @@ pub struct TcpDelivery {
     pub peer_window: Option<u32>,
 }
 
-/// Reads [`TcpDelivery`] for the TCP socket `fd`. Errors are the syscalls' (`EBADF`,
-/// `ENOTSOCK`, `EOPNOTSUPP` for a non-TCP socket), or `Unsupported` on a kernel older than
-/// 4.6 whose `tcp_info` ends before `tcpi_notsent_bytes`.
-pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
+/// `getsockopt(TCP_INFO)` into the kernel layout; returns the struct and how many bytes of it
+/// the kernel filled. `Unsupported` on a kernel older than 4.6 (no `tcpi_notsent_bytes`).
+fn read_tcp_info(fd: RawFd) -> io::Result<(KernelTcpInfo, usize)> {
     let mut info = KernelTcpInfo::default();
     let mut len = size_of::<KernelTcpInfo>() as libc::socklen_t;
     // SAFETY: `info` is a live, writable local of `size_of::<KernelTcpInfo>()` bytes and `len`
@@ -144,6 +143,14 @@ pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
             format!("kernel tcp_info is {len} bytes, tcpi_notsent_bytes needs {NEEDED_LEN}"),
         ));
     }
+    Ok((info, len as usize))
+}
+
+/// Reads [`TcpDelivery`] for the TCP socket `fd`. Errors are the syscalls' (`EBADF`,
+/// `ENOTSOCK`, `EOPNOTSUPP` for a non-TCP socket), or `Unsupported` on a kernel older than
+/// 4.6 whose `tcp_info` ends before `tcpi_notsent_bytes`.
+pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
+    let (info, len) = read_tcp_info(fd)?;
     let queued = send_queue_bytes(fd)?;
     Ok(TcpDelivery {
         bytes_acked: info.bytes_acked,
@@ -151,37 +158,18 @@ pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
         unacked_bytes: queued.saturating_sub(info.notsent_bytes),
         unacked_segments: info.unacked,
         state: info.state,
-        peer_window: ((len as usize) >= SND_WND_LEN).then_some(info.snd_wnd),
+        peer_window: (len >= SND_WND_LEN).then_some(info.snd_wnd),
     })
 }
 
 /// What accounting polls need, in one `getsockopt`: `(tcpi_bytes_acked, tcpi_snd_wnd)`.
 /// The window is `None` on kernels before 5.4.
 pub fn tcp_acked(fd: RawFd) -> io::Result<(u64, Option<u32>)> {
-    let mut info = KernelTcpInfo::default();
-    let mut len = size_of::<KernelTcpInfo>() as libc::socklen_t;
-    // SAFETY: as in `tcp_delivery`: `info` is a live, writable local of the size `len` states,
-    // and every bit pattern is a valid `KernelTcpInfo`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut KernelTcpInfo).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (len as usize) < NEEDED_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("kernel tcp_info is {len} bytes, tcpi_bytes_acked needs {NEEDED_LEN}"),
-        ));
-    }
-    let window = ((len as usize) >= SND_WND_LEN).then_some(info.snd_wnd);
-    Ok((info.bytes_acked, window))
+    let (info, len) = read_tcp_info(fd)?;
+    Ok((
+        info.bytes_acked,
+        (len >= SND_WND_LEN).then_some(info.snd_wnd),
+    ))
 }
 
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).

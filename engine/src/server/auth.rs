@@ -57,6 +57,8 @@ pub struct Reply {
     /// The Basic header value that verified, to cache in the worker.
     pub verified_header: Option<String>,
     pub resource: Option<Arc<Resource>>,
+    /// The user's own rate (`None`: the server default), read with the verdict.
+    pub user_rate: Option<weir_shaper::Rate>,
 }
 
 /// A worker's mailbox: the channel and the eventfd that wakes it.
@@ -139,6 +141,7 @@ impl Shared {
             user: None,
             verified_header: None,
             resource: None,
+            user_rate: None,
         };
         let user: Arc<str> = match &job.claim {
             Claim::Link { user } => Arc::from(user.as_str()),
@@ -156,6 +159,9 @@ impl Shared {
             },
         };
         reply.user = Some(user.clone());
+        if let Ok(Some(rec)) = store.user(&user) {
+            reply.user_rate = rec.rate;
+        }
         match self.resource(store, &job.item) {
             Ok(Some(r)) => reply.resource = Some(r),
             Ok(None) => {

@@ -26,6 +26,7 @@ use super::resources::{Part, Resource, ZipRep};
 use super::segment::MappedFile;
 use super::sys;
 use super::worker::{Credit, Ctx};
+use weir_shaper::{ConnKey, Grant};
 
 /// Largest body chunk handed to the kernel in one send when the connection is not shaped.
 const MAX_CHUNK: u64 = 1 << 20;
@@ -43,6 +44,8 @@ pub enum SendPlan {
     Iov { len: usize, more: bool },
     /// `sendfile(sock, fd, offset, len)`.
     File { fd: RawFd, offset: u64, len: usize },
+    /// The shaper has no bytes for this connection until then: wait, then ask again.
+    Wait(Instant),
 }
 
 /// What a connection needs from its driver next.
@@ -72,7 +75,11 @@ enum State {
 struct Pending {
     head: RequestHead,
     item: String,
+    class: Option<ShapeClass>,
 }
+
+/// A signed link's rate class: shaped as its own class `user/NAME` at the class's rate.
+type ShapeClass = (Arc<str>, weir_shaper::Rate);
 
 /// One body piece: literal bytes (multipart boundaries) or a range of a mapped file.
 enum BodyPiece {
@@ -168,6 +175,10 @@ pub struct Conn {
     acct: Option<Box<Accounting>>,
     /// The server closed its side after a response and waits for the client's FIN.
     lingering: bool,
+    /// The shaper's key for this connection and the user it is shaped as.
+    shaped: Option<(ConnKey, Arc<str>)>,
+    /// Body bytes the shaper granted for the send in flight (unsent ones are refunded).
+    granted: u64,
 }
 
 impl Conn {
@@ -195,6 +206,8 @@ impl Conn {
             written: 0,
             acct: None,
             lingering: false,
+            shaped: None,
+            granted: 0,
         })
     }
 
@@ -328,13 +341,23 @@ impl Conn {
         };
         // Signed link: verified here, no store round trip.
         let claim_user: Option<Arc<str>>;
+        let mut class: Option<ShapeClass> = None;
         if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
             let now_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             match token::verify(&ctx.secret, item, q, now_unix) {
-                Ok(claims) => claim_user = Some(Arc::from(claims.user.as_str())),
+                Ok(claims) => {
+                    if let Some(name) = &claims.rate_class {
+                        // A class the server does not know cannot be honoured: refuse the link.
+                        let Some(rate) = ctx.cfg.rate_classes.get(name) else {
+                            return self.simple(ctx, &head, 403);
+                        };
+                        class = Some((Arc::from(format!("{}/{name}", claims.user)), *rate));
+                    }
+                    claim_user = Some(Arc::from(claims.user.as_str()));
+                }
                 Err(token::TokenError::Malformed) => return self.simple(ctx, &head, 400),
                 Err(_) => return self.simple(ctx, &head, 403),
             }
@@ -346,7 +369,7 @@ impl Conn {
         if let Some(user) = &claim_user {
             if ctx.cache.granted(user, item, ctx.now) {
                 if let Some(res) = ctx.cache.resources.get(item).cloned() {
-                    return self.serve(ctx, head, &res, user.clone());
+                    return self.serve(ctx, head, &res, user.clone(), class);
                 }
             }
         }
@@ -373,7 +396,7 @@ impl Conn {
                 &[("Retry-After", "1")],
             );
         }
-        self.pending = Some(Box::new(Pending { head, item }));
+        self.pending = Some(Box::new(Pending { head, item, class }));
         self.state = State::Auth;
         Next::Park
     }
@@ -384,8 +407,13 @@ impl Conn {
             return Next::Close;
         };
         ctx.cache.learn(&reply, &p.item, ctx.now);
+        if let (Verdict::Allowed, Some(user)) = (&reply.verdict, &reply.user) {
+            ctx.shaping.user(user, reply.user_rate);
+        }
         match (reply.verdict, reply.resource, reply.user) {
-            (Verdict::Allowed, Some(res), Some(user)) => self.serve(ctx, p.head, &res, user),
+            (Verdict::Allowed, Some(res), Some(user)) => {
+                self.serve(ctx, p.head, &res, user, p.class)
+            }
             (Verdict::Allowed, ..) | (Verdict::NotFound, ..) => self.simple(ctx, &p.head, 404),
             (Verdict::Unauthorized, ..) => self.simple(ctx, &p.head, 401),
             (Verdict::Forbidden, ..) => self.simple(ctx, &p.head, 403),
@@ -454,7 +482,14 @@ impl Conn {
     }
 
     /// Serve a representation the user may fetch.
-    fn serve(&mut self, ctx: &mut Ctx, head: RequestHead, res: &Resource, user: Arc<str>) -> Next {
+    fn serve(
+        &mut self,
+        ctx: &mut Ctx,
+        head: RequestHead,
+        res: &Resource,
+        user: Arc<str>,
+        class: Option<ShapeClass>,
+    ) -> Next {
         let repr = match (http::route(&head.target), res.kind, &res.zip) {
             (Route::Item(id), ItemKind::File, _) if http::zip_album(id).is_none() => {
                 res.parts.first().map(|p| Repr::Part(p, 0))
@@ -474,6 +509,7 @@ impl Conn {
         let head_only = head.method == Method::Head;
         let v = repr.validators();
         let ctype = repr.content_type();
+        self.bind_shaper(ctx, &user, class);
         let mut resp = self.take_response();
         if ctx.cfg.accounting {
             resp.owner = Some((user, res.key.clone()));
@@ -634,7 +670,27 @@ impl Conn {
 
     /// Describe the next send: `iov`/`msg` for bytes in memory (the head, literals, small file
     /// pieces from the mapping), or a `sendfile` range for large file pieces.
-    pub fn prepare_send(&mut self, send_path: SendPath) -> SendPlan {
+    pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        let send_path = ctx.cfg.send_path;
+        // How many body bytes the shaper lets this connection send now. Heads are never shaped.
+        let mut body_budget = u64::MAX;
+        self.granted = 0;
+        if let (Some((key, _)), Some(resp)) = (&self.shaped, self.resp.as_deref()) {
+            if let Some(BodyPiece::File { start, end, .. }) = resp.pieces.get(resp.piece) {
+                let want = (end - start - resp.offset).min(MAX_SENDFILE_CHUNK);
+                let now = ctx.shaping.shaper.now();
+                match ctx.shaping.core.request(*key, want, now) {
+                    Grant::Send(n) => {
+                        body_budget = n;
+                        self.granted = n;
+                    }
+                    Grant::Wait(at) if resp.head_sent == resp.head.len() => {
+                        return SendPlan::Wait(ctx.shaping.deadline(ctx.now, at));
+                    }
+                    Grant::Wait(_) => body_budget = 0,
+                }
+            }
+        }
         let Some(resp) = self.resp.as_deref() else {
             return SendPlan::Iov {
                 len: 0,
@@ -683,7 +739,7 @@ impl Conn {
                         file, start, end, ..
                     } => {
                         let from = start + resp.offset;
-                        file.kernel_ptr(from, (end - from).min(MAX_CHUNK))
+                        file.kernel_ptr(from, (end - from).min(MAX_CHUNK).min(body_budget))
                     }
                 };
                 if len > 0 {
@@ -744,6 +800,14 @@ impl Conn {
         let h = left.min(head_rest);
         resp.head_sent += h;
         left -= h;
+        if self.granted > 0 {
+            // Granted body bytes the kernel did not take go back to the user's share.
+            let unsent = self.granted.saturating_sub(left as u64);
+            if let (Some((key, _)), true) = (&self.shaped, unsent > 0) {
+                ctx.shaping.core.refund(*key, unsent);
+            }
+            self.granted = 0;
+        }
         if let Some(a) = self.acct.as_deref_mut() {
             a.map.push_overhead(h as u64);
         }
@@ -855,6 +919,45 @@ impl Conn {
                 part: *part,
                 range,
             });
+        }
+    }
+
+    /// Shape this connection as `user`, or as a signed link's rate class (a keep-alive
+    /// connection may change either).
+    fn bind_shaper(&mut self, ctx: &mut Ctx, user: &Arc<str>, class: Option<ShapeClass>) {
+        let name = class.as_ref().map_or(user, |(n, _)| n);
+        if matches!(&self.shaped, Some((_, u)) if u == name) {
+            return;
+        }
+        if let Some((key, _)) = self.shaped.take() {
+            ctx.shaping.core.close(key);
+        }
+        let handle = match (&class, ctx.shaping.users.get(name)) {
+            (Some((n, rate)), _) => ctx.shaping.user(n, Some(*rate)),
+            (None, Some(h)) => h.clone(),
+            (None, None) => ctx.shaping.user(user, None),
+        };
+        let name = name.clone();
+        let rate = ctx
+            .shaping
+            .shaper
+            .user_stats(&name)
+            .map(|s| s.limits.rate)
+            .unwrap_or(ctx.shaping.default_rate);
+        let key = ctx.shaping.core.open(&handle);
+        self.shaped = Some((key, name));
+        // A shaped connection needs little send buffer: size it to its share, so stalled
+        // shaped downloads do not pin megabytes of kernel memory each.
+        if let Some(bytes) = weir_shaper::suggested_sndbuf(rate) {
+            let _ = sys::set_sndbuf(self.fd, bytes as usize);
+        }
+    }
+
+    /// The connection is going away: credit what was delivered, release its shaper slot.
+    pub fn on_close(&mut self, ctx: &mut Ctx) {
+        self.account(ctx, false);
+        if let Some((key, _)) = self.shaped.take() {
+            ctx.shaping.core.close(key);
         }
     }
 

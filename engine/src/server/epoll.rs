@@ -37,13 +37,16 @@ fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
 
 fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
     let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
-    ctl(
-        ep,
-        libc::EPOLL_CTL_ADD,
-        listen_fd,
-        libc::EPOLLIN as u32,
-        LISTENER,
-    )?;
+    let watch_listener = || {
+        ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            listen_fd,
+            libc::EPOLLIN as u32,
+            LISTENER,
+        )
+    };
+    watch_listener()?;
     ctl(
         ep,
         libc::EPOLL_CTL_ADD,
@@ -53,10 +56,11 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
     )?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
-        let timeout = w
-            .next_sweep
+        let wake_at = w.next_timer().map_or(w.next_sweep, |t| t.min(w.next_sweep));
+        let timeout = wake_at
             .saturating_duration_since(Instant::now())
-            .as_millis()
+            .as_micros()
+            .div_ceil(1000)
             .min(1000) as i32;
         let n = match syscall!(epoll_wait(
             ep,
@@ -100,13 +104,16 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
             }
             if w.accept_paused_until.is_some_and(|t| w.ctx.now >= t) && !w.ctx.draining {
                 w.accept_paused_until = None;
-                ctl(
-                    ep,
-                    libc::EPOLL_CTL_ADD,
-                    listen_fd,
-                    libc::EPOLLIN as u32,
-                    LISTENER,
-                )?;
+                watch_listener()?;
+            }
+        }
+        // Shaped connections whose wait is over send again.
+        for token in w.due_timers() {
+            if w.conns
+                .get_mut(token)
+                .is_some_and(|c| c.want == Next::Write)
+            {
+                drive(w, token, Next::Write);
             }
         }
         // Connections that used their turn continue now, after everyone else's events.
@@ -206,7 +213,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
             }
             Next::Write if c.writable => {
                 budget -= 1;
-                let (res, len) = match c.prepare_send(w.ctx.cfg.send_path) {
+                let (res, len) = match c.prepare_send(&mut w.ctx) {
                     SendPlan::Iov { len, more: false } => {
                         (sys::sendmsg(c.fd, &c.iov[..c.msg.msg_iovlen]), len)
                     }
@@ -216,6 +223,10 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                     SendPlan::File { fd, offset, len } => {
                         (sys::sendfile(c.fd, fd, offset, len), len)
                     }
+                    SendPlan::Wait(at) => {
+                        w.timers.push(std::cmp::Reverse((at, token)));
+                        return;
+                    }
                 };
                 if matches!(res, Ok(n) if n < len) {
                     c.writable = false;
@@ -223,7 +234,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                 c.on_sent(&mut w.ctx, res)
             }
             Next::Close => {
-                c.account(&mut w.ctx, false);
+                c.on_close(&mut w.ctx);
                 if let Some(c) = w.conns.remove(token) {
                     sys::close(c.fd);
                 }

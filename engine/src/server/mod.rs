@@ -59,7 +59,6 @@ fn choose_driver(cfg: &ServeConfig) -> anyhow::Result<Driver> {
 
 /// Run the server until SIGTERM/SIGINT has drained it.
 pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
-    refuse_unbuilt(&cfg)?;
     let nofile = sys::raise_nofile();
     let store = Store::open(&cfg.data_dir)
         .with_context(|| format!("opening data dir {}", cfg.data_dir.display()))?;
@@ -108,6 +107,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         cfg.grace_period,
     )?;
 
+    let shaper = weir_shaper::Shaper::new(weir_shaper::ShaperConfig {
+        global: cfg.global_rate,
+        ..Default::default()
+    });
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     {
@@ -145,7 +148,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 token,
                 data_dir: cfg.data_dir.clone(),
                 stats: worker_stats.clone(),
-                rates: None,
+                rates: Some(Arc::new(ShaperControl {
+                    shaper: shaper.clone(),
+                    default_rate: cfg.default_user_rate,
+                })),
                 drain: Box::new(move || {
                     let _keep = &wakes_alive;
                     draining.store(true, Ordering::Release);
@@ -200,6 +206,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             draining: draining.clone(),
             credit_sink: credit_sink.clone(),
             stats: worker_stats[id].clone(),
+            shaper: shaper.clone(),
+            default_rate: cfg.default_user_rate,
         };
         handles.push(
             std::thread::Builder::new()
@@ -232,20 +240,27 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Options whose machinery has not landed yet are refused, never silently ignored.
-fn refuse_unbuilt(cfg: &ServeConfig) -> anyhow::Result<()> {
-    use weir_shaper::Rate;
-    let mut missing = Vec::new();
-    if cfg.global_rate != Rate::Unlimited || cfg.default_user_rate != Rate::Unlimited {
-        missing.push("--global-rate/--default-rate (bandwidth shaping)");
+/// Live rate changes from the admin API, applied to the shared shaper.
+struct ShaperControl {
+    shaper: Arc<weir_shaper::Shaper>,
+    default_rate: weir_shaper::Rate,
+}
+
+impl crate::admin::RateControl for ShaperControl {
+    fn set_user_rate(&self, user: &str, rate: Option<weir_shaper::Rate>) {
+        let limits = weir_shaper::UserLimits::new(rate.unwrap_or(self.default_rate));
+        self.shaper.set_user_limits(user, limits);
     }
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "not available in this build yet: {}; see the README's status section",
-            missing.join(", ")
-        );
+
+    fn set_global_rate(&self, rate: weir_shaper::Rate) {
+        self.shaper.set_global_rate(rate);
     }
-    Ok(())
+
+    fn user_connections(&self, user: &str) -> u64 {
+        self.shaper
+            .user_stats(user)
+            .map_or(0, |s| u64::from(s.active_connections))
+    }
 }
 
 fn print_banner(addr: std::net::SocketAddr, workers: usize, driver: &str, demo: Option<&DemoInfo>) {

@@ -103,6 +103,7 @@ const OP_SEND: u64 = 5 << 56;
 const OP_CANCEL: u64 = 6 << 56;
 const OP_RECV: u64 = 7 << 56;
 const OP_WPOLL: u64 = 8 << 56;
+const OP_SHAPE_TIMER: u64 = 9 << 56;
 const OP_MASK: u64 = 0xFF << 56;
 
 /// Buffer group id of the worker's receive pool.
@@ -198,6 +199,10 @@ impl Drop for BufRing {
 struct Fixed {
     wake_buf: u64,
     timespec: types::Timespec,
+    /// Timespecs of shaping wake-ups (the kernel copies a timespec when it takes the SQE;
+    /// a few slots keep each one untouched until then).
+    shape_ts: [types::Timespec; 8],
+    shape_slot: usize,
 }
 
 struct Driver {
@@ -206,12 +211,16 @@ struct Driver {
     cqes: Vec<(u64, i32, u32)>,
     /// Declared after `ring`, so it is dropped (unmapped) after the ring is closed.
     bufs: Option<BufRing>,
+    /// The earliest shaping wake-up armed in the ring.
+    armed_wakeup: Option<Instant>,
 }
 
 pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
     let mut fixed = Box::new(Fixed {
         wake_buf: 0,
         timespec: types::Timespec::new(),
+        shape_ts: std::array::from_fn(|_| types::Timespec::new()),
+        shape_slot: 0,
     });
     let mut builder = IoUring::builder();
     builder.setup_cqsize(16384);
@@ -235,6 +244,7 @@ pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
         features,
         cqes: Vec::with_capacity(1024),
         bufs,
+        armed_wakeup: None,
     };
     let result = event_loop(&mut w, &mut d, &mut fixed);
     for t in w.conns.tokens() {
@@ -291,6 +301,20 @@ impl Driver {
             .user_data(OP_WAKE);
         // SAFETY: `fixed` is boxed and outlives the ring (dropped after it in `run`).
         unsafe { self.push(entry) };
+    }
+
+    /// Wake the loop at `at` for connections waiting on the shaper.
+    fn arm_wakeup(&mut self, now: Instant, at: Instant, fixed: &mut Fixed) {
+        let slot = fixed.shape_slot % fixed.shape_ts.len();
+        fixed.shape_slot = fixed.shape_slot.wrapping_add(1);
+        fixed.shape_ts[slot] = types::Timespec::from(at.saturating_duration_since(now));
+        let entry = opcode::Timeout::new(&fixed.shape_ts[slot])
+            .build()
+            .user_data(OP_SHAPE_TIMER);
+        // SAFETY: the timespec lives in the boxed `fixed`, which outlives the ring; the kernel
+        // copies it when it takes the SQE, long before the slot comes round again.
+        unsafe { self.push(entry) };
+        self.armed_wakeup = Some(at);
     }
 
     fn arm_timer(&mut self, after: Duration, fixed: &mut Fixed) {
@@ -380,6 +404,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                     };
                     drive(w, d, token, next);
                 }
+                OP_SHAPE_TIMER => d.armed_wakeup = None,
                 OP_WPOLL => {
                     let Some(_) = op_done(&mut w.conns, token) else {
                         continue;
@@ -404,6 +429,20 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
         }
         cqes.clear();
         d.cqes = cqes;
+        // Shaped connections whose wait is over send again; arm the next wake-up.
+        for token in w.due_timers() {
+            if w.conns
+                .get_mut(token)
+                .is_some_and(|c| c.want == Next::Write && !c.closing)
+            {
+                drive(w, d, token, Next::Write);
+            }
+        }
+        if let Some(next) = w.next_timer() {
+            if d.armed_wakeup.is_none_or(|armed| next < armed) {
+                d.arm_wakeup(w.ctx.now, next, fixed);
+            }
+        }
         if w.ctx.now >= w.next_sweep {
             w.next_sweep = w.ctx.now + SWEEP_EVERY;
             for t in w.expired() {
@@ -545,7 +584,7 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
                 unsafe { d.push(entry) };
                 return;
             }
-            Next::Write => match c.prepare_send(w.ctx.cfg.send_path) {
+            Next::Write => match c.prepare_send(&mut w.ctx) {
                 SendPlan::Iov { more, .. } => {
                     let mut flags = libc::MSG_NOSIGNAL as u32;
                     if more {
@@ -583,10 +622,14 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
                     }
                     next = c.on_sent(&mut w.ctx, res);
                 }
+                SendPlan::Wait(at) => {
+                    w.timers.push(std::cmp::Reverse((at, token)));
+                    return;
+                }
             },
             Next::Park => return,
             Next::Close => {
-                c.account(&mut w.ctx, false);
+                c.on_close(&mut w.ctx);
                 if c.in_flight == 0 {
                     if let Some(c) = w.conns.remove(token) {
                         sys::close(c.fd);

@@ -1,13 +1,15 @@
 //! What a worker thread owns, whichever driver runs it: its context (caches, limits, date), its
 //! connections (a slab addressed by generation-checked tokens) and its inbox.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use weir_shaper::{CoreShaper, Nanos, Rate, Shaper, UserHandle, UserLimits};
 
 use crate::config::ServeConfig;
 use crate::http::{DateCache, Limits};
@@ -41,6 +43,47 @@ pub struct Ctx {
     pub credits: Vec<Credit>,
     pub credit_sink: Option<CreditSink>,
     pub stats: Arc<WorkerStats>,
+    pub shaping: Shaping,
+}
+
+/// This worker's side of the bandwidth shaper.
+pub struct Shaping {
+    pub shaper: Arc<Shaper>,
+    pub core: CoreShaper,
+    /// Users seen on this worker: handle and the rate it was created with.
+    pub users: HashMap<Arc<str>, UserHandle>,
+    pub default_rate: Rate,
+}
+
+impl Shaping {
+    /// The handle of `user` at `rate` (`None`: the default), updating its limits if they changed.
+    pub fn user(&mut self, user: &Arc<str>, rate: Option<Rate>) -> UserHandle {
+        let limits = UserLimits::new(rate.unwrap_or(self.default_rate));
+        match self.users.get(user) {
+            Some(h) => {
+                if self
+                    .shaper
+                    .user_stats(user)
+                    .is_some_and(|s| s.limits != limits)
+                {
+                    self.shaper.set_user_limits(user, limits);
+                }
+                h.clone()
+            }
+            None => {
+                let h = self.shaper.user(user, limits);
+                self.shaper.set_user_limits(user, limits);
+                self.users.insert(user.clone(), h.clone());
+                h
+            }
+        }
+    }
+
+    /// The shaper's clock now, and a helper to turn its deadlines into `Instant`s.
+    pub fn deadline(&self, now: Instant, at: Nanos) -> Instant {
+        let dt = at.0.saturating_sub(self.shaper.now().0);
+        now + Duration::from_nanos(dt)
+    }
 }
 
 impl Ctx {
@@ -69,6 +112,8 @@ pub struct WorkerInit {
     pub draining: Arc<AtomicBool>,
     pub credit_sink: Option<CreditSink>,
     pub stats: Arc<WorkerStats>,
+    pub shaper: Arc<Shaper>,
+    pub default_rate: Rate,
 }
 
 /// A worker's connections: `token = generation << 32 | index`.
@@ -186,6 +231,8 @@ pub struct Worker {
     pub next_sweep: Instant,
     /// epoll: connections that used their send turn and continue after this round.
     pub ready: Vec<u64>,
+    /// Connections waiting for the shaper, by the time they may send again.
+    pub timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 /// How often deadlines are checked.
@@ -213,6 +260,12 @@ impl Worker {
                 credits: Vec::new(),
                 credit_sink: init.credit_sink,
                 stats: init.stats.clone(),
+                shaping: Shaping {
+                    core: CoreShaper::new(init.shaper.clone()),
+                    shaper: init.shaper,
+                    users: HashMap::new(),
+                    default_rate: init.default_rate,
+                },
             },
             conns: Slab::with_stats(init.stats),
             listener: Some(init.listener),
@@ -223,6 +276,7 @@ impl Worker {
             accept_paused_until: None,
             next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
+            timers: BinaryHeap::new(),
         }
     }
 
@@ -299,6 +353,24 @@ impl Worker {
 
     pub fn at_capacity(&self) -> bool {
         self.conns.len() >= self.ctx.cfg.max_connections_per_worker
+    }
+
+    /// Tokens whose shaping wait is over.
+    pub fn due_timers(&mut self) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, token))) = self.timers.peek().copied() {
+            if at > self.ctx.now {
+                break;
+            }
+            self.timers.pop();
+            due.push(token);
+        }
+        due
+    }
+
+    /// When the next shaping wait ends.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// The worker may exit: draining and nothing left.
