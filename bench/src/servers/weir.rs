@@ -1,0 +1,232 @@
+//! weir: a data directory with one user, the fixture's items in that user's cart and signed
+//! links for them; `weir serve` started per run and ready when it prints `listening on`.
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{
+    Running, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS, SEND_TIMEOUT_S, WORKERS,
+};
+use crate::child::render;
+use crate::fixture::Fixture;
+use crate::util::base64;
+
+pub const USER: &str = "alice";
+
+pub struct WeirSetup {
+    pub bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub password: String,
+    pub items: Vec<String>,
+    pub links: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
+    /// The setup commands, for the README (password shown as PASS).
+    pub setup_commands: Vec<String>,
+}
+
+fn weir(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", render(&cmd)))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            render(&cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl WeirSetup {
+    /// Creates the data directory: user, items (imported into weir's content store), cart,
+    /// and one signed link per item valid for a day.
+    pub fn create(
+        bin: &Path,
+        work: &Path,
+        fixture: &Fixture,
+        extra_args: Vec<String>,
+    ) -> Result<WeirSetup> {
+        let data_dir = work.join("weir-data");
+        let dd = data_dir.to_string_lossy().into_owned();
+        let password = format!("bench-{}", std::process::id());
+        let mut setup_commands = Vec::new();
+        let mut run = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+            setup_commands.push(format!(
+                "{}{} {}",
+                if stdin.is_some() { "echo PASS | " } else { "" },
+                bin.display(),
+                args.join(" ")
+            ));
+            weir(bin, args, stdin)
+        };
+        run(
+            &["user", "add", USER, "--password-stdin", "--data-dir", &dd],
+            Some(&format!("{password}\n")),
+        )?;
+        let mut items = Vec::new();
+        let mut links = Vec::new();
+        for f in [&fixture.big, &fixture.small] {
+            let p = f.path.to_string_lossy().into_owned();
+            run(&["item", "add", &f.id, &p, "--data-dir", &dd], None)?;
+            run(&["cart", "add", USER, &f.id, "--data-dir", &dd], None)?;
+            let link = run(
+                &[
+                    "token",
+                    "--user",
+                    USER,
+                    "--item",
+                    &f.id,
+                    "--ttl",
+                    "86400",
+                    "--data-dir",
+                    &dd,
+                ],
+                None,
+            )?;
+            if !link.starts_with('/') {
+                bail!("weir token printed {link:?}, expected a path");
+            }
+            items.push(f.id.clone());
+            links.push((f.id.clone(), link));
+        }
+        Ok(WeirSetup {
+            bin: bin.to_owned(),
+            data_dir,
+            password,
+            items,
+            links,
+            extra_args,
+            setup_commands,
+        })
+    }
+
+    pub fn authorization(&self) -> String {
+        format!(
+            "Basic {}",
+            base64(format!("{USER}:{}", self.password).as_bytes())
+        )
+    }
+
+    /// The `weir serve` arguments for one driver.
+    pub fn serve_args(&self, driver: &str) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "serve",
+            "--data-dir",
+            &self.data_dir.to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            &WORKERS.to_string(),
+            "--driver",
+            driver,
+            "--max-connections",
+            &MAX_CONNECTIONS.to_string(),
+            "--idle-timeout",
+            &format!("{KEEPALIVE_TIMEOUT_S}s"),
+            "--send-timeout",
+            &format!("{SEND_TIMEOUT_S}s"),
+            "--header-timeout",
+            &format!("{HEADER_TIMEOUT_S}s"),
+            // Downloads complete (accounting stays on, as in production); a long grace keeps
+            // completed items downloadable for the next run.
+            "--grace",
+            "24h",
+            "--drain-timeout",
+            "5s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    pub fn start(&self, driver: &str, log_dir: &Path, label: &str) -> Result<Running> {
+        // A completed download leaves the cart; put the items back so every run starts alike.
+        let dd = self.data_dir.to_string_lossy().into_owned();
+        for id in &self.items {
+            weir(
+                &self.bin,
+                &["cart", "add", USER, id, "--data-dir", &dd],
+                None,
+            )?;
+        }
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.serve_args(driver))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(
+                log_dir.join(format!("{label}.stderr")),
+            )?);
+        let command = render(&cmd);
+        let mut child = cmd.spawn().with_context(|| format!("starting {command}"))?;
+        let stdout = child.stdout.take().context("weir stdout")?;
+        let (tx, rx) = mpsc::channel();
+        let mut log = std::fs::File::create(log_dir.join(format!("{label}.stdout")))?;
+        // Reads stdout until EOF: the first `listening on` line is the readiness signal, the
+        // rest is kept so the pipe never fills.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let mut running = Running {
+            name: format!("weir-{driver}"),
+            addr: "127.0.0.1:0".parse()?,
+            command,
+            child,
+            authorization: Some(self.authorization()),
+            links: self
+                .links
+                .iter()
+                .map(|(i, p)| (i.clone(), p.clone()))
+                .collect(),
+            workers: Vec::new(),
+        };
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let st = running.child.try_wait()?;
+                bail!(
+                    "weir did not print `listening on` (exit: {st:?}); see {}/{label}.stderr",
+                    log_dir.display()
+                );
+            }
+        };
+        running.addr = addr
+            .parse::<SocketAddr>()
+            .with_context(|| format!("weir printed listening on {addr:?}"))?;
+        Ok(running)
+    }
+}
