@@ -22,9 +22,9 @@ pub enum DriverChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UringFeatures {
-    /// Everything the probe finds (multishot accept, SEND_ZC, ...).
+    /// Everything the probe finds (multishot accept, provided-buffer receives, COOP_TASKRUN).
     Full,
-    /// Only what a 5.10 kernel has: single-shot accept, plain send/recv, timeouts.
+    /// Only what a 5.10 kernel has: single-shot accept, poll + recv, SENDMSG, timeouts.
     Minimal,
 }
 
