@@ -86,12 +86,38 @@ impl Shaping {
     }
 }
 
+/// Merge a batch's overlapping or adjacent ranges of the same (user, item, part): a hot small
+/// item served many times per loop iteration reaches the ledger as one credit.
+fn coalesce(credits: &mut Vec<Credit>) {
+    if credits.len() < 2 {
+        return;
+    }
+    credits.sort_unstable_by(|a, b| {
+        (&*a.user, &*a.item, a.part, a.range.start).cmp(&(
+            &*b.user,
+            &*b.item,
+            b.part,
+            b.range.start,
+        ))
+    });
+    credits.dedup_by(|next, kept| {
+        let same = kept.part == next.part && kept.user == next.user && kept.item == next.item;
+        if same && next.range.start <= kept.range.end {
+            kept.range.end = kept.range.end.max(next.range.end);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 impl Ctx {
     /// Hand the batch of credits gathered in this loop iteration to the ledger.
     pub fn flush_credits(&mut self) {
         if self.credits.is_empty() {
             return;
         }
+        coalesce(&mut self.credits);
         let batch = std::mem::take(&mut self.credits);
         if let Some(sink) = &self.credit_sink {
             sink(batch);
@@ -376,5 +402,41 @@ impl Worker {
     /// The worker may exit: draining and nothing left.
     pub fn finished(&self) -> bool {
         self.ctx.draining && self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(user: &str, item: &str, part: u32, r: std::ops::Range<u64>) -> Credit {
+        Credit {
+            user: Arc::from(user),
+            item: Arc::from(item),
+            part,
+            range: r,
+        }
+    }
+
+    #[test]
+    fn coalesce_merges_same_target_only() {
+        let mut v = vec![
+            c("a", "x", 0, 0..4096),
+            c("a", "x", 0, 0..4096),
+            c("b", "x", 0, 0..10),
+            c("a", "x", 0, 4096..5000),
+            c("a", "x", 1, 0..10),
+            c("a", "x", 0, 6000..7000),
+        ];
+        coalesce(&mut v);
+        assert_eq!(
+            v,
+            vec![
+                c("a", "x", 0, 0..5000),
+                c("a", "x", 0, 6000..7000),
+                c("a", "x", 1, 0..10),
+                c("b", "x", 0, 0..10),
+            ]
+        );
     }
 }
