@@ -13,7 +13,19 @@
 //! - [`demo`]: the embedded default catalog `weir serve` creates on a fresh machine.
 //! - [`http`]: request parsing, routing, ranges, conditionals, response heads (no I/O).
 //! - [`server`]: workers, the connection state machine and its two drivers (io_uring, epoll).
+//! - [`completion`]: delivered-bytes accounting, the album zip layout, the completion ledger
+//!   and the webhook.
 //! - [`admin`]: the admin listener (metrics, live rates, drain).
+//!
+//! # Unsafe surface
+//! `unsafe` appears only where weir talks to the kernel, each block with a `// SAFETY:` note:
+//! - `server::segment`: mapping a content-store file (the immutability contract is documented
+//!   there: weir never reads mapped bytes itself, so a truncated file cannot SIGBUS it);
+//! - `server::uring`: submitting io_uring SQEs whose buffers (connection iovecs, the provided-
+//!   buffer ring, timespecs) outlive their completions, and the buffer ring's mmap;
+//! - `server::sys` and `server::conn`: libc calls through the `syscall!` helper, zeroed
+//!   `msghdr`s;
+//! - `completion::tcp_info`: `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` into local structs.
 
 pub mod admin;
 pub mod catalog;
