@@ -1,6 +1,6 @@
 //! Thin, checked wrappers over the syscalls the server drivers use (sockets, eventfd, epoll).
 //!
-//! Every libc call goes through [`syscall!`], which maps `-1` to `io::Error::last_os_error()`.
+//! Every libc call goes through `syscall!`, which maps `-1` to `io::Error::last_os_error()`.
 
 use std::io;
 use std::net::SocketAddr;
