@@ -164,6 +164,18 @@ fn album_completed_by_a_mix() {
         .unwrap()
         .parse()
         .unwrap();
+    // Bad input: a zip range past the end is 416 like any file; a track out of range is 404.
+    let r = curl(
+        &srv.url("/d/best.zip"),
+        &["-u", ALICE, "-r", &format!("{zip_len}-")],
+    );
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{zip_len}"))
+    );
+    assert_eq!(curl(&srv.url("/d/best/4"), &["-u", ALICE]).status, 404);
+    assert_eq!(curl(&srv.url("/d/best/0"), &["-u", ALICE]).status, 404);
     let from = zip_len - size(2) - 4096;
     let r = curl(
         &srv.url("/d/best.zip"),

@@ -5,5 +5,6 @@ mod admin;
 mod clients;
 mod completion;
 mod http_status;
+mod loadgen;
 mod robustness;
 mod shaping;
