@@ -95,8 +95,10 @@ impl AuthPool {
         cred_ttl: Duration,
         grace: Duration,
     ) -> anyhow::Result<AuthPool> {
-        // Bounded: when password checks pile up, new ones are refused with 503 instead of queueing forever.
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(4096);
+        // Bounded: when password checks pile up, new ones are refused with 503 instead of
+        // queueing forever. Large enough for a login burst of thousands of download-manager
+        // connections (jobs for a credential already verified are answered from the cache).
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(65_536);
         let shared = Arc::new(Shared {
             data_dir,
             inboxes,
