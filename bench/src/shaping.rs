@@ -85,6 +85,9 @@ struct Scenario {
     global: bool,
     /// The client reads each user at its expected rate (server unshaped).
     paced: bool,
+    /// The client reads the heads and then nothing (implies `paced` with rate 0): every send
+    /// buffer fills, which is what SO_SNDBUF sizing is for.
+    stalled: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -94,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: false,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "uring-b",
@@ -101,6 +105,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: true,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "epoll-a",
@@ -108,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: false,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "epoll-b",
@@ -115,6 +121,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: true,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "nginx-a",
@@ -122,6 +129,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: false,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "nginx-b",
@@ -129,6 +137,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: true,
         global: true,
         paced: false,
+        stalled: false,
     },
     Scenario {
         name: "uring-paced",
@@ -136,6 +145,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: false,
         global: false,
         paced: true,
+        stalled: false,
     },
     Scenario {
         name: "epoll-paced",
@@ -143,6 +153,7 @@ const SCENARIOS: &[Scenario] = &[
         shaped: false,
         global: false,
         paced: true,
+        stalled: false,
     },
     Scenario {
         name: "nginx-paced",
@@ -150,6 +161,31 @@ const SCENARIOS: &[Scenario] = &[
         shaped: false,
         global: false,
         paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "uring-stalled",
+        server: Server::Weir { driver: "uring" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: true,
+    },
+    Scenario {
+        name: "epoll-stalled",
+        server: Server::Weir { driver: "epoll" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: true,
+    },
+    Scenario {
+        name: "nginx-stalled",
+        server: Server::Nginx,
+        shaped: false,
+        global: false,
+        paced: true,
+        stalled: true,
     },
 ];
 
@@ -603,6 +639,9 @@ enum State {
     Head,
     Body,
     Dead,
+    /// Answered 503 (weir's auth queue is bounded); reconnect at this time, as a download
+    /// manager honouring `Retry-After: 1` would.
+    Retry(Instant),
 }
 
 struct Conn {
@@ -634,6 +673,13 @@ fn read_conn(c: &mut Conn, buf: &mut [u8], limit: usize, errors: &mut HashMap<St
                 if c.state == State::Head {
                     c.head.extend_from_slice(&buf[..n]);
                     if let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if c.head.starts_with(b"HTTP/1.1 503") {
+                            *errors.entry("retried after 503".into()).or_default() += 1;
+                            c.state = State::Retry(Instant::now() + Duration::from_secs(1));
+                            c.head.clear();
+                            c.readable = false;
+                            return got;
+                        }
                         if !c.head.starts_with(b"HTTP/1.1 206") {
                             let line = String::from_utf8_lossy(&c.head[..c.head.len().min(12)])
                                 .to_string();
@@ -826,7 +872,8 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
             last_tick = now;
             for u in 0..n_users {
                 // Burst cap: 50 ms of the rate, so an idle stretch is not caught up later.
-                tokens[u] = (tokens[u] + user_bps * dt).min(user_bps * 0.05);
+                let client_bps = if sc.stalled { 0.0 } else { user_bps };
+                tokens[u] = (tokens[u] + client_bps * dt).min(client_bps * 0.05);
                 let base = u * args.conns;
                 let mut tried = 0;
                 while tokens[u] >= 1.0 && tried < args.conns {
@@ -842,6 +889,20 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
             }
         }
         let now = Instant::now();
+        if heads_done_at.is_none() {
+            for (k, c) in conns.iter_mut().enumerate() {
+                if matches!(c.state, State::Retry(t) if t <= now) {
+                    poll.registry().deregister(&mut c.stream)?;
+                    c.stream = TcpStream::connect(addr)?;
+                    poll.registry().register(
+                        &mut c.stream,
+                        Token(k),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    c.state = State::Connecting;
+                }
+            }
+        }
         let dead = conns.iter().filter(|c| c.state == State::Dead).count();
         if heads_done_at.is_none() {
             if in_body + dead >= total_conns {
@@ -950,11 +1011,13 @@ fn finish(
         "scenario": sc.name,
         "server": server_desc,
         "paced_by_client": sc.paced,
+        "client_stalled": sc.stalled,
         "users": args.users,
         "conns_per_user": args.conns,
         "connections": total_conns,
         "dead_connections": dead,
-        "errors": errors.values().sum::<u64>(),
+        "errors": errors.iter().filter(|(k, _)| !k.starts_with("retried")).map(|(_, v)| v).sum::<u64>(),
+        "retries_503": errors.get("retried after 503").copied().unwrap_or(0),
         "errors_by_kind": errors,
         "window_s": secs,
         "expected_per_user_bps": fair_bps,
