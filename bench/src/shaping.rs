@@ -576,8 +576,21 @@ fn sockstat_tcp_mem() -> u64 {
         * 4096
 }
 
-/// Server-side sockets of `port`: (count, Σ rmem_alloc + wmem_queued + fwd_alloc, Σ sndbuf).
-fn ss_server_side(port: u16) -> (u64, u64, u64) {
+/// Server-side sockets of one port, summed from `ss -tm`'s skmem.
+#[derive(Clone, Copy, Default)]
+struct SsSample {
+    sockets: u64,
+    /// rmem_alloc (`r`).
+    r: u64,
+    /// wmem_queued (`w`).
+    w: u64,
+    /// forward-allocated quota (`f`).
+    f: u64,
+    /// sk_sndbuf (`tb`).
+    sndbuf: u64,
+}
+
+fn ss_server_side(port: u16) -> SsSample {
     let out = Command::new("ss")
         .args([
             "-tmnH",
@@ -588,23 +601,27 @@ fn ss_server_side(port: u16) -> (u64, u64, u64) {
             &format!(":{port}"),
         ])
         .output();
-    let Ok(out) = out else { return (0, 0, 0) };
+    let Ok(out) = out else {
+        return SsSample::default();
+    };
     let text = String::from_utf8_lossy(&out.stdout);
-    let (mut n, mut mem, mut sndbuf) = (0, 0, 0);
+    let mut s = SsSample::default();
     for part in text.split("skmem:(").skip(1) {
         let inner = part.split(')').next().unwrap_or("");
-        n += 1;
+        s.sockets += 1;
         for kv in inner.split(',') {
             let key: String = kv.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
             let val: u64 = kv[key.len()..].parse().unwrap_or(0);
             match key.as_str() {
-                "r" | "w" | "f" => mem += val,
-                "tb" => sndbuf += val,
+                "r" => s.r += val,
+                "w" => s.w += val,
+                "f" => s.f += val,
+                "tb" => s.sndbuf += val,
                 _ => {}
             }
         }
     }
-    (n, mem, sndbuf)
+    s
 }
 
 fn uptime() -> String {
@@ -813,7 +830,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
     let mut window: Option<(Instant, Vec<u64>, f64)> = None;
     let mut mem_samples: Vec<u64> = Vec::new();
     let mut next_sample = Instant::now();
-    let mut ss_sample: Option<(u64, u64, u64)> = None;
+    let mut ss_sample: Option<SsSample> = None;
     let mut in_body = 0usize;
     let result;
     loop {
@@ -981,7 +998,7 @@ fn finish(
     cpu_s: f64,
     base_mem: u64,
     mem_samples: &[u64],
-    ss: Option<(u64, u64, u64)>,
+    ss: Option<SsSample>,
     total_conns: usize,
     dead: usize,
     errors: &HashMap<String, u64>,
@@ -1005,7 +1022,15 @@ fn finish(
     let mut ms = mem_samples.to_vec();
     ms.sort_unstable();
     let med_mem = ms.get(ms.len() / 2).copied().unwrap_or(0);
-    let (ss_n, ss_mem, ss_sndbuf) = ss.unwrap_or((0, 0, 0));
+    let ss = ss.unwrap_or_default();
+    let ss_n = ss.sockets;
+    let per_sock_kib = |v: u64| {
+        if ss_n > 0 {
+            v as f64 / ss_n as f64 / 1024.0
+        } else {
+            f64::NAN
+        }
+    };
     let gib = total as f64 / (1u64 << 30) as f64;
     json!({
         "scenario": sc.name,
@@ -1037,8 +1062,11 @@ fn finish(
         "sockstat_median_bytes": med_mem,
         "sockstat_kib_per_conn": (med_mem as f64 - base_mem as f64) / total_conns as f64 / 1024.0,
         "server_sockets_seen": ss_n,
-        "server_sock_kib_per_conn": if ss_n > 0 { ss_mem as f64 / ss_n as f64 / 1024.0 } else { f64::NAN },
-        "server_sndbuf_kib_mean": if ss_n > 0 { ss_sndbuf as f64 / ss_n as f64 / 1024.0 } else { f64::NAN },
+        "server_sock_kib_per_conn": per_sock_kib(ss.r + ss.w + ss.f),
+        "server_sock_rmem_alloc_kib": per_sock_kib(ss.r),
+        "server_sock_wmem_queued_kib": per_sock_kib(ss.w),
+        "server_sock_fwd_alloc_kib": per_sock_kib(ss.f),
+        "server_sndbuf_kib_mean": per_sock_kib(ss.sndbuf),
         "loadavg_end": uptime(),
         "per_user_bytes": per_user,
         "sockstat_samples": mem_samples,
