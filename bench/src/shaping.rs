@@ -393,6 +393,22 @@ fn set_user_rates(args: &Args, data_dir: &Path, rate: &str) -> Result<()> {
     Ok(())
 }
 
+/// Asks the kernel to SIGTERM the child when this process dies, so a benchmark killed mid-run
+/// does not leave its server running (its `Drop` would not run).
+fn die_with_parent(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A server process we started; SIGTERM (weir) or SIGQUIT (nginx, graceful) on drop, then wait.
 struct ServerProc {
     child: Child,
@@ -446,6 +462,7 @@ fn start_weir(
     if let Some(g) = global {
         c.args(["--global-rate", &g]);
     }
+    die_with_parent(&mut c);
     let mut child = c
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::piped())
@@ -500,7 +517,9 @@ fn start_nginx(
     );
     let conf_path = prefix.join("nginx.conf");
     fs::write(&conf_path, conf)?;
-    let child = Command::new(&args.nginx)
+    let mut c = Command::new(&args.nginx);
+    die_with_parent(&mut c);
+    let child = c
         .arg("-p")
         .arg(&prefix)
         .arg("-c")
