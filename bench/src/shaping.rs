@@ -1,0 +1,1093 @@
+//! Shaping-accuracy benchmark (issue 4): many users, each downloading over many ranged
+//! connections, against weir (io_uring and epoll drivers) and nginx `limit_rate`.
+//!
+//! One scenario = one server process. The client is a single mio event loop that opens
+//! `users × conns` connections (each user's ranges are disjoint slices of one large file), waits
+//! until every connection has its `206` head, lets the shaper settle, then counts body bytes per
+//! connection over a measurement window. During the window it samples the server's CPU
+//! (`/proc/PID/stat`), kernel TCP memory (`/proc/net/sockstat`) and the server-side sockets'
+//! memory (`ss -tm`). In the "paced" scenarios the server does not shape; the client itself reads
+//! each user's connections at the user's rate, which gives an unshaped run at the same throughput
+//! (the CPU reference) and stalled unshaped sockets (the kernel-memory reference).
+//!
+//! Not a timed test: it prints and stores numbers, it asserts nothing.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::{json, Value};
+
+/// Command-line arguments of the benchmark.
+#[derive(clap::Parser, Debug, Clone)]
+pub struct Args {
+    /// The weir binary (`cargo build --release -p weir`).
+    #[arg(long, default_value = "target/release/weir")]
+    pub weir: PathBuf,
+    /// The nginx binary.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    pub nginx: PathBuf,
+    /// Scratch directory: the served file, weir's data dir, nginx's prefix. Reused across runs.
+    #[arg(long, default_value = "/tmp/weir-shaping-bench")]
+    pub work_dir: PathBuf,
+    /// Where the raw JSON goes (one file per scenario plus summary.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Comma-separated scenarios (see `SCENARIOS`), or `all`.
+    #[arg(long, default_value = "all")]
+    pub scenarios: String,
+    #[arg(long, default_value_t = 200)]
+    pub users: usize,
+    /// Connections per user.
+    #[arg(long, default_value_t = 40)]
+    pub conns: usize,
+    /// Each user's cap, KiB/s.
+    #[arg(long, default_value_t = 256)]
+    pub user_kib: u64,
+    /// The global cap of the (b) scenarios, MiB/s.
+    #[arg(long, default_value_t = 25)]
+    pub global_mib: u64,
+    /// Size of the served file, MiB (large enough that no range finishes).
+    #[arg(long, default_value_t = 1024)]
+    pub file_mib: u64,
+    /// Seconds after the last `206` head before the window opens.
+    #[arg(long, default_value_t = 5)]
+    pub settle_s: u64,
+    /// Measurement window, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub window_s: u64,
+    /// weir worker threads (nginx worker processes: the same).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// Which server, and who paces.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Weir { driver: &'static str },
+    Nginx,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    name: &'static str,
+    server: Server,
+    /// Users capped in the server (weir: `--rate`; nginx: `limit_rate` = user share / conns).
+    shaped: bool,
+    /// weir `--global-rate` (the (b) case); for nginx, (b) means `limit_rate` = fair share / conns.
+    global: bool,
+    /// The client reads each user at its expected rate (server unshaped).
+    paced: bool,
+    /// The client reads the heads and then nothing (implies `paced` with rate 0): every send
+    /// buffer fills, which is what SO_SNDBUF sizing is for.
+    stalled: bool,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "uring-a",
+        server: Server::Weir { driver: "uring" },
+        shaped: true,
+        global: false,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "uring-b",
+        server: Server::Weir { driver: "uring" },
+        shaped: true,
+        global: true,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "epoll-a",
+        server: Server::Weir { driver: "epoll" },
+        shaped: true,
+        global: false,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "epoll-b",
+        server: Server::Weir { driver: "epoll" },
+        shaped: true,
+        global: true,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "nginx-a",
+        server: Server::Nginx,
+        shaped: true,
+        global: false,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "nginx-b",
+        server: Server::Nginx,
+        shaped: true,
+        global: true,
+        paced: false,
+        stalled: false,
+    },
+    Scenario {
+        name: "uring-paced",
+        server: Server::Weir { driver: "uring" },
+        shaped: false,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "epoll-paced",
+        server: Server::Weir { driver: "epoll" },
+        shaped: false,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "nginx-paced",
+        server: Server::Nginx,
+        shaped: false,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "uring-stalled",
+        server: Server::Weir { driver: "uring" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: true,
+    },
+    Scenario {
+        name: "epoll-stalled",
+        server: Server::Weir { driver: "epoll" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: true,
+    },
+    Scenario {
+        name: "nginx-stalled",
+        server: Server::Nginx,
+        shaped: false,
+        global: false,
+        paced: true,
+        stalled: true,
+    },
+];
+
+/// Runs the scenarios named in `args` and writes `<out>/<scenario>.json` and `<out>/summary.json`.
+pub fn run(args: Args) -> Result<()> {
+    raise_nofile();
+    let chosen: Vec<Scenario> = if args.scenarios == "all" {
+        SCENARIOS.to_vec()
+    } else {
+        args.scenarios
+            .split(',')
+            .map(|n| {
+                SCENARIOS
+                    .iter()
+                    .find(|s| s.name == n)
+                    .copied()
+                    .with_context(|| format!("unknown scenario {n:?}"))
+            })
+            .collect::<Result<_>>()?
+    };
+    fs::create_dir_all(&args.out)?;
+    fs::create_dir_all(&args.work_dir)?;
+    let file = prepare_file(&args)?;
+    let data_dir = prepare_weir(&args, &file)?;
+    let mut summary = Vec::new();
+    for sc in chosen {
+        eprintln!("== {} (uptime: {})", sc.name, uptime());
+        let r = run_scenario(&args, &sc, &file, &data_dir)
+            .with_context(|| format!("scenario {}", sc.name))?;
+        print_line(&r);
+        fs::write(
+            args.out.join(format!("{}.json", sc.name)),
+            serde_json::to_string_pretty(&r)?,
+        )?;
+        let mut s = r.clone();
+        if let Some(o) = s.as_object_mut() {
+            o.remove("per_user_bytes");
+            o.remove("sockstat_samples");
+        }
+        summary.push(s);
+    }
+    fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(())
+}
+
+fn print_line(r: &Value) {
+    eprintln!(
+        "{:<12} ratio p1 {:.4} p50 {:.4} p99 {:.4} jain {:.5} global {:.4} cpu {:.1}% sockmem/conn {:.1} KiB (server-side {:.1} KiB) errors {}",
+        r["scenario"].as_str().unwrap_or(""),
+        r["ratio_p1"].as_f64().unwrap_or(f64::NAN),
+        r["ratio_p50"].as_f64().unwrap_or(f64::NAN),
+        r["ratio_p99"].as_f64().unwrap_or(f64::NAN),
+        r["jain"].as_f64().unwrap_or(f64::NAN),
+        r["global_ratio"].as_f64().unwrap_or(f64::NAN),
+        r["server_cpu_pct"].as_f64().unwrap_or(f64::NAN),
+        r["sockstat_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
+        r["server_sock_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
+        r["errors"].as_u64().unwrap_or(0),
+    );
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit (8,000 client sockets need it).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit read from the kernel just above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// The served file: `file_mib` MiB of pseudo-random bytes, written once.
+fn prepare_file(args: &Args) -> Result<PathBuf> {
+    let path = args.work_dir.join("www").join("big");
+    let size = args.file_mib << 20;
+    if fs::metadata(&path)
+        .map(|m| m.len() == size)
+        .unwrap_or(false)
+    {
+        return Ok(path);
+    }
+    fs::create_dir_all(path.parent().unwrap())?;
+    let mut f = std::io::BufWriter::new(fs::File::create(&path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..args.file_mib {
+        for c in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(path)
+}
+
+fn user_name(i: usize) -> String {
+    format!("u{i:03}")
+}
+
+fn password(i: usize) -> String {
+    format!("pw-{i:03}-shaping")
+}
+
+/// weir's data dir with `users` users at `user_kib` KiB/s, the item `big` in every cart.
+/// Reused when the marker file says it was built for the same user count.
+fn prepare_weir(args: &Args, file: &Path) -> Result<PathBuf> {
+    let dir = args.work_dir.join("weir-data");
+    let marker = args
+        .work_dir
+        .join(format!("weir-data.ready-{}", args.users));
+    if marker.exists() {
+        return Ok(dir);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let d = dir.to_str().context("data dir path")?;
+    weir_cmd(
+        args,
+        &[
+            "item",
+            "add",
+            "big",
+            file.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ],
+        None,
+    )?;
+    let rate = format!("{}KiB", args.user_kib);
+    for i in 0..args.users {
+        let u = user_name(i);
+        weir_cmd(
+            args,
+            &[
+                "user",
+                "add",
+                &u,
+                "--password-stdin",
+                "--rate",
+                &rate,
+                "--data-dir",
+                d,
+            ],
+            Some(&password(i)),
+        )?;
+        weir_cmd(args, &["cart", "add", &u, "big", "--data-dir", d], None)?;
+    }
+    fs::write(&marker, "")?;
+    fs::write(args.work_dir.join("weir-data.rate"), &rate)?;
+    Ok(dir)
+}
+
+fn weir_cmd(args: &Args, a: &[&str], stdin: Option<&str>) -> Result<()> {
+    let mut c = Command::new(&args.weir);
+    c.args(a).stdout(Stdio::null());
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut ch = c
+        .spawn()
+        .with_context(|| format!("spawn {:?}", args.weir))?;
+    if let Some(s) = stdin {
+        writeln!(ch.stdin.take().unwrap(), "{s}")?;
+    }
+    let st = ch.wait()?;
+    ensure!(st.success(), "weir {a:?}: {st}");
+    Ok(())
+}
+
+/// Sets every user's rate (`256KiB` or `unlimited`) unless the data dir already has it.
+fn set_user_rates(args: &Args, data_dir: &Path, rate: &str) -> Result<()> {
+    let rec = args.work_dir.join("weir-data.rate");
+    if fs::read_to_string(&rec).ok().as_deref() == Some(rate) {
+        return Ok(());
+    }
+    let d = data_dir.to_str().unwrap();
+    for i in 0..args.users {
+        weir_cmd(
+            args,
+            &[
+                "user",
+                "set",
+                &user_name(i),
+                "--rate",
+                rate,
+                "--data-dir",
+                d,
+            ],
+            None,
+        )?;
+    }
+    fs::write(&rec, rate)?;
+    Ok(())
+}
+
+/// Asks the kernel to SIGTERM the child when this process dies, so a benchmark killed mid-run
+/// does not leave its server running (its `Drop` would not run).
+fn die_with_parent(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A server process we started; SIGTERM (weir) or SIGQUIT (nginx, graceful) on drop, then wait.
+struct ServerProc {
+    child: Child,
+    stop_signal: i32,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) with the PID of a child we spawned and have not yet reaped.
+        unsafe { libc::kill(pid, self.stop_signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+fn start_weir(
+    args: &Args,
+    data_dir: &Path,
+    driver: &str,
+    global: Option<String>,
+) -> Result<(ServerProc, SocketAddr)> {
+    let mut c = Command::new(&args.weir);
+    c.args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            &args.workers.to_string(),
+        ])
+        .args([
+            "--driver",
+            driver,
+            "--grace",
+            "24h",
+            "--max-connections",
+            "20000",
+        ])
+        .args(["--drain-timeout", "2s"]);
+    if let Some(g) = global {
+        c.args(["--global-rate", &g]);
+    }
+    die_with_parent(&mut c);
+    let mut child = c
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let proc = ServerProc {
+        child,
+        stop_signal: libc::SIGTERM,
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().context("weir exited before listening")??;
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .parse::<SocketAddr>()?;
+        }
+    };
+    // Keep draining stdout so weir never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok((proc, addr))
+}
+
+fn start_nginx(
+    args: &Args,
+    file: &Path,
+    limit_rate: Option<u64>,
+) -> Result<(ServerProc, SocketAddr)> {
+    let prefix = args.work_dir.join("nginx");
+    let _ = fs::remove_dir_all(&prefix);
+    fs::create_dir_all(prefix.join("logs"))?;
+    // A free port from the kernel; nginx cannot report a port-0 bind.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let lr = limit_rate
+        .map(|r| format!("limit_rate {r};"))
+        .unwrap_or_default();
+    let conf = format!(
+        "worker_processes {w};\nworker_rlimit_nofile 20000;\npid {p}/nginx.pid;\n\
+         error_log {p}/logs/error.log warn;\nevents {{ worker_connections 20000; }}\n\
+         http {{\n access_log off;\n sendfile on;\n keepalive_timeout 60s;\n\
+         client_body_temp_path {p}/cb; proxy_temp_path {p}/px; fastcgi_temp_path {p}/fc;\n\
+         uwsgi_temp_path {p}/uw; scgi_temp_path {p}/sc;\n\
+         server {{\n  listen 127.0.0.1:{port};\n  location / {{ root {root}; {lr} }}\n }}\n}}\n",
+        w = args.workers,
+        p = prefix.display(),
+        root = file.parent().unwrap().display(),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let mut c = Command::new(&args.nginx);
+    die_with_parent(&mut c);
+    let child = c
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .spawn()?;
+    let proc = ServerProc {
+        child,
+        stop_signal: libc::SIGTERM,
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    // Readiness: nginx prints nothing, so connect until the listener answers (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        ensure!(Instant::now() < deadline, "nginx did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((proc, addr))
+}
+
+/// utime + stime of `pid` and, for nginx, its worker children, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    pids.iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|s| {
+            let rest = &s[s.rfind(')').unwrap_or(0) + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / hz
+        })
+        .sum()
+}
+
+/// `pid` and its direct children (nginx workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut v = vec![pid];
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(s) = fs::read_to_string(format!("/proc/{p}/stat")) {
+                let rest = &s[s.rfind(')').unwrap_or(0) + 2..];
+                if rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse::<u32>().ok())
+                    == Some(pid)
+                {
+                    v.push(p);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `TCP: ... mem N` of /proc/net/sockstat, in bytes (N is in pages).
+fn sockstat_tcp_mem() -> u64 {
+    let s = fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.iter()
+                .position(|x| *x == "mem")
+                .and_then(|i| f.get(i + 1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Server-side sockets of one port, summed from `ss -tm`'s skmem.
+#[derive(Clone, Copy, Default)]
+struct SsSample {
+    sockets: u64,
+    /// rmem_alloc (`r`).
+    r: u64,
+    /// wmem_queued (`w`).
+    w: u64,
+    /// forward-allocated quota (`f`).
+    f: u64,
+    /// sk_sndbuf (`tb`).
+    sndbuf: u64,
+}
+
+fn ss_server_side(port: u16) -> SsSample {
+    let out = Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output();
+    let Ok(out) = out else {
+        return SsSample::default();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut s = SsSample::default();
+    for part in text.split("skmem:(").skip(1) {
+        let inner = part.split(')').next().unwrap_or("");
+        s.sockets += 1;
+        for kv in inner.split(',') {
+            let key: String = kv.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+            let val: u64 = kv[key.len()..].parse().unwrap_or(0);
+            match key.as_str() {
+                "r" => s.r += val,
+                "w" => s.w += val,
+                "f" => s.f += val,
+                "tb" => s.sndbuf += val,
+                _ => {}
+            }
+        }
+    }
+    s
+}
+
+fn uptime() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut o = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+#[derive(PartialEq)]
+enum State {
+    Connecting,
+    Head,
+    Body,
+    Dead,
+    /// Answered 503 (weir's auth queue is bounded); reconnect at this time, as a download
+    /// manager honouring `Retry-After: 1` would.
+    Retry(Instant),
+}
+
+struct Conn {
+    stream: TcpStream,
+    user: usize,
+    request: Vec<u8>,
+    state: State,
+    head: Vec<u8>,
+    body: u64,
+    /// Edge-triggered: data may be waiting until a read says WouldBlock.
+    readable: bool,
+}
+
+/// Reads what `c` has, up to `limit` bytes; returns body bytes read.
+fn read_conn(c: &mut Conn, buf: &mut [u8], limit: usize, errors: &mut HashMap<String, u64>) -> u64 {
+    let mut got = 0u64;
+    let mut left = limit;
+    while left > 0 {
+        let want = left.min(buf.len());
+        match c.stream.read(&mut buf[..want]) {
+            Ok(0) => {
+                *errors.entry("eof".into()).or_default() += 1;
+                c.state = State::Dead;
+                c.readable = false;
+                return got;
+            }
+            Ok(n) => {
+                left -= n;
+                if c.state == State::Head {
+                    c.head.extend_from_slice(&buf[..n]);
+                    if let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if c.head.starts_with(b"HTTP/1.1 503") {
+                            *errors.entry("retried after 503".into()).or_default() += 1;
+                            c.state = State::Retry(Instant::now() + Duration::from_secs(1));
+                            c.head.clear();
+                            c.readable = false;
+                            return got;
+                        }
+                        if !c.head.starts_with(b"HTTP/1.1 206") {
+                            let line = String::from_utf8_lossy(&c.head[..c.head.len().min(12)])
+                                .to_string();
+                            *errors.entry(format!("status {line}")).or_default() += 1;
+                            c.state = State::Dead;
+                            return got;
+                        }
+                        let extra = (c.head.len() - p - 4) as u64;
+                        c.head = Vec::new();
+                        c.state = State::Body;
+                        c.body += extra;
+                        got += extra;
+                    }
+                } else {
+                    c.body += n as u64;
+                    got += n as u64;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.readable = false;
+                return got;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                *errors.entry(format!("read {:?}", e.kind())).or_default() += 1;
+                c.state = State::Dead;
+                return got;
+            }
+        }
+    }
+    got
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    // Nearest rank.
+    let n = sorted.len();
+    let r = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
+    sorted[r.min(n) - 1]
+}
+
+fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Result<Value> {
+    let user_bps = (args.user_kib * 1024) as f64;
+    let global_bps = (args.global_mib << 20) as f64;
+    let n_users = args.users;
+    let fair_bps = if sc.global {
+        (global_bps / n_users as f64).min(user_bps)
+    } else {
+        user_bps
+    };
+    let total_conns = n_users * args.conns;
+    let server_desc;
+    let (server, addr) = match sc.server {
+        Server::Weir { driver } => {
+            set_user_rates(
+                args,
+                data_dir,
+                &if sc.shaped {
+                    format!("{}KiB", args.user_kib)
+                } else {
+                    "unlimited".into()
+                },
+            )?;
+            let g = sc.global.then(|| format!("{}MiB", args.global_mib));
+            server_desc = format!(
+                "weir --driver {driver} --workers {} {}",
+                args.workers,
+                g.as_deref()
+                    .map(|g| format!("--global-rate {g}"))
+                    .unwrap_or_default()
+            );
+            start_weir(args, data_dir, driver, g)?
+        }
+        Server::Nginx => {
+            let lr = sc
+                .shaped
+                .then(|| (fair_bps / args.conns as f64).round() as u64);
+            if let Some(l) = lr {
+                server_desc = format!("nginx limit_rate {l}");
+            } else {
+                server_desc = "nginx (no limit_rate)".into();
+            }
+            start_nginx(args, file, lr)?
+        }
+    };
+    let pid = server.child.id();
+    let base_mem = sockstat_tcp_mem();
+    let size = args.file_mib << 20;
+    let slice = size / args.conns as u64;
+
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(4096);
+    let mut conns: Vec<Conn> = Vec::with_capacity(total_conns);
+    let path = match sc.server {
+        Server::Weir { .. } => "/d/big",
+        Server::Nginx => "/big",
+    };
+    for u in 0..n_users {
+        let auth = base64(&format!("{}:{}", user_name(u), password(u)));
+        for j in 0..args.conns {
+            let (a, b) = (j as u64 * slice, (j as u64 + 1) * slice - 1);
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nRange: bytes={a}-{b}\r\n\r\n"
+            )
+            .into_bytes();
+            let mut stream = TcpStream::connect(addr)?;
+            poll.registry().register(
+                &mut stream,
+                Token(conns.len()),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            conns.push(Conn {
+                stream,
+                user: u,
+                request,
+                state: State::Connecting,
+                head: Vec::new(),
+                body: 0,
+                readable: false,
+            });
+        }
+    }
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    // Client pacing (paced scenarios): per-user tokens, refilled each tick, round-robin cursor.
+    let mut tokens = vec![0f64; n_users];
+    let mut cursor = vec![0usize; n_users];
+    let tick = Duration::from_millis(5);
+    let mut last_tick = Instant::now();
+    let start = Instant::now();
+    let mut heads_done_at: Option<Instant> = None;
+    let mut window: Option<(Instant, Vec<u64>, f64)> = None;
+    let mut mem_samples: Vec<u64> = Vec::new();
+    let mut next_sample = Instant::now();
+    let mut ss_sample: Option<SsSample> = None;
+    let mut in_body = 0usize;
+    let result;
+    loop {
+        let timeout = if sc.paced {
+            tick.saturating_sub(last_tick.elapsed())
+        } else {
+            Duration::from_millis(50)
+        };
+        poll.poll(&mut events, Some(timeout))?;
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            if c.state == State::Connecting && ev.is_writable() {
+                if let Ok(Some(e)) | Err(e) = c.stream.take_error() {
+                    *errors.entry(format!("connect {:?}", e.kind())).or_default() += 1;
+                    c.state = State::Dead;
+                    continue;
+                }
+                if c.stream.peer_addr().is_err() {
+                    continue; // not connected yet
+                }
+                // The request is small: one write fits a fresh socket's buffer.
+                match c.stream.write(&c.request) {
+                    Ok(n) if n == c.request.len() => {
+                        c.state = State::Head;
+                        poll.registry().reregister(
+                            &mut c.stream,
+                            ev.token(),
+                            Interest::READABLE,
+                        )?;
+                    }
+                    r => {
+                        *errors.entry(format!("write {r:?}")).or_default() += 1;
+                        c.state = State::Dead;
+                    }
+                }
+            }
+            if ev.is_readable() && matches!(c.state, State::Head | State::Body) {
+                c.readable = true;
+                let was_head = c.state == State::Head;
+                if !sc.paced || was_head {
+                    // Unpaced: drain. Paced: read the head now, body bytes count against tokens.
+                    let lim = if sc.paced { 16 * 1024 } else { usize::MAX };
+                    let got = read_conn(c, &mut buf, lim, &mut errors);
+                    if sc.paced {
+                        tokens[c.user] -= got as f64;
+                    }
+                }
+                if was_head && c.state == State::Body {
+                    in_body += 1;
+                }
+            }
+        }
+        if sc.paced && last_tick.elapsed() >= tick {
+            let now = Instant::now();
+            let dt = now.duration_since(last_tick).as_secs_f64();
+            last_tick = now;
+            for u in 0..n_users {
+                // Burst cap: 50 ms of the rate, so an idle stretch is not caught up later.
+                let client_bps = if sc.stalled { 0.0 } else { user_bps };
+                tokens[u] = (tokens[u] + client_bps * dt).min(client_bps * 0.05);
+                let base = u * args.conns;
+                let mut tried = 0;
+                while tokens[u] >= 1.0 && tried < args.conns {
+                    let k = base + cursor[u];
+                    cursor[u] = (cursor[u] + 1) % args.conns;
+                    tried += 1;
+                    let c = &mut conns[k];
+                    if c.readable && c.state == State::Body {
+                        let got = read_conn(c, &mut buf, tokens[u] as usize, &mut errors);
+                        tokens[u] -= got as f64;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if heads_done_at.is_none() {
+            for (k, c) in conns.iter_mut().enumerate() {
+                if matches!(c.state, State::Retry(t) if t <= now) {
+                    poll.registry().deregister(&mut c.stream)?;
+                    c.stream = TcpStream::connect(addr)?;
+                    poll.registry().register(
+                        &mut c.stream,
+                        Token(k),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    c.state = State::Connecting;
+                }
+            }
+        }
+        let dead = conns.iter().filter(|c| c.state == State::Dead).count();
+        if heads_done_at.is_none() {
+            if in_body + dead >= total_conns {
+                heads_done_at = Some(now);
+                eprintln!(
+                    "  all heads after {:.1} s ({dead} dead)",
+                    start.elapsed().as_secs_f64()
+                );
+            } else if start.elapsed() > Duration::from_secs(120) {
+                bail!("only {in_body} of {total_conns} connections got a head in 120 s; errors {errors:?}");
+            }
+        }
+        if let Some(h) = heads_done_at {
+            if window.is_none() && now.duration_since(h) >= Duration::from_secs(args.settle_s) {
+                let snap: Vec<u64> = conns.iter().map(|c| c.body).collect();
+                window = Some((Instant::now(), snap, cpu_seconds(&process_tree(pid))));
+                next_sample = now;
+            }
+        }
+        if let Some((w0, ref snap, cpu0)) = window {
+            if now >= next_sample {
+                mem_samples.push(sockstat_tcp_mem());
+                next_sample += Duration::from_secs(1);
+                if ss_sample.is_none()
+                    && now.duration_since(w0) >= Duration::from_secs(args.window_s / 2)
+                {
+                    ss_sample = Some(ss_server_side(addr.port()));
+                }
+            }
+            if now.duration_since(w0) >= Duration::from_secs(args.window_s) {
+                let cpu1 = cpu_seconds(&process_tree(pid));
+                let secs = now.duration_since(w0).as_secs_f64();
+                let mut per_user = vec![0u64; n_users];
+                for (c, s0) in conns.iter().zip(snap) {
+                    per_user[c.user] += c.body - s0;
+                }
+                result = finish(
+                    args,
+                    sc,
+                    &server_desc,
+                    secs,
+                    per_user,
+                    fair_bps,
+                    user_bps,
+                    global_bps,
+                    cpu1 - cpu0,
+                    base_mem,
+                    &mem_samples,
+                    ss_sample,
+                    total_conns,
+                    dead,
+                    &errors,
+                );
+                break;
+            }
+        }
+    }
+    for c in conns.iter_mut() {
+        let _ = poll.registry().deregister(&mut c.stream);
+    }
+    drop(conns);
+    drop(server);
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    args: &Args,
+    sc: &Scenario,
+    server_desc: &str,
+    secs: f64,
+    per_user: Vec<u64>,
+    fair_bps: f64,
+    user_bps: f64,
+    global_bps: f64,
+    cpu_s: f64,
+    base_mem: u64,
+    mem_samples: &[u64],
+    ss: Option<SsSample>,
+    total_conns: usize,
+    dead: usize,
+    errors: &HashMap<String, u64>,
+) -> Value {
+    let ratios: Vec<f64> = per_user
+        .iter()
+        .map(|&b| b as f64 / secs / fair_bps)
+        .collect();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let sum: f64 = ratios.iter().sum();
+    let sumsq: f64 = ratios.iter().map(|r| r * r).sum();
+    let jain = sum * sum / (ratios.len() as f64 * sumsq);
+    let total: u64 = per_user.iter().sum();
+    let global_bps_measured = total as f64 / secs;
+    let expected_global = if sc.global {
+        global_bps.min(user_bps * args.users as f64)
+    } else {
+        user_bps * args.users as f64
+    };
+    let mut ms = mem_samples.to_vec();
+    ms.sort_unstable();
+    let med_mem = ms.get(ms.len() / 2).copied().unwrap_or(0);
+    let ss = ss.unwrap_or_default();
+    let ss_n = ss.sockets;
+    let per_sock_kib = |v: u64| {
+        if ss_n > 0 {
+            v as f64 / ss_n as f64 / 1024.0
+        } else {
+            f64::NAN
+        }
+    };
+    let gib = total as f64 / (1u64 << 30) as f64;
+    json!({
+        "scenario": sc.name,
+        "server": server_desc,
+        "paced_by_client": sc.paced,
+        "client_stalled": sc.stalled,
+        "users": args.users,
+        "conns_per_user": args.conns,
+        "connections": total_conns,
+        "dead_connections": dead,
+        "errors": errors.iter().filter(|(k, _)| !k.starts_with("retried")).map(|(_, v)| v).sum::<u64>(),
+        "retries_503": errors.get("retried after 503").copied().unwrap_or(0),
+        "errors_by_kind": errors,
+        "window_s": secs,
+        "expected_per_user_bps": fair_bps,
+        "ratio_min": sorted[0],
+        "ratio_p1": pct(&sorted, 1.0),
+        "ratio_p50": pct(&sorted, 50.0),
+        "ratio_p99": pct(&sorted, 99.0),
+        "ratio_max": sorted[sorted.len() - 1],
+        "jain": jain,
+        "global_bps": global_bps_measured,
+        "global_expected_bps": expected_global,
+        "global_ratio": global_bps_measured / expected_global,
+        "server_cpu_s": cpu_s,
+        "server_cpu_pct": 100.0 * cpu_s / secs,
+        "server_cpu_s_per_gib": if gib > 0.0 { cpu_s / gib } else { f64::NAN },
+        "sockstat_baseline_bytes": base_mem,
+        "sockstat_median_bytes": med_mem,
+        "sockstat_kib_per_conn": (med_mem as f64 - base_mem as f64) / total_conns as f64 / 1024.0,
+        "server_sockets_seen": ss_n,
+        "server_sock_kib_per_conn": per_sock_kib(ss.r + ss.w + ss.f),
+        "server_sock_rmem_alloc_kib": per_sock_kib(ss.r),
+        "server_sock_wmem_queued_kib": per_sock_kib(ss.w),
+        "server_sock_fwd_alloc_kib": per_sock_kib(ss.f),
+        "server_sndbuf_kib_mean": per_sock_kib(ss.sndbuf),
+        "loadavg_end": uptime(),
+        "per_user_bytes": per_user,
+        "sockstat_samples": mem_samples,
+    })
+}
