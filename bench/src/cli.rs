@@ -17,6 +17,12 @@ pub enum Command {
     /// Issue 2's first benchmark: 1 GiB with axel -n 40, 40 ranged curls and wrk -c40; 4 KiB
     /// under wrk -c100; memory of 10,000 idle and 10,000 stalled connections.
     First(FirstArgs),
+    /// Issue 3: the 40-connection scenario with completion accounting on vs off (weir-load forty).
+    Overhead(crate::overhead::Args),
+    /// Issue 5: weir-load urlopen vs wrk, forty vs axel -n 40, and connections held (against nginx).
+    Loadgen(crate::loadgen_bench::Args),
+    /// Issue 4: shaping accuracy, 200 users x 40 connections, with and without a global cap.
+    Shaping(crate::shaping::Args),
 }
 
 #[derive(Debug, Args)]

@@ -21,11 +21,14 @@ pub mod child;
 pub mod cli;
 pub mod client;
 pub mod fixture;
+pub mod loadgen_bench;
 pub mod machine;
+pub mod overhead;
 pub mod procfs;
 pub mod report;
 pub mod scenarios;
 pub mod servers;
+pub mod shaping;
 pub mod util;
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +46,9 @@ use servers::{Running, Setup, Target};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Sub::First(a) => first(a),
+        Sub::Overhead(a) => overhead::run(a),
+        Sub::Loadgen(a) => loadgen_bench::run(a),
+        Sub::Shaping(a) => shaping::run(a),
     }
 }
 
