@@ -271,7 +271,7 @@ impl Conn {
     pub fn feed(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
         if data.is_empty() {
             // A clean FIN: the client's application read everything before closing.
-            self.account(ctx, true);
+            self.account(ctx, true, true);
             return Next::Close;
         }
         if self.lingering {
@@ -881,12 +881,8 @@ impl Conn {
 impl Conn {
     /// Credit content the client's TCP acknowledged (`tcpi_bytes_acked`, mapped back through the
     /// stream map). Delivered means acknowledged by the client's TCP, with one guard for the
-    /// client that never reads: when its receive window is zero and everything it acknowledged
-    /// of this response fits in the buffer it had when the response started (~2 windows), its
-    /// kernel queued those bytes and its application read none: nothing is credited unless it
-    /// proves otherwise (`proof`: a clean FIN). A client that reads nothing of a large
-    /// response is credited nothing.
-    pub fn account(&mut self, ctx: &mut Ctx, proof: bool) {
+    /// client that never reads (see below). `closing`: the connection is ending now.
+    pub fn account(&mut self, ctx: &mut Ctx, proof: bool, closing: bool) {
         let Some(a) = self.acct.as_deref_mut() else {
             return;
         };
@@ -896,16 +892,18 @@ impl Conn {
         let Ok((acked, window)) = tcp_acked(self.fd) else {
             return;
         };
-        // A client that never read: its window is zero and all it acknowledged of this response
-        // fits in the receive buffer it had when the response started (about two windows).
-        let never_read = !proof
-            && window == Some(0)
-            && a.start_window > 0
-            && acked.saturating_sub(a.start_acked) <= 2 * a.start_window;
-        let upto = if never_read {
-            a.start_acked.max(acked.min(a.read_upto))
-        } else {
+        // Bytes within the first receive buffer of a large response (about two windows as
+        // advertised when it started) may sit unread in the client's kernel. A poll does not
+        // credit them until the client acknowledged more than that (it must be reading), proves
+        // it read (`proof`: a clean FIN), or the connection ends with its window open. A client
+        // whose window is zero at the end, having acknowledged no more than that buffer, never
+        // read anything: it is credited nothing.
+        let within_first_buffer =
+            a.start_window > 0 && acked.saturating_sub(a.start_acked) <= 2 * a.start_window;
+        let upto = if proof || !within_first_buffer || (closing && window != Some(0)) {
             acked
+        } else {
+            a.start_acked.max(acked.min(a.read_upto))
         };
         a.acked.clear();
         a.map.acknowledge_into(upto, &mut a.acked);
@@ -960,7 +958,7 @@ impl Conn {
 
     /// The connection is going away: credit what was delivered, release its shaper slot.
     pub fn on_close(&mut self, ctx: &mut Ctx) {
-        self.account(ctx, false);
+        self.account(ctx, false, true);
         if let Some((key, _)) = self.shaped.take() {
             ctx.shaping.core.close(key);
         }

@@ -347,7 +347,7 @@ impl Worker {
                     continue;
                 }
                 if c.has_unacknowledged() {
-                    c.account(&mut self.ctx, false);
+                    c.account(&mut self.ctx, false, false);
                 }
                 if cut_all || c.on_deadline(now) == Some(Next::Close) {
                     out.push(t);
