@@ -50,6 +50,11 @@ pub struct Args {
     /// weir serve --workers.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// During each run (both sides), `weir cart add` every user's item this often, so a user who
+    /// completed buys again and the next download is accounted too. Without it, a user's first
+    /// completion empties the cart and the rest of the run only exercises the ignored-credit path.
+    #[arg(long, value_parser = procs::parse_secs)]
+    pub repurchase_every: Option<Duration>,
 }
 
 /// One timed run, as stored in runs.json.
@@ -63,6 +68,9 @@ struct Run {
     bytes: u64,
     downloads_completed: u64,
     errors_total: u64,
+    /// "download completed" lines in the server's log: completions the ledger committed.
+    completions: usize,
+    repurchase_every_s: Option<f64>,
     server_cpu_s: f64,
     cpu_s_per_gib: f64,
     loadavg_before: String,
@@ -126,12 +134,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         let _ =
                             procs::weir_admin(&args.weir, &data, &["cart", "add", user, id], None);
                     }
-                    let one = one_run(&args, &data, &creds, *mib, id, u, accounting, r)?;
+                    let one = one_run(&args, &data, &creds, *mib, id, &users[..u], accounting, r)?;
                     eprintln!(
-                        "{mib} MiB x{u} accounting={accounting} run {r}: {:.0} MB/s, {:.3} CPU-s/GiB, {} errors",
+                        "{mib} MiB x{u} accounting={accounting} run {r}: {:.0} MB/s, {:.3} CPU-s/GiB, {} errors, {} completions",
                         one.goodput_bytes_per_sec / 1e6,
                         one.cpu_s_per_gib,
-                        one.errors_total
+                        one.errors_total,
+                        one.completions
                     );
                     runs.push(one);
                     std::fs::write(
@@ -155,10 +164,11 @@ fn one_run(
     creds: &Path,
     mib: u64,
     id: &str,
-    users: usize,
+    user_names: &[String],
     accounting: bool,
     r: usize,
 ) -> anyhow::Result<Run> {
+    let users = user_names.len();
     let mut extra = vec!["--grace", "24h"];
     if !accounting {
         extra.push("--no-accounting");
@@ -179,6 +189,19 @@ fn one_run(
     let url = format!("http://{}/d/{id}", weir.addr);
     let load_before = procs::loadavg();
     let cpu_before = procs::cpu_seconds(weir.pid())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyer = args.repurchase_every.map(|every| {
+        let (stop, weir_bin, data) = (stop.clone(), args.weir.clone(), data.to_path_buf());
+        let (names, id) = (user_names.to_vec(), id.to_string());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(every);
+                for u in &names {
+                    let _ = procs::weir_admin(&weir_bin, &data, &["cart", "add", u, &id], None);
+                }
+            }
+        })
+    });
     let status = std::process::Command::new(&args.weir_load)
         .args(["forty", &url, "--users", &users.to_string()])
         .args(["--connections", &args.connections.to_string()])
@@ -190,7 +213,12 @@ fn one_run(
         .arg("--no-progress")
         .stdout(std::process::Stdio::null())
         .status()
-        .context("running weir-load")?;
+        .context("running weir-load");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(b) = buyer {
+        let _ = b.join();
+    }
+    let status = status?;
     let cpu_after = procs::cpu_seconds(weir.pid())?;
     let load_after = procs::loadavg();
     weir.stop()?;
@@ -204,6 +232,11 @@ fn one_run(
         bail!("{name}: no bytes delivered (errors: {})", s["errors"]);
     }
     let server_cpu_s = cpu_after - cpu_before;
+    let log = std::fs::read_to_string(raw.with_extension("log")).unwrap_or_default();
+    let completions = log
+        .lines()
+        .filter(|l| l.contains("download completed"))
+        .count();
     Ok(Run {
         file_mib: mib,
         users,
@@ -213,6 +246,8 @@ fn one_run(
         bytes,
         downloads_completed: s["downloads_completed"].as_u64().unwrap_or(0),
         errors_total,
+        completions,
+        repurchase_every_s: args.repurchase_every.map(|d| d.as_secs_f64()),
         server_cpu_s,
         cpu_s_per_gib: server_cpu_s / (bytes as f64 / (1u64 << 30) as f64),
         loadavg_before: load_before,
@@ -224,7 +259,7 @@ fn one_run(
 /// Medians per case and side, and the cost of accounting.
 fn table(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | completions on (median) | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut cases: Vec<(u64, usize)> = runs.iter().map(|r| (r.file_mib, r.users)).collect();
     cases.dedup();
@@ -245,7 +280,7 @@ fn table(runs: &[Run]) -> String {
         let (c_on, c_off) = (m(&on, |r| r.cpu_s_per_gib), m(&off, |r| r.cpu_s_per_gib));
         let errs = |v: &[&Run]| v.iter().map(|r| r.errors_total).sum::<u64>();
         out += &format!(
-            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {}/{} |\n",
+            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {} | {}/{} |\n",
             if mib >= 1024 { format!("{} GiB", mib / 1024) } else { format!("{mib} MiB") },
             on.len(),
             off.len(),
@@ -255,6 +290,7 @@ fn table(runs: &[Run]) -> String {
             c_on,
             c_off,
             (c_on / c_off - 1.0) * 100.0,
+            m(&on, |r| r.completions as f64),
             errs(&on),
             errs(&off),
         );
