@@ -157,7 +157,7 @@ pub fn write_get(
     let mut s = String::with_capacity(256);
     let _ = write!(
         s,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: weir-load/{}\r\nAccept: */*\r\n{}",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: weir-load/{}\r\n{}",
         url.path,
         host_header,
         env!("CARGO_PKG_VERSION"),
