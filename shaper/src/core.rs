@@ -374,6 +374,9 @@ fn distribute(cu: &mut CoreUser, conns: &mut [Conn]) {
             cu.ring.pop_front();
             continue;
         }
+        // A chunk sized when the user had fewer connections shrinks to today's quantum (see
+        // `outstanding_cap`: a large stale chunk could otherwise never be filled).
+        c.need = c.need.min(cu.quantum.max(1));
         let give = c.need.saturating_sub(c.deficit).min(cu.free);
         c.deficit += give;
         cu.free -= give;

@@ -294,7 +294,8 @@ impl Shaper {
         let limits = limits.normalized();
         let ceil = effective_ceil(limits, self.global_rate())?;
         let per = bytes_in(Rate::BytesPerSec(ceil), self.period);
-        Some(outstanding_cap(limits, per, &self.cfg) + limits.burst_bytes.max(per) + per)
+        let depth = self.cfg.depth(limits.burst_bytes, Rate::BytesPerSec(ceil));
+        Some(outstanding_cap(limits, per, &self.cfg, 2) + depth + per)
     }
 
     /// Registers a new per-core slot for `user` (first connection of that user on a core).
@@ -345,8 +346,7 @@ impl Shaper {
         let root_cap = match global {
             Rate::Unlimited => None,
             Rate::BytesPerSec(_) => Some(
-                u128::from(self.cfg.global_burst_bytes.max(bytes_in(global, period)))
-                    * NANOS_PER_SEC,
+                u128::from(self.cfg.depth(self.cfg.global_burst_bytes, global)) * NANOS_PER_SEC,
             ),
         };
         if let (Some(cap), Some(b)) = (root_cap, global.bytes_per_sec()) {
@@ -393,7 +393,8 @@ impl Shaper {
             let mut credit = lock(&u.credit);
             let udt = credit.last_at.map_or(u64::MAX, |t| now.saturating_sub(t));
             credit.last_at = Some(now);
-            let ceil_cap = u128::from(lim.burst_bytes.max(ceil_per)) * NANOS_PER_SEC;
+            let ceil_cap = u128::from(self.cfg.depth(lim.burst_bytes, Rate::BytesPerSec(ceil)))
+                * NANOS_PER_SEC;
             credit.ceil_bn = (credit.ceil_bn
                 + u128::from(ceil) * u128::from(udt)
                 + u128::from(returned) * NANOS_PER_SEC)
@@ -401,8 +402,7 @@ impl Shaper {
             let rate_cap_bytes = match lim.rate {
                 Rate::Unlimited => u64::MAX,
                 Rate::BytesPerSec(r) => {
-                    let cap =
-                        u128::from(lim.burst_bytes.max(bytes_in(lim.rate, period))) * NANOS_PER_SEC;
+                    let cap = u128::from(self.cfg.depth(lim.burst_bytes, lim.rate)) * NANOS_PER_SEC;
                     credit.rate_bn = (credit.rate_bn + u128::from(r) * u128::from(udt)).min(cap);
                     to_bytes(credit.rate_bn)
                 }
@@ -442,8 +442,9 @@ impl Shaper {
                     },
                 ));
             }
+            let cores = slots.len() as u64;
             drop(slots);
-            let room = outstanding_cap(lim, ceil_per, &self.cfg).saturating_sub(outstanding);
+            let room = outstanding_cap(lim, ceil_per, &self.cfg, cores).saturating_sub(outstanding);
             let steady = demand.min(ceil_per);
             let demand = demand.min(room);
             st.rows.push(Row {
@@ -522,9 +523,12 @@ impl Shaper {
             if root_finite {
                 st.root_bn = st.root_bn.saturating_sub(u128::from(a) * NANOS_PER_SEC);
             }
-            if r.backlogged > 0 && a > 0 {
+            if r.backlogged > 0 && r.hint > 0 {
+                // From the steady per-period share, not this period's allocation: after an
+                // idle stretch `a` holds a whole bucket, and a chunk that large could exceed
+                // what the held-token cap lets the cores hold at once.
                 let conns = u64::from(u.conns.load(Ordering::Relaxed)).max(1);
-                let q = (a / conns).clamp(self.cfg.min_grant_bytes, self.cfg.max_grant_bytes);
+                let q = (r.hint / conns).clamp(self.cfg.min_grant_bytes, self.cfg.max_grant_bytes);
                 u.quantum.store(q, Ordering::Relaxed);
             }
             let slots = &st.slots[r.slots.clone()];
@@ -580,9 +584,13 @@ fn is_fast(lim: UserLimits, global: Rate) -> bool {
     effective_ceil(lim, global).is_none()
 }
 
-/// Most tokens a user may hold issued-but-not-granted (slot buckets, core leases, deficits).
-fn outstanding_cap(lim: UserLimits, ceil_per_period: u64, cfg: &ShaperConfig) -> u64 {
+/// Most tokens a user may hold issued-but-not-granted (slot buckets, core leases, deficits),
+/// with connections on `cores` cores. Each core's ring head may hold a partly filled chunk of
+/// up to the quantum (at most the per-period share over the connections, or one minimum
+/// grant): the cap leaves room for all of them plus a period, so that partly filled chunks
+/// can never use up the cap and starve every core of the user.
+fn outstanding_cap(lim: UserLimits, ceil_per_period: u64, cfg: &ShaperConfig, cores: u64) -> u64 {
     lim.burst_bytes
         .max(ceil_per_period.saturating_mul(2))
-        .saturating_add(cfg.min_grant_bytes.saturating_mul(2))
+        .saturating_add(cfg.min_grant_bytes.saturating_mul(cores.max(2)))
 }

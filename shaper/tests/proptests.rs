@@ -98,12 +98,17 @@ proptest! {
         users in prop::collection::vec(user_spec(), 1..5),
         global in prop::option::of(256u64 << 10..8 << 20),
         cores in 1usize..3,
+        slack_ms in prop::option::of(1u64..100),
+        late_ms in 0u64..5,
     ) {
+        let slack = std::time::Duration::from_millis(slack_ms.unwrap_or(0));
         let cfg = ShaperConfig {
             global: global.map_or(Rate::Unlimited, Rate::BytesPerSec),
+            late_slack: slack,
             ..ShaperConfig::default()
         };
         let mut sim = Sim::new(cfg, cores);
+        sim.late_max = late_ms * MS;
         for (i, spec) in users.iter().enumerate() {
             let h = sim.shaper.user(&format!("u{i}"), limits(spec));
             let u = sim.add_user(h);
@@ -131,7 +136,8 @@ proptest! {
         if let Some(g) = global {
             let mut all: Vec<(u64, u64)> = (0..users.len()).flat_map(|u| sim.user_grants(u)).collect();
             all.sort_unstable();
-            let root = g.max(1) / 100 * 2 + root_bound;
+            // Two periods of the root, plus its slack, plus every user's bound.
+            let root = g.max(1) / 100 * 2 + g * slack_ms.unwrap_or(0) / 1000 + root_bound;
             for w in [P, 5 * P, 20 * P, 50 * P] {
                 let max = max_window(&all, w);
                 let allowed = g * w / 1_000_000_000 + root;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use weir_shaper::{Rate, ShaperConfig, UserLimits};
 
 fn limits(bps: u64) -> UserLimits {
@@ -107,5 +108,85 @@ fn two_hundred_users_of_forty_connections() {
         );
         assert!(ratios[1] >= 0.97 && ratios[197] <= 1.03, "{ratios:?}");
         assert!(j >= 0.99);
+    }
+}
+
+/// An engine's timers fire late when its loop is busy. With no slack every bucket holds one
+/// period, so credit a late connection would have used is lost; `late_slack` keeps it.
+#[test]
+fn late_wakeups_lose_nothing_with_slack() {
+    let run = |slack: Duration| {
+        let cfg = ShaperConfig {
+            late_slack: slack,
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, 2);
+        sim.late_max = 3 * MS;
+        let users: Vec<usize> = (0..20)
+            .map(|i| {
+                let h = sim.shaper.user(&format!("u{i}"), limits(256 * 1024));
+                sim.add_user(h)
+            })
+            .collect();
+        for &u in &users {
+            for c in 0..40 {
+                sim.add_conn(u, c % 2, 0, u64::MAX);
+            }
+        }
+        sim.run_until(6000 * MS);
+        let ratios: Vec<f64> = users
+            .iter()
+            .map(|&u| sim.user_bytes(u, 1000 * MS, 6000 * MS) as f64 / (5.0 * 256.0 * 1024.0))
+            .collect();
+        eprintln!(
+            "slack {slack:?} min {:?}",
+            ratios.iter().cloned().fold(f64::MAX, f64::min)
+        );
+        ratios.iter().sum::<f64>() / ratios.len() as f64
+    };
+    let without = run(Duration::ZERO);
+    let with = run(Duration::from_millis(50));
+    assert!(
+        without < 0.995,
+        "lateness should cost something without slack: {without}"
+    );
+    assert!((0.998..=1.002).contains(&with), "with 50 ms slack: {with}");
+}
+
+/// Regression: connections that arrive one by one after an idle stretch, on several cores.
+/// The first connections' chunks were once sized from the whole bucket the allocator handed
+/// out after the idle time; partly filled chunks on every core then used up the user's
+/// held-token cap and the user never sent again.
+#[test]
+fn staggered_arrivals_after_idle_never_starve_a_user() {
+    for cores in [2usize, 4, 8] {
+        let cfg = ShaperConfig {
+            late_slack: Duration::from_millis(50),
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, cores);
+        sim.late_max = 3 * MS;
+        sim.send_delay = 150_000;
+        let users: Vec<usize> = (0..20)
+            .map(|i| {
+                let h = sim.shaper.user(&format!("u{i}"), limits(256 * 1024));
+                sim.add_user(h)
+            })
+            .collect();
+        for c in 0..40u64 {
+            for (i, &u) in users.iter().enumerate() {
+                let at = 200 * MS + c * 50 * MS + i as u64 * MS;
+                sim.run_until(at);
+                sim.add_conn(u, (i + c as usize) % cores, at, u64::MAX);
+            }
+        }
+        sim.run_until(8000 * MS);
+        for &u in &users {
+            let ratio = sim.user_bytes(u, 3000 * MS, 8000 * MS) as f64 / (5.0 * 256.0 * 1024.0);
+            assert!(
+                (0.98..=1.02).contains(&ratio),
+                "{cores} cores, user {u}: {ratio}"
+            );
+        }
     }
 }

@@ -32,6 +32,12 @@ pub struct Sim {
     pub cores: Vec<CoreShaper>,
     pub conns: Vec<SimConn>,
     pub users: Vec<UserHandle>,
+    /// Wake waiting connections up to this many nanoseconds late (pseudo-random, repeatable),
+    /// as a busy event loop does.
+    pub late_max: u64,
+    /// Ask again this long after a grant (the send's completion), instead of at once.
+    pub send_delay: u64,
+    rng: u64,
     queue: BinaryHeap<Reverse<(u64, usize)>>,
 }
 
@@ -47,6 +53,9 @@ impl Sim {
             shaper,
             conns: Vec::new(),
             users: Vec::new(),
+            late_max: 0,
+            send_delay: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
             queue: BinaryHeap::new(),
         }
     }
@@ -102,12 +111,20 @@ impl Sim {
                 Grant::Send(n) => {
                     assert!(n > 0 && n <= c.want);
                     c.grants.push((t, n));
-                    self.queue.push(Reverse((t, id)));
+                    self.queue.push(Reverse((t + self.send_delay, id)));
                 }
                 Grant::Wait(at) => {
                     assert!(at.0 > t, "wait in the past: {at:?} at {t}");
                     c.waits += 1;
-                    self.queue.push(Reverse((at.0, id)));
+                    let late = if self.late_max > 0 {
+                        self.rng ^= self.rng << 13;
+                        self.rng ^= self.rng >> 7;
+                        self.rng ^= self.rng << 17;
+                        self.rng % self.late_max
+                    } else {
+                        0
+                    };
+                    self.queue.push(Reverse((at.0 + late, id)));
                 }
             }
         }
