@@ -172,6 +172,12 @@ pub fn tcp_acked(fd: RawFd) -> io::Result<(u64, Option<u32>)> {
     ))
 }
 
+/// The connection's smoothed round-trip time (`tcpi_rtt`; after the handshake it is that RTT).
+pub fn tcp_rtt(fd: RawFd) -> io::Result<std::time::Duration> {
+    let (info, _) = read_tcp_info(fd)?;
+    Ok(std::time::Duration::from_micros(u64::from(info.rtt)))
+}
+
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
 pub fn send_queue_bytes(fd: RawFd) -> io::Result<u32> {
     let mut queued: libc::c_int = 0;

@@ -26,7 +26,7 @@ use super::resources::{Part, Resource, ZipRep};
 use super::segment::MappedFile;
 use super::sys;
 use super::worker::{Credit, Ctx};
-use weir_shaper::{ConnKey, Grant};
+use weir_shaper::{ConnKey, Grant, Rate};
 
 /// Largest body chunk handed to the kernel in one send when the connection is not shaped.
 const MAX_CHUNK: u64 = 1 << 20;
@@ -126,6 +126,8 @@ struct Accounting {
     /// large response started: its buffer then held about twice that window at most.
     start_window: u64,
     start_acked: u64,
+    /// When the sweep may poll this connection next while a response is still being sent.
+    next_poll: Instant,
 }
 
 impl Accounting {
@@ -642,6 +644,7 @@ impl Conn {
                     read_upto: 0,
                     start_window: 0,
                     start_acked: 0,
+                    next_poll: ctx.now,
                 })
             });
             let body: u64 = resp
@@ -941,17 +944,22 @@ impl Conn {
             (None, None) => ctx.shaping.user(user, None),
         };
         let name = name.clone();
-        let rate = ctx
-            .shaping
-            .shaper
-            .user_stats(&name)
-            .map(|s| s.limits.rate)
-            .unwrap_or(ctx.shaping.default_rate);
         let key = ctx.shaping.core.open(&handle);
+        let stats = ctx.shaping.shaper.user_stats(&name);
+        let rate = stats
+            .as_ref()
+            .map_or(ctx.shaping.default_rate, |s| s.limits.rate);
         self.shaped = Some((key, name));
-        // A shaped connection needs little send buffer: size it to its share, so stalled
-        // shaped downloads do not pin megabytes of kernel memory each.
-        if let Some(bytes) = weir_shaper::suggested_sndbuf(rate) {
+        // A shaped connection needs little send buffer: size it to this connection's share of
+        // the user's rate (the user's connections so far, this one included), so that stalled
+        // shaped downloads do not pin kernel memory.
+        let conns = stats.map_or(1, |s| s.active_connections.max(1));
+        let share = match rate {
+            Rate::BytesPerSec(b) => Rate::BytesPerSec(b / u64::from(conns)),
+            Rate::Unlimited => Rate::Unlimited,
+        };
+        let rtt = crate::completion::tcp_rtt(self.fd).unwrap_or_default();
+        if let Some(bytes) = weir_shaper::suggested_sndbuf(share, rtt) {
             let _ = sys::set_sndbuf(self.fd, bytes as usize);
         }
     }
@@ -964,11 +972,30 @@ impl Conn {
         }
     }
 
-    /// Whether this connection holds content not yet acknowledged (the sweep polls those).
-    pub fn has_unacknowledged(&self) -> bool {
-        self.acct.as_ref().is_some_and(|a| a.map.in_flight() > 0)
+    /// The sweep's periodic credit. While a response is still being sent, at most once per
+    /// [`SENDING_POLL_EVERY`]: the ledger journals progress once a second anyway, and 8,000 slow
+    /// shaped downloads polled every sweep cost 32,000 `getsockopt` calls a second. Once the
+    /// response is all written, every sweep, so the last bytes complete the item promptly.
+    pub fn sweep_account(&mut self, ctx: &mut Ctx) {
+        let sending = self.resp.is_some();
+        let Some(a) = self.acct.as_deref_mut() else {
+            return;
+        };
+        if a.map.in_flight() == 0 {
+            return;
+        }
+        if sending {
+            if ctx.now < a.next_poll {
+                return;
+            }
+            a.next_poll = ctx.now + SENDING_POLL_EVERY;
+        }
+        self.account(ctx, false, false);
     }
 }
+
+/// How often the sweep credits a response that is still being sent.
+pub const SENDING_POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);

@@ -109,6 +109,9 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
 
     let shaper = weir_shaper::Shaper::new(weir_shaper::ShaperConfig {
         global: cfg.global_rate,
+        // A connection's timer can fire a few milliseconds late on a busy worker: buckets keep
+        // 50 ms of credit so that lateness delays bytes instead of losing them.
+        late_slack: std::time::Duration::from_millis(50),
         ..Default::default()
     });
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();

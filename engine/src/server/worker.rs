@@ -346,9 +346,7 @@ impl Worker {
                 if c.closing {
                     continue;
                 }
-                if c.has_unacknowledged() {
-                    c.account(&mut self.ctx, false, false);
-                }
+                c.sweep_account(&mut self.ctx);
                 if cut_all || c.on_deadline(now) == Some(Next::Close) {
                     out.push(t);
                 }
