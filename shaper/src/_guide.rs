@@ -34,7 +34,7 @@
 //! root; a user whose ceil and the root are both unlimited is never allocated at all: its
 //! requests take a fast path (`Send(want)`, no shared memory touched except once a period).
 //! Periods that passed with no request are allocated one by one on the next request (up to
-//! 25), so connections told to sleep several periods lose nothing.
+//! 50), so connections told to sleep several periods lose nothing.
 //!
 //! ## Fairness inside a user
 //!
@@ -45,7 +45,7 @@
 //! fast users big ones. A queued chunk shrinks to the current quantum when the user gains
 //! connections. A waiting connection is told to come back at the period boundary
 //! where the ring will have reached it (bytes ahead of it ÷ the slot's per-period share), at
-//! most 25 periods ahead so limit changes reach it. Across cores, each core's slot gets the
+//! most 50 periods ahead so limit changes reach it. Across cores, each core's slot gets the
 //! user's share in proportion to its waiting connections, so 30 connections on core 0 and 10
 //! on core 1 get equal per-connection rates.
 //!

@@ -114,28 +114,33 @@ pub(crate) fn bytes_in(rate: Rate, nanos: u64) -> u64 {
     }
 }
 
-/// A socket send buffer (the value to pass to `SO_SNDBUF`) sized to one shaped connection's
-/// share of its user's rate: what the connection may have in flight over `rtt`, or 40 ms of
-/// its share (four refill periods), whichever is more, at least 4 KiB (one minimum grant) and
-/// at most 4 MiB. `None` when unlimited: leave the kernel's autotuning alone.
-///
-/// A shaped connection sends a grant at a time, so a larger buffer only holds more of a
-/// stalled client's bytes in kernel memory; a smaller one would cap the rate at
-/// buffer ÷ RTT. Linux doubles the value for its bookkeeping.
-///
-/// ```
-/// use std::time::Duration;
-/// use weir_shaper::{suggested_sndbuf, Rate};
-/// let ms = Duration::from_millis;
-/// assert_eq!(suggested_sndbuf(Rate::Unlimited, ms(1)), None);
-/// // One of 40 connections of a 256 KiB/s user, on loopback: the 4 KiB floor.
-/// assert_eq!(suggested_sndbuf(Rate::BytesPerSec(256 * 1024 / 40), ms(0)), Some(4096));
-/// // A 10 MB/s connection 100 ms away: its bandwidth-delay product, twice over.
-/// assert_eq!(suggested_sndbuf("10MB".parse().unwrap(), ms(100)), Some(2_000_000));
-/// ```
-pub fn suggested_sndbuf(share: Rate, rtt: Duration) -> Option<u32> {
-    let b = share.bytes_per_sec()?;
-    let span = (2 * rtt).max(Duration::from_millis(40));
-    let bytes = bytes_in(Rate::BytesPerSec(b), crate::clock::duration_nanos(span));
-    Some(bytes.clamp(4 * 1024, 4 << 20) as u32)
+impl ShaperConfig {
+    /// A socket send buffer (the value to pass to `SO_SNDBUF`) sized to one shaped
+    /// connection's share of its user's rate: what the connection may have in flight over
+    /// `rtt`, or 40 ms of its share (four refill periods), whichever is more, at least one
+    /// minimum grant (so a grant goes out in one send) and at most 4 MiB. `None` when
+    /// unlimited: leave the kernel's autotuning alone.
+    ///
+    /// A shaped connection sends a grant at a time, so a larger buffer only holds more of a
+    /// stalled client's bytes in kernel memory; a smaller one would cap the rate at
+    /// buffer ÷ RTT. Linux doubles the value for its bookkeeping.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weir_shaper::{Rate, ShaperConfig};
+    /// let cfg = ShaperConfig::default(); // 4 KiB minimum grant
+    /// let ms = Duration::from_millis;
+    /// assert_eq!(cfg.sndbuf_for(Rate::Unlimited, ms(1)), None);
+    /// // One of 40 connections of a 256 KiB/s user, on loopback: one minimum grant.
+    /// assert_eq!(cfg.sndbuf_for(Rate::BytesPerSec(256 * 1024 / 40), ms(0)), Some(4096));
+    /// // A 10 MB/s connection 100 ms away: its bandwidth-delay product, twice over.
+    /// assert_eq!(cfg.sndbuf_for("10MB".parse().unwrap(), ms(100)), Some(2_000_000));
+    /// ```
+    pub fn sndbuf_for(&self, share: Rate, rtt: Duration) -> Option<u32> {
+        let b = share.bytes_per_sec()?;
+        let span = (2 * rtt).max(Duration::from_millis(40));
+        let bytes = bytes_in(Rate::BytesPerSec(b), crate::clock::duration_nanos(span));
+        let floor = self.min_grant_bytes.min(4 << 20);
+        Some(bytes.clamp(floor, 4 << 20) as u32)
+    }
 }

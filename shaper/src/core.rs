@@ -285,6 +285,25 @@ impl CoreShaper {
         cu.slot.granted_cum.store(cu.granted_cum, Ordering::Release);
     }
 
+    /// `bytes` of a grant to `conn` will not be sent now (its client is not reading): they
+    /// go back to the user's pool on this core for its other connections, instead of staying
+    /// with `conn` as a [`refund`](Self::refund) would.
+    pub fn give_back(&mut self, conn: ConnKey, bytes: u64) {
+        let ci = self.check(conn);
+        let c = &self.conns[ci];
+        let cu = self.users[c.user as usize].as_mut().expect("live user");
+        if cu.fast {
+            cu.unflushed = cu.unflushed.saturating_sub(bytes);
+            return;
+        }
+        let bytes = bytes.min(cu.granted_cum);
+        cu.free += bytes;
+        cu.granted_cum -= bytes;
+        cu.unflushed = cu.unflushed.saturating_sub(bytes);
+        cu.slot.granted_cum.store(cu.granted_cum, Ordering::Release);
+        distribute(cu, &mut self.conns);
+    }
+
     /// Open connections on this core.
     pub fn connections(&self) -> usize {
         self.conns.len() - self.free_conns.len()

@@ -190,3 +190,39 @@ fn staggered_arrivals_after_idle_never_starve_a_user() {
         }
     }
 }
+
+/// A connection whose client stopped reading hands its grants back: the user's other
+/// connection gets the whole rate, and nothing piles up with the stalled one.
+#[test]
+fn given_back_grants_go_to_the_other_connections() {
+    use std::sync::Arc;
+    use weir_shaper::{CoreShaper, FakeClock, Grant, Nanos, Shaper};
+    let clock = Arc::new(FakeClock::new());
+    let shaper = Shaper::with_clock(ShaperConfig::default(), clock.clone());
+    let mut core = CoreShaper::new(shaper.clone());
+    let user = shaper.user("u", limits(409_600)); // 4 KiB per 10 ms period
+    let stalled = core.open(&user);
+    let live = core.open(&user);
+    let (mut sent, mut wake) = (0u64, [Nanos(0); 2]);
+    for period in 0..200u64 {
+        if period == 100 {
+            sent = 0;
+        }
+        let now = Nanos(clock.now_nanos());
+        for (i, key) in [stalled, live].into_iter().enumerate() {
+            while wake[i] <= now {
+                match core.request(key, 1 << 20, now) {
+                    Grant::Send(n) if i == 0 => {
+                        core.give_back(key, n);
+                        wake[i] = Nanos(now.0 + 50 * MS);
+                    }
+                    Grant::Send(n) => sent += n,
+                    Grant::Wait(t) => wake[i] = t,
+                }
+            }
+        }
+        clock.advance(Duration::from_millis(10));
+    }
+    let ratio = sent as f64 / (100.0 * 4096.0);
+    assert!(ratio >= 0.95, "the live connection got {ratio} of the rate");
+}

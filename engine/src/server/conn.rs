@@ -181,6 +181,8 @@ pub struct Conn {
     shaped: Option<(ConnKey, Arc<str>)>,
     /// Body bytes the shaper granted for the send in flight (unsent ones are refunded).
     granted: u64,
+    /// Consecutive times a shaped send found the last grant still unsent (backoff exponent).
+    unsent_waits: u8,
 }
 
 impl Conn {
@@ -210,6 +212,7 @@ impl Conn {
             lingering: false,
             shaped: None,
             granted: 0,
+            unsent_waits: 0,
         })
     }
 
@@ -683,7 +686,21 @@ impl Conn {
                 let want = (end - start - resp.offset).min(MAX_SENDFILE_CHUNK);
                 let now = ctx.shaping.shaper.now();
                 match ctx.shaping.core.request(*key, want, now) {
+                    // The last grant has not left yet (the client does not read, or reads
+                    // slowly): queue no more in kernel memory, and give the tokens back for
+                    // another connection. Look again after a backoff (10 ms doubling to
+                    // 2.56 s). Checked only when a grant came: most requests are waits.
+                    Grant::Send(n) if sys::unsent_bytes(self.fd).is_ok_and(|u| u > 0) => {
+                        ctx.shaping.core.give_back(*key, n);
+                        let wait = std::time::Duration::from_millis(10 << self.unsent_waits.min(8));
+                        self.unsent_waits = self.unsent_waits.saturating_add(1);
+                        if resp.head_sent == resp.head.len() {
+                            return SendPlan::Wait(ctx.now + wait);
+                        }
+                        body_budget = 0;
+                    }
                     Grant::Send(n) => {
+                        self.unsent_waits = 0;
                         body_budget = n;
                         self.granted = n;
                     }
@@ -959,7 +976,7 @@ impl Conn {
             Rate::Unlimited => Rate::Unlimited,
         };
         let rtt = crate::completion::tcp_rtt(self.fd).unwrap_or_default();
-        if let Some(bytes) = weir_shaper::suggested_sndbuf(share, rtt) {
+        if let Some(bytes) = ctx.shaping.shaper.config().sndbuf_for(share, rtt) {
             let _ = sys::set_sndbuf(self.fd, bytes as usize);
         }
     }
