@@ -237,9 +237,8 @@ fn global_cap_shares_users_equally() {
 }
 
 /// A signed link with a rate class is shaped at the class's rate; an unknown class is refused.
-/// The class rate keeps each connection's share above the shaper's 4 KiB-per-period minimum
-/// grant: far below it, delivery runs under the cap (a known shaper weakness, tracked with the
-/// shaper issue), which is not what this test is about.
+/// (Low per-connection shares once ran under the cap because late timers lost credit; the
+/// shaper's `late_wakeups_lose_nothing_with_slack` test covers that now.)
 #[test]
 fn signed_link_rate_class() {
     let _alone = weir_tests::exclusive();
