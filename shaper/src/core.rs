@@ -271,37 +271,36 @@ impl CoreShaper {
 
     /// `bytes` of an earlier grant were not sent (short write): they go back to `conn`.
     pub fn refund(&mut self, conn: ConnKey, bytes: u64) {
-        let ci = self.check(conn);
-        let c = &mut self.conns[ci];
-        let cu = self.users[c.user as usize].as_mut().expect("live user");
-        if cu.fast {
-            cu.unflushed = cu.unflushed.saturating_sub(bytes);
-            return;
-        }
-        let bytes = bytes.min(cu.granted_cum);
-        c.deficit += bytes;
-        cu.granted_cum -= bytes;
-        cu.unflushed = cu.unflushed.saturating_sub(bytes);
-        cu.slot.granted_cum.store(cu.granted_cum, Ordering::Release);
+        self.ungrant(conn, bytes, false);
     }
 
     /// `bytes` of a grant to `conn` will not be sent now (its client is not reading): they
     /// go back to the user's pool on this core for its other connections, instead of staying
     /// with `conn` as a [`refund`](Self::refund) would.
     pub fn give_back(&mut self, conn: ConnKey, bytes: u64) {
+        self.ungrant(conn, bytes, true);
+    }
+
+    /// Undo `bytes` of a grant: to the connection's deficit, or (`to_pool`) to the user's
+    /// tokens on this core, handed on to waiting connections at once.
+    fn ungrant(&mut self, conn: ConnKey, bytes: u64, to_pool: bool) {
         let ci = self.check(conn);
-        let c = &self.conns[ci];
-        let cu = self.users[c.user as usize].as_mut().expect("live user");
+        let ui = self.conns[ci].user as usize;
+        let cu = self.users[ui].as_mut().expect("live user");
         if cu.fast {
             cu.unflushed = cu.unflushed.saturating_sub(bytes);
             return;
         }
         let bytes = bytes.min(cu.granted_cum);
-        cu.free += bytes;
         cu.granted_cum -= bytes;
         cu.unflushed = cu.unflushed.saturating_sub(bytes);
         cu.slot.granted_cum.store(cu.granted_cum, Ordering::Release);
-        distribute(cu, &mut self.conns);
+        if to_pool {
+            cu.free += bytes;
+            distribute(cu, &mut self.conns);
+        } else {
+            self.conns[ci].deficit += bytes;
+        }
     }
 
     /// Open connections on this core.
