@@ -269,6 +269,16 @@ impl CoreShaper {
         Grant::Wait(Nanos(t))
     }
 
+    /// Whether `conn` is shaped at all: `false` for a user with no ceil under no global rate,
+    /// whose requests take the fast path (as of the last epoch this core saw).
+    pub fn is_shaped(&self, conn: ConnKey) -> bool {
+        let ci = self.check(conn);
+        let cu = self.users[self.conns[ci].user as usize]
+            .as_ref()
+            .expect("live user");
+        !cu.fast
+    }
+
     /// `bytes` of an earlier grant were not sent (short write): they go back to `conn`.
     pub fn refund(&mut self, conn: ConnKey, bytes: u64) {
         self.ungrant(conn, bytes, false);

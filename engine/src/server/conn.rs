@@ -690,7 +690,10 @@ impl Conn {
                     // slowly): queue no more in kernel memory, and give the tokens back for
                     // another connection. Look again after a backoff (10 ms doubling to
                     // 2.56 s). Checked only when a grant came: most requests are waits.
-                    Grant::Send(n) if sys::unsent_bytes(self.fd).is_ok_and(|u| u > 0) => {
+                    Grant::Send(n)
+                        if ctx.shaping.core.is_shaped(*key)
+                            && sys::unsent_bytes(self.fd).is_ok_and(|u| u > 0) =>
+                    {
                         ctx.shaping.core.give_back(*key, n);
                         let wait = std::time::Duration::from_millis(10 << self.unsent_waits.min(8));
                         self.unsent_waits = self.unsent_waits.saturating_add(1);
