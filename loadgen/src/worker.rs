@@ -296,19 +296,16 @@ impl Io {
     /// after all the batch's reads, lets the server find several requests per wakeup instead of
     /// being woken once per request while this thread is still reading.
     fn flush_sends(&mut self) {
-        while !self.to_send.is_empty() {
-            let batch = std::mem::take(&mut self.to_send);
-            for &id in &batch {
-                if self.conn_mut(id).is_some_and(|c| c.phase == Phase::Sending) {
-                    self.try_write(id);
-                }
-            }
-            let mut batch = batch;
-            batch.clear();
-            if self.to_send.is_empty() {
-                self.to_send = batch;
+        // `try_write` queues nothing (failures go to `closed`), so one pass empties the queue;
+        // its allocation is kept for the next batch.
+        let mut batch = std::mem::take(&mut self.to_send);
+        for &id in &batch {
+            if self.conn_mut(id).is_some_and(|c| c.phase == Phase::Sending) {
+                self.try_write(id);
             }
         }
+        batch.clear();
+        self.to_send = batch;
     }
 
     fn try_write(&mut self, id: ConnId) {

@@ -180,14 +180,25 @@ pub fn tcp_rtt(fd: RawFd) -> io::Result<std::time::Duration> {
 
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
 pub fn send_queue_bytes(fd: RawFd) -> io::Result<u32> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one `int` through the pointer, which points to the
-    // live local `queued`. A bad `fd` is an error, not UB.
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    queue_ioctl(fd, libc::TIOCOUTQ as _)
+}
+
+/// Bytes the socket holds that TCP has not sent yet (`SIOCOUTQNSD`): non-zero when the peer's
+/// window is closed (or the congestion window full).
+pub fn unsent_bytes(fd: RawFd) -> io::Result<u32> {
+    queue_ioctl(fd, libc::SIOCOUTQNSD as _)
+}
+
+/// An ioctl that reports one queue length as an `int` (`SIOCOUTQ`, `SIOCOUTQNSD`).
+fn queue_ioctl(fd: RawFd, request: libc::Ioctl) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: both requests write one `int` through the pointer, which points to the live
+    // local `n`. A bad `fd` is an error, not UB.
+    let rc = unsafe { libc::ioctl(fd, request, &mut n as *mut libc::c_int) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u32::try_from(queued).unwrap_or(0))
+    Ok(u32::try_from(n).unwrap_or(0))
 }
 
 #[cfg(test)]

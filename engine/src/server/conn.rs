@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::completion::{tcp_acked, StreamMap, ZipSlice};
+use crate::completion::{tcp_acked, unsent_bytes, StreamMap, ZipSlice};
 use crate::config::SendPath;
 use crate::http::{
     self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
@@ -692,7 +692,7 @@ impl Conn {
                     // 2.56 s). Checked only when a grant came: most requests are waits.
                     Grant::Send(n)
                         if ctx.shaping.core.is_shaped(*key)
-                            && sys::unsent_bytes(self.fd).is_ok_and(|u| u > 0) =>
+                            && unsent_bytes(self.fd).is_ok_and(|u| u > 0) =>
                     {
                         ctx.shaping.core.give_back(*key, n);
                         let wait = std::time::Duration::from_millis(10 << self.unsent_waits.min(8));
@@ -973,14 +973,14 @@ impl Conn {
         // A shaped connection needs little send buffer: size it to this connection's share of
         // the user's rate (the user's connections so far, this one included), so that stalled
         // shaped downloads do not pin kernel memory.
-        let conns = stats.map_or(1, |s| s.active_connections.max(1));
-        let share = match rate {
-            Rate::BytesPerSec(b) => Rate::BytesPerSec(b / u64::from(conns)),
-            Rate::Unlimited => Rate::Unlimited,
-        };
-        let rtt = crate::completion::tcp_rtt(self.fd).unwrap_or_default();
-        if let Some(bytes) = ctx.shaping.shaper.config().sndbuf_for(share, rtt) {
-            let _ = sys::set_sndbuf(self.fd, bytes as usize);
+        // Unlimited users keep the kernel's autotuning, and cost no syscall here.
+        if let Rate::BytesPerSec(b) = rate {
+            let conns = stats.map_or(1, |s| s.active_connections.max(1));
+            let share = Rate::BytesPerSec(b / u64::from(conns));
+            let rtt = crate::completion::tcp_rtt(self.fd).unwrap_or_default();
+            if let Some(bytes) = ctx.shaping.shaper.config().sndbuf_for(share, rtt) {
+                let _ = sys::set_sndbuf(self.fd, bytes as usize);
+            }
         }
     }
 

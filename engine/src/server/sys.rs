@@ -182,16 +182,3 @@ pub fn raise_nofile() -> u64 {
     }
     lim.rlim_cur
 }
-
-/// Bytes the socket holds that TCP has not sent yet (`SIOCOUTQNSD`): non-zero when the peer's
-/// window is closed (or the congestion window full).
-pub fn unsent_bytes(fd: RawFd) -> io::Result<u32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQNSD writes one `int` through the pointer, which points to the live local
-    // `n`. A bad `fd` is an error, not UB.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCOUTQNSD as _, &mut n as *mut libc::c_int) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u32::try_from(n).unwrap_or(0))
-}
