@@ -113,8 +113,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         // 50 ms of credit so that lateness delays bytes instead of losing them.
         late_slack: std::time::Duration::from_millis(50),
         // Each grant is one send and one TCP segment: 16 KiB chunks cost a shaped download a
-        // quarter of the sends of the crate's 4 KiB (measured: 20% -> 11.5% of a core for
-        // 8,000 connections at 6.5 KB/s each), and SO_SNDBUF stays at one chunk.
+        // quarter of the sends of the crate's 4 KiB (see results/2026-11-23-shaping), and
+        // SO_SNDBUF stays at one chunk.
         min_grant_bytes: 16 * 1024,
         ..Default::default()
     });
