@@ -73,6 +73,13 @@ pub struct ShaperConfig {
     /// a steady 1.5% under the cap). It is a burst like `burst_bytes` and counts in the error
     /// bound the same way.
     pub late_slack: Duration,
+    /// The wait handed to a connection opened with
+    /// [`CoreShaper::open_tagged`](crate::CoreShaper::open_tagged) when it must wait. Such a
+    /// connection is woken by the engine as soon as its chunk fills (see
+    /// [`CoreShaper::poll`](crate::CoreShaper::poll)), so this is only a safety net: longer
+    /// means fewer useless wake-ups (the wait is twice the expected fill time, at most this).
+    /// Untagged connections wait at most 50 periods instead.
+    pub notified_wait: Duration,
 }
 
 impl Default for ShaperConfig {
@@ -85,6 +92,7 @@ impl Default for ShaperConfig {
             min_grant_bytes: 4 * 1024,
             max_grant_bytes: 256 * 1024,
             late_slack: Duration::ZERO,
+            notified_wait: Duration::from_secs(10),
         }
     }
 }

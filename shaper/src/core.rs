@@ -36,6 +36,9 @@ struct Conn {
     queued: bool,
     /// `cum_enqueued` of its user just after this connection joined the ring.
     finish: u64,
+    /// The engine's name for it ([`CoreShaper::open_tagged`]): reported by
+    /// [`CoreShaper::ready`] when its chunk fills while it waits.
+    tag: Option<u64>,
 }
 
 /// One user as seen from this core.
@@ -57,6 +60,10 @@ struct CoreUser {
     slot_rate: u64,
     granted_cum: u64,
     unflushed: u64,
+    /// In `CoreShaper::waiting` (it has or had queued connections).
+    listed: bool,
+    /// The last `CoreShaper::poll` that refreshed it (skips duplicates in `waiting`).
+    poll_stamp: u64,
 }
 
 /// The hot path of one worker thread: per-core leases of each user's tokens and deficit
@@ -73,6 +80,14 @@ pub struct CoreShaper {
     users: Vec<Option<CoreUser>>,
     free_users: Vec<u32>,
     by_user: HashMap<usize, u32>,
+    /// Tags of waiting connections whose chunk filled, not yet taken by [`CoreShaper::ready`].
+    ready: Vec<u64>,
+    /// Users that may have queued connections, for [`CoreShaper::poll`].
+    waiting: Vec<u32>,
+    polls: u64,
+    polled_epoch: u64,
+    /// [`ShaperConfig::notified_wait`](crate::ShaperConfig::notified_wait) in periods.
+    notified_wait: u64,
 }
 
 impl std::fmt::Debug for CoreShaper {
@@ -88,6 +103,8 @@ impl CoreShaper {
     /// A core's view of `shaper`. Create one per worker thread.
     pub fn new(shaper: Arc<Shaper>) -> CoreShaper {
         let cfg = shaper.config();
+        let notified_wait =
+            (crate::clock::duration_nanos(cfg.notified_wait) / shaper.period).max(1);
         CoreShaper {
             period: shaper.period,
             lease_bytes: cfg.lease_bytes,
@@ -100,6 +117,11 @@ impl CoreShaper {
             users: Vec::new(),
             free_users: Vec::new(),
             by_user: HashMap::new(),
+            ready: Vec::new(),
+            waiting: Vec::new(),
+            polls: 0,
+            polled_epoch: u64::MAX,
+            notified_wait,
         }
     }
 
@@ -108,8 +130,23 @@ impl CoreShaper {
         &self.shaper
     }
 
-    /// A connection of `user` starts on this core.
+    /// A connection of `user` starts on this core. It is told to wait at most 50 periods
+    /// at a time (see [`open_tagged`](Self::open_tagged) for an engine that wakes it instead).
     pub fn open(&mut self, user: &UserHandle) -> ConnKey {
+        self.open_inner(user, None)
+    }
+
+    /// A connection of `user` starts on this core, named `tag` by the engine. When it must
+    /// wait, its chunk is filled in the background by [`poll`](Self::poll) (and by other
+    /// connections' requests) and its tag then appears in [`ready`](Self::ready): the engine
+    /// wakes it then, and the `Grant::Wait` it got is only a safety net
+    /// ([`ShaperConfig::notified_wait`](crate::ShaperConfig::notified_wait)). One wake-up per
+    /// grant instead of one per guess: that is what shaping many slow connections costs.
+    pub fn open_tagged(&mut self, user: &UserHandle, tag: u64) -> ConnKey {
+        self.open_inner(user, Some(tag))
+    }
+
+    fn open_inner(&mut self, user: &UserHandle, tag: Option<u64>) -> ConnKey {
         let key = Arc::as_ptr(&user.0) as usize;
         let ui = match self.by_user.get(&key) {
             Some(&ui) => ui,
@@ -131,6 +168,8 @@ impl CoreShaper {
                     slot_rate: 0,
                     granted_cum: 0,
                     unflushed: 0,
+                    listed: false,
+                    poll_stamp: 0,
                 };
                 let ui = match self.free_users.pop() {
                     Some(ui) => {
@@ -161,6 +200,7 @@ impl CoreShaper {
             gen: c.gen,
             live: true,
             user: ui,
+            tag,
             ..Conn::default()
         };
         ConnKey { idx, gen: c.gen }
@@ -210,7 +250,13 @@ impl CoreShaper {
         let ui = self.conns[ci].user as usize;
         let cu = self.users[ui].as_mut().expect("live user");
         if cu.epoch != self.epoch {
-            refresh(cu, self.epoch, &mut self.conns, self.lease_bytes);
+            refresh(
+                cu,
+                self.epoch,
+                &mut self.conns,
+                self.lease_bytes,
+                &mut self.ready,
+            );
         }
         if cu.fast && want > 0 {
             cu.unflushed += want;
@@ -242,22 +288,29 @@ impl CoreShaper {
             c.finish = cu.cum_enqueued;
             cu.ring.push_back((conn.idx, conn.gen));
             cu.queued += 1;
+            if !cu.listed {
+                cu.listed = true;
+                self.waiting.push(ui as u32);
+            }
         } else if c.queued {
             let lack = cu.cum_enqueued.saturating_sub(cu.cum_assigned);
             pull(cu, lack.max(self.lease_bytes));
         }
-        distribute(cu, &mut self.conns);
+        distribute(cu, &mut self.conns, &mut self.ready);
         let c = &mut self.conns[ci];
         if want > 0 && !c.queued && c.deficit >= want.min(c.need.max(1)) {
             publish_queued(cu);
             return grant(cu, c, want, self.max_grant);
         }
         publish_queued(cu);
-        let epochs = if c.queued && cu.slot_rate > 0 {
-            let ahead = c.finish.saturating_sub(cu.cum_assigned);
-            ahead.div_ceil(cu.slot_rate).clamp(1, MAX_WAIT_PERIODS)
-        } else {
-            1
+        let ahead = c.finish.saturating_sub(cu.cum_assigned);
+        let epochs = match (c.queued, c.tag, cu.slot_rate) {
+            // Woken through `ready` when its chunk fills; the wait is only a safety net, set
+            // well past when the chunk should fill at the current rate.
+            (true, Some(_), 0) => self.notified_wait,
+            (true, Some(_), r) => (2 * ahead.div_ceil(r) + 2).min(self.notified_wait),
+            (true, None, r) if r > 0 => ahead.div_ceil(r).clamp(1, MAX_WAIT_PERIODS),
+            _ => 1,
         };
         let t = self.next_at + (epochs - 1) * self.period;
         let t = if t > now.0 {
@@ -307,7 +360,7 @@ impl CoreShaper {
         cu.slot.granted_cum.store(cu.granted_cum, Ordering::Release);
         if to_pool {
             cu.free += bytes;
-            distribute(cu, &mut self.conns);
+            distribute(cu, &mut self.conns, &mut self.ready);
         } else {
             self.conns[ci].deficit += bytes;
         }
@@ -316,6 +369,53 @@ impl CoreShaper {
     /// Open connections on this core.
     pub fn connections(&self) -> usize {
         self.conns.len() - self.free_conns.len()
+    }
+
+    /// Background work for waiting connections; call it at the time it returns (and whenever
+    /// convenient). At an epoch boundary it runs the allocator if no core has, then hands each
+    /// user's new tokens on this core to its waiting connections; those whose chunk fills are
+    /// reported by [`ready`](Self::ready). Returns when to call again, or `None` while no
+    /// connection on this core waits. Only connections opened with
+    /// [`open_tagged`](Self::open_tagged) need it; the others find their tokens when they ask.
+    pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        if now.0 >= self.next_at {
+            self.tick(now);
+        }
+        // Past `next_at`: another core is running the allocator right now.
+        let next = Nanos(self.next_at.max(now.0 + (self.period / 8).max(1)));
+        if self.polled_epoch == self.epoch {
+            return Some(next);
+        }
+        self.polled_epoch = self.epoch;
+        self.polls += 1;
+        let (stamp, epoch, lease) = (self.polls, self.epoch, self.lease_bytes);
+        let (users, conns, ready) = (&mut self.users, &mut self.conns, &mut self.ready);
+        self.waiting.retain(|&ui| {
+            let Some(cu) = users[ui as usize].as_mut() else {
+                return false;
+            };
+            if cu.poll_stamp == stamp || !cu.listed {
+                // A duplicate, or a reused slot's stale entry.
+                return false;
+            }
+            cu.poll_stamp = stamp;
+            if cu.epoch != epoch {
+                refresh(cu, epoch, conns, lease, ready);
+            }
+            cu.listed = cu.queued > 0;
+            cu.listed
+        });
+        (!self.waiting.is_empty()).then_some(next)
+    }
+
+    /// Tags of connections whose chunk filled while they waited (see
+    /// [`open_tagged`](Self::open_tagged)): the engine wakes them to ask again. A tag may
+    /// come when its connection is not waiting any more (it asked first); ignore it then.
+    pub fn ready(&mut self) -> std::vec::Drain<'_, u64> {
+        self.ready.drain(..)
     }
 
     fn tick(&mut self, now: Nanos) {
@@ -343,7 +443,13 @@ fn grant(cu: &mut CoreUser, c: &mut Conn, want: u64, max_grant: u64) -> Grant {
 }
 
 /// New epoch for this user on this core: reload limits, flush stats, lease new tokens.
-fn refresh(cu: &mut CoreUser, epoch: u64, conns: &mut [Conn], lease_bytes: u64) {
+fn refresh(
+    cu: &mut CoreUser,
+    epoch: u64,
+    conns: &mut [Conn],
+    lease_bytes: u64,
+    ready: &mut Vec<u64>,
+) {
     cu.epoch = epoch;
     cu.fast = cu.user.fast.load(Ordering::Relaxed);
     cu.quantum = cu.user.quantum.load(Ordering::Relaxed);
@@ -356,8 +462,9 @@ fn refresh(cu: &mut CoreUser, epoch: u64, conns: &mut [Conn], lease_bytes: u64) 
     if cu.fast {
         for &(ci, gen) in &cu.ring {
             let c = &mut conns[ci as usize];
-            if c.gen == gen {
+            if c.gen == gen && c.queued {
                 c.queued = false;
+                ready.extend(c.tag);
             }
         }
         cu.ring.clear();
@@ -368,7 +475,7 @@ fn refresh(cu: &mut CoreUser, epoch: u64, conns: &mut [Conn], lease_bytes: u64) 
     if cu.queued > 0 {
         let lack = cu.cum_enqueued.saturating_sub(cu.cum_assigned);
         pull(cu, lack.max(lease_bytes));
-        distribute(cu, conns);
+        distribute(cu, conns, ready);
         publish_queued(cu);
     }
 }
@@ -391,8 +498,9 @@ fn pull(cu: &mut CoreUser, max: u64) {
     }
 }
 
-/// Deficit round robin: the leased tokens fill waiting connections' chunks in ring order.
-fn distribute(cu: &mut CoreUser, conns: &mut [Conn]) {
+/// Deficit round robin: the leased tokens fill waiting connections' chunks in ring order;
+/// tagged connections whose chunk is full go to `ready`.
+fn distribute(cu: &mut CoreUser, conns: &mut [Conn], ready: &mut Vec<u64>) {
     while cu.free > 0 {
         let Some(&(ci, gen)) = cu.ring.front() else {
             break;
@@ -415,6 +523,7 @@ fn distribute(cu: &mut CoreUser, conns: &mut [Conn]) {
         cu.ring.pop_front();
         c.queued = false;
         cu.queued -= 1;
+        ready.extend(c.tag);
     }
 }
 

@@ -77,14 +77,22 @@ fn forty_connections_and_one_connection_split_the_root_equally() {
 
 /// The accuracy scenario in simulation: 200 users × 40 connections on 2 cores,
 /// users capped at 256 KiB/s, (a) no global cap, (b) a binding 25 MiB/s global cap.
+/// Driven both ways: tagged connections woken through `ready` (weir's engine) and untagged
+/// ones that only follow their `Grant::Wait` times.
 #[test]
 fn two_hundred_users_of_forty_connections() {
-    for global in [None, Some(25u64 << 20)] {
+    for (global, untagged) in [
+        (None, false),
+        (Some(25u64 << 20), false),
+        (None, true),
+        (Some(25u64 << 20), true),
+    ] {
         let cfg = ShaperConfig {
             global: global.map_or(Rate::Unlimited, Rate::BytesPerSec),
             ..ShaperConfig::default()
         };
         let mut sim = Sim::new(cfg, 2);
+        sim.untagged = untagged;
         for u in 0..200 {
             let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
             let u = sim.add_user(h);
@@ -103,7 +111,7 @@ fn two_hundred_users_of_forty_connections() {
         ratios.sort_by(f64::total_cmp);
         let j = jain(&ratios);
         eprintln!(
-            "global {global:?}: p1 {:.4} p50 {:.4} p99 {:.4} jain {j:.5}",
+            "global {global:?} untagged {untagged}: p1 {:.4} p50 {:.4} p99 {:.4} jain {j:.5}",
             ratios[1], ratios[100], ratios[197]
         );
         assert!(ratios[1] >= 0.97 && ratios[197] <= 1.03, "{ratios:?}");
@@ -225,4 +233,46 @@ fn given_back_grants_go_to_the_other_connections() {
     }
     let ratio = sent as f64 / (100.0 * 4096.0);
     assert!(ratio >= 0.95, "the live connection got {ratio} of the rate");
+}
+
+/// The engine's settings on the benchmark's load (8,000 connections of 6.5 KB/s, 16 KiB
+/// chunks): a waiting connection is woken when its chunk fills, about once per grant, instead
+/// of every time a guessed wait runs out (that was ~6 wake-ups per grant with 0.5 s waits).
+#[test]
+fn slow_connections_wake_about_once_per_grant() {
+    for global in [None, Some(25u64 << 20)] {
+        let cfg = ShaperConfig {
+            global: global.map_or(Rate::Unlimited, Rate::BytesPerSec),
+            min_grant_bytes: 16 * 1024,
+            late_slack: Duration::from_millis(50),
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, 2);
+        sim.late_max = 3 * MS;
+        for u in 0..200 {
+            let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
+            let u = sim.add_user(h);
+            for c in 0..40 {
+                sim.add_conn(u, c % 2, 0, u64::MAX);
+            }
+        }
+        sim.run_until(12_000 * MS);
+        let expect = match global {
+            None => 256.0 * 1024.0,
+            Some(g) => g as f64 / 200.0,
+        };
+        let mut ratios: Vec<f64> = (0..200)
+            .map(|u| sim.user_bytes(u, 2000 * MS, 12_000 * MS) as f64 / 10.0 / expect)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let grants: usize = sim.conns.iter().map(|c| c.grants.len()).sum();
+        let (timer, ready) = sim.wakeups;
+        let per_grant = (timer + ready) as f64 / grants as f64;
+        eprintln!(
+            "global {global:?}: p1 {:.4} p99 {:.4}, {grants} grants, wake-ups: {timer} timer, {ready} ready ({per_grant:.2} per grant)",
+            ratios[1], ratios[197]
+        );
+        assert!(ratios[1] >= 0.97 && ratios[197] <= 1.03, "{ratios:?}");
+        assert!(per_grant <= 1.2, "{per_grant:.2} wake-ups per grant");
+    }
 }

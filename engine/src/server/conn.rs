@@ -183,6 +183,9 @@ pub struct Conn {
     granted: u64,
     /// Consecutive times a shaped send found the last grant still unsent (backoff exponent).
     unsent_waits: u8,
+    /// Parked until then by the shaper (`SendPlan::Wait`), with no operation in flight: a timer
+    /// or the shaper's `ready` list may wake it. The drivers set and clear it.
+    pub shaper_wait: Option<Instant>,
 }
 
 impl Conn {
@@ -213,6 +216,7 @@ impl Conn {
             shaped: None,
             granted: 0,
             unsent_waits: 0,
+            shaper_wait: None,
         })
     }
 
@@ -678,6 +682,7 @@ impl Conn {
     /// pieces from the mapping), or a `sendfile` range for large file pieces.
     pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
         let send_path = ctx.cfg.send_path;
+        self.shaper_wait = None;
         // How many body bytes the shaper lets this connection send now. Heads are never shaped.
         let mut body_budget = u64::MAX;
         self.granted = 0;
@@ -964,7 +969,8 @@ impl Conn {
             (None, None) => ctx.shaping.user(user, None),
         };
         let name = name.clone();
-        let key = ctx.shaping.core.open(&handle);
+        // Tagged with the token: the shaper names it in `ready` when its chunk fills.
+        let key = ctx.shaping.core.open_tagged(&handle, self.token);
         let stats = ctx.shaping.shaper.user_stats(&name);
         let rate = stats
             .as_ref()

@@ -107,8 +107,8 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                 watch_listener()?;
             }
         }
-        // Shaped connections whose wait is over send again.
-        for token in w.due_timers() {
+        // Shaped connections whose wait is over, or whose chunk the shaper filled, send again.
+        for token in w.shaper_wakeups() {
             if w.conns
                 .get_mut(token)
                 .is_some_and(|c| c.want == Next::Write)
@@ -123,6 +123,7 @@ fn event_loop(w: &mut Worker, ep: i32) -> io::Result<()> {
                 drive(w, token, want);
             }
         }
+        w.arm_shaper_poll();
         w.ctx.flush_credits();
         if w.finished() {
             return Ok(());
@@ -224,6 +225,7 @@ fn drive(w: &mut Worker, token: u64, mut next: Next) {
                         (sys::sendfile(c.fd, fd, offset, len), len)
                     }
                     SendPlan::Wait(at) => {
+                        c.shaper_wait = Some(at);
                         w.timers.push(std::cmp::Reverse((at, token)));
                         return;
                     }

@@ -430,8 +430,9 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
         }
         cqes.clear();
         d.cqes = cqes;
-        // Shaped connections whose wait is over send again; arm the next wake-up.
-        for token in w.due_timers() {
+        // Shaped connections whose wait is over, or whose chunk the shaper filled, send again;
+        // arm the next wake-up.
+        for token in w.shaper_wakeups() {
             if w.conns
                 .get_mut(token)
                 .is_some_and(|c| c.want == Next::Write && !c.closing)
@@ -439,6 +440,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                 drive(w, d, token, Next::Write);
             }
         }
+        w.arm_shaper_poll();
         if let Some(next) = w.next_timer() {
             if d.armed_wakeup.is_none_or(|armed| next < armed) {
                 d.arm_wakeup(w.ctx.now, next, fixed);
@@ -624,6 +626,7 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
                     next = c.on_sent(&mut w.ctx, res);
                 }
                 SendPlan::Wait(at) => {
+                    c.shaper_wait = Some(at);
                     w.timers.push(std::cmp::Reverse((at, token)));
                     return;
                 }

@@ -257,8 +257,11 @@ pub struct Worker {
     pub next_sweep: Instant,
     /// epoll: connections that used their send turn and continue after this round.
     pub ready: Vec<u64>,
-    /// Connections waiting for the shaper, by the time they may send again.
+    /// Connections waiting for the shaper, by the time they may send again (entries whose
+    /// connection was woken earlier are stale and skipped).
     pub timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// When the shaper's background work for waiting connections is due (`CoreShaper::poll`).
+    pub shaper_poll_at: Option<Instant>,
 }
 
 /// How often deadlines are checked.
@@ -303,6 +306,7 @@ impl Worker {
             next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
             timers: BinaryHeap::new(),
+            shaper_poll_at: None,
         }
     }
 
@@ -379,22 +383,56 @@ impl Worker {
         self.conns.len() >= self.ctx.cfg.max_connections_per_worker
     }
 
-    /// Tokens whose shaping wait is over.
-    pub fn due_timers(&mut self) -> Vec<u64> {
+    /// Connections parked by the shaper that may send now: their wait is over, or the shaper
+    /// filled their chunk early (its `ready` list, after its `poll` if that is due). Each comes
+    /// once, unparked, for the driver to drive with `Next::Write`.
+    pub fn shaper_wakeups(&mut self) -> Vec<u64> {
+        let now = self.ctx.now;
         let mut due = Vec::new();
         while let Some(Reverse((at, token))) = self.timers.peek().copied() {
-            if at > self.ctx.now {
+            if at > now {
                 break;
             }
             self.timers.pop();
-            due.push(token);
+            if let Some(c) = self.conns.get_mut(token) {
+                if c.shaper_wait == Some(at) {
+                    c.shaper_wait = None;
+                    due.push(token);
+                }
+            }
+        }
+        let shaping = &mut self.ctx.shaping;
+        if self.shaper_poll_at.is_none_or(|t| now >= t) {
+            let at = shaping.core.poll(shaping.shaper.now());
+            self.shaper_poll_at = at.map(|at| shaping.deadline(now, at));
+        }
+        for token in shaping.core.ready() {
+            if let Some(c) = self.conns.get_mut(token) {
+                if c.shaper_wait.take().is_some() {
+                    due.push(token);
+                }
+            }
         }
         due
     }
 
-    /// When the next shaping wait ends.
+    /// After connections were driven: if the shaper's poll is not scheduled, schedule it
+    /// (some may have just started waiting).
+    pub fn arm_shaper_poll(&mut self) {
+        if self.shaper_poll_at.is_none() {
+            let shaping = &mut self.ctx.shaping;
+            let at = shaping.core.poll(shaping.shaper.now());
+            self.shaper_poll_at = at.map(|at| shaping.deadline(self.ctx.now, at));
+        }
+    }
+
+    /// When the next shaping wait ends or the shaper's poll is due.
     pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let t = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (t, self.shaper_poll_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The worker may exit: draining and nothing left.

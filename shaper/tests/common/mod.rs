@@ -24,7 +24,14 @@ pub struct SimConn {
     /// Close the connection at `active_until` (else it just stops asking).
     pub close_at_end: bool,
     pub closed: bool,
+    /// Bumped whenever the connection is scheduled: queue entries of older schedules are stale.
+    seq: u64,
+    /// Waiting for a grant (a `Grant::Wait` came and no wake-up yet).
+    waiting: bool,
 }
+
+/// Queue entries for connections' `active_until` (never stale).
+const UNTIL: u64 = u64::MAX;
 
 pub struct Sim {
     pub clock: Arc<FakeClock>,
@@ -37,9 +44,19 @@ pub struct Sim {
     pub late_max: u64,
     /// Ask again this long after a grant (the send's completion), instead of at once.
     pub send_delay: u64,
+    /// Open connections untagged: no `poll`, no `ready` wake-ups, only `Grant::Wait` times
+    /// (the simple way to drive the shaper). Default: tagged, as weir's engine does.
+    pub untagged: bool,
+    /// Wake-ups of each kind, for tests that count them: (timer, ready).
+    pub wakeups: (u64, u64),
     rng: u64,
-    queue: BinaryHeap<Reverse<(u64, usize)>>,
+    /// (time, connection or POLL + core, seq).
+    queue: BinaryHeap<Reverse<(u64, usize, u64)>>,
+    poll_at: Vec<Option<u64>>,
 }
+
+/// Queue ids at and above this are a core's `poll`.
+const POLL: usize = usize::MAX / 2;
 
 impl Sim {
     pub fn new(cfg: ShaperConfig, cores: usize) -> Sim {
@@ -55,8 +72,11 @@ impl Sim {
             users: Vec::new(),
             late_max: 0,
             send_delay: 0,
+            untagged: false,
+            wakeups: (0, 0),
             rng: 0x9e37_79b9_7f4a_7c15,
             queue: BinaryHeap::new(),
+            poll_at: vec![None; cores],
         }
     }
 
@@ -67,7 +87,12 @@ impl Sim {
 
     /// A connection of `user` on `core`, backlogged on [from, until).
     pub fn add_conn(&mut self, user: usize, core: usize, from: u64, until: u64) -> usize {
-        let key = self.cores[core].open(&self.users[user]);
+        let id = self.conns.len();
+        let key = if self.untagged {
+            self.cores[core].open(&self.users[user])
+        } else {
+            self.cores[core].open_tagged(&self.users[user], id as u64)
+        };
         self.conns.push(SimConn {
             core,
             key,
@@ -79,54 +104,117 @@ impl Sim {
             waits: 0,
             close_at_end: false,
             closed: false,
+            seq: 0,
+            waiting: false,
         });
-        let id = self.conns.len() - 1;
-        self.queue.push(Reverse((from, id)));
+        self.queue.push(Reverse((from, id, 0)));
         if until != u64::MAX {
-            self.queue.push(Reverse((until, id)));
+            self.queue.push(Reverse((until, id, UNTIL)));
         }
         id
     }
 
+    fn late(&mut self) -> u64 {
+        if self.late_max == 0 {
+            return 0;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % self.late_max
+    }
+
+    /// Schedule connection `id` at `t` (replacing its earlier schedule).
+    fn schedule(&mut self, id: usize, t: u64) {
+        let c = &mut self.conns[id];
+        c.seq += 1;
+        self.queue.push(Reverse((t, id, c.seq)));
+    }
+
+    /// After a request or poll on `core` at `t`: wake the connections whose chunk filled, and
+    /// keep the core's poll scheduled, as the engine does.
+    fn after(&mut self, core: usize, t: u64) {
+        if self.untagged {
+            return;
+        }
+        self.wake_ready(core, t);
+        if self.poll_at[core].is_none_or(|p| p <= t) {
+            self.poll_at[core] = self.cores[core].poll(Nanos(t)).map(|n| n.0);
+            if let Some(p) = self.poll_at[core] {
+                let late = self.late();
+                self.queue.push(Reverse((p + late, POLL + core, 0)));
+            }
+            self.wake_ready(core, t);
+        }
+    }
+
+    fn wake_ready(&mut self, core: usize, t: u64) {
+        let ready: Vec<u64> = self.cores[core].ready().collect();
+        for id in ready {
+            let id = id as usize;
+            if self.conns[id].waiting && !self.conns[id].closed {
+                self.conns[id].waiting = false;
+                self.wakeups.1 += 1;
+                let late = self.late();
+                self.schedule(id, t + late);
+            }
+        }
+    }
+
     /// Runs every request due before `end` (exclusive), in time order.
     pub fn run_until(&mut self, end: u64) {
-        while let Some(&Reverse((t, id))) = self.queue.peek() {
+        while let Some(&Reverse((t, id, seq))) = self.queue.peek() {
             if t >= end {
                 break;
             }
             self.queue.pop();
             self.clock.set(Nanos(t));
-            let c = &mut self.conns[id];
-            if c.closed {
+            if id >= POLL {
+                let core = id - POLL;
+                if self.poll_at[core].is_some_and(|p| p <= t) {
+                    self.poll_at[core] = None;
+                    self.after(core, t);
+                }
                 continue;
             }
+            let c = &mut self.conns[id];
+            if c.closed || (seq != UNTIL && seq != c.seq) {
+                continue;
+            }
+            let core = c.core;
             if t >= c.active_until {
                 if c.close_at_end {
                     c.closed = true;
-                    self.cores[c.core].close(c.key);
+                    self.cores[core].close(c.key);
+                    self.after(core, t);
                 }
                 continue;
             }
-            match self.cores[c.core].request(c.key, c.want, Nanos(t)) {
+            if seq == UNTIL {
+                continue;
+            }
+            if c.waiting {
+                self.wakeups.0 += 1;
+            }
+            c.waiting = false;
+            match self.cores[core].request(c.key, c.want, Nanos(t)) {
                 Grant::Send(n) => {
+                    let c = &mut self.conns[id];
                     assert!(n > 0 && n <= c.want);
                     c.grants.push((t, n));
-                    self.queue.push(Reverse((t + self.send_delay, id)));
+                    let d = self.send_delay;
+                    self.schedule(id, t + d);
                 }
                 Grant::Wait(at) => {
                     assert!(at.0 > t, "wait in the past: {at:?} at {t}");
+                    let c = &mut self.conns[id];
                     c.waits += 1;
-                    let late = if self.late_max > 0 {
-                        self.rng ^= self.rng << 13;
-                        self.rng ^= self.rng >> 7;
-                        self.rng ^= self.rng << 17;
-                        self.rng % self.late_max
-                    } else {
-                        0
-                    };
-                    self.queue.push(Reverse((at.0 + late, id)));
+                    c.waiting = true;
+                    let late = self.late();
+                    self.schedule(id, at.0 + late);
                 }
             }
+            self.after(core, t);
         }
         self.clock.set(Nanos(end));
     }
