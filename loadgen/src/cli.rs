@@ -45,7 +45,8 @@ pub struct Common {
     /// Results directory [default: results/<scenario>-<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Event-loop threads [default: one per core].
+    /// Event-loop threads [default: one per core]. Against a server on the same machine fewer
+    /// can drive more (they share its cores): see the README.
     #[arg(long)]
     pub workers: Option<usize>,
     /// Spread the run over this many processes (each its own file limit), merged at the end.

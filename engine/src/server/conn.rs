@@ -689,20 +689,30 @@ impl Conn {
         if let (Some((key, _)), Some(resp)) = (&self.shaped, self.resp.as_deref()) {
             if let Some(BodyPiece::File { start, end, .. }) = resp.pieces.get(resp.piece) {
                 let want = (end - start - resp.offset).min(MAX_SENDFILE_CHUNK);
+                let head_done = resp.head_sent == resp.head.len();
+                // Already found stalled: while the last grant is still unsent, back off without
+                // asking the shaper (asking would take a turn in the user's ring, only to give
+                // the chunk back).
+                if self.unsent_waits > 0
+                    && head_done
+                    && ctx.shaping.core.is_shaped(*key)
+                    && unsent_bytes(self.fd).is_ok_and(|u| u > 0)
+                {
+                    return SendPlan::Wait(ctx.now + unsent_backoff(&mut self.unsent_waits));
+                }
                 let now = ctx.shaping.shaper.now();
                 match ctx.shaping.core.request(*key, want, now) {
                     // The last grant has not left yet (the client does not read, or reads
                     // slowly): queue no more in kernel memory, and give the tokens back for
                     // another connection. Look again after a backoff (10 ms doubling to
-                    // 2.56 s). Checked only when a grant came: most requests are waits.
+                    // 2.56 s). Checked only when a grant came.
                     Grant::Send(n)
                         if ctx.shaping.core.is_shaped(*key)
                             && unsent_bytes(self.fd).is_ok_and(|u| u > 0) =>
                     {
                         ctx.shaping.core.give_back(*key, n);
-                        let wait = std::time::Duration::from_millis(10 << self.unsent_waits.min(8));
-                        self.unsent_waits = self.unsent_waits.saturating_add(1);
-                        if resp.head_sent == resp.head.len() {
+                        let wait = unsent_backoff(&mut self.unsent_waits);
+                        if head_done {
                             return SendPlan::Wait(ctx.now + wait);
                         }
                         body_budget = 0;
@@ -712,7 +722,7 @@ impl Conn {
                         body_budget = n;
                         self.granted = n;
                     }
-                    Grant::Wait(at) if resp.head_sent == resp.head.len() => {
+                    Grant::Wait(at) if head_done => {
                         return SendPlan::Wait(ctx.shaping.deadline(ctx.now, at));
                     }
                     Grant::Wait(_) => body_budget = 0,
@@ -1018,6 +1028,14 @@ impl Conn {
         }
         self.account(ctx, false, false);
     }
+}
+
+/// The next wait of a shaped connection whose last grant is still unsent (`waits` times in a
+/// row so far): 10 ms, doubling to 2.56 s.
+fn unsent_backoff(waits: &mut u8) -> std::time::Duration {
+    let wait = std::time::Duration::from_millis(10 << (*waits).min(8));
+    *waits = waits.saturating_add(1);
+    wait
 }
 
 /// How often the sweep credits a response that is still being sent.
