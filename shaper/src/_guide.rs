@@ -45,7 +45,8 @@
 //! fast users big ones. A queued chunk shrinks to the current quantum when the user gains
 //! connections. A waiting connection is told to come back at the period boundary
 //! where the ring will have reached it (bytes ahead of it ÷ the slot's per-period share), at
-//! most 50 periods ahead so limit changes reach it. Across cores, each core's slot gets the
+//! most 50 periods ahead so limit changes reach it (a tagged connection is woken when its chunk
+//! fills instead: see Cost). Across cores, each core's slot gets the
 //! user's share in proportion to its waiting connections, so 30 connections on core 0 and 10
 //! on core 1 get equal per-connection rates.
 //!
@@ -86,6 +87,22 @@
 //! own slot line (read by the allocator once a period). Shared atomics are touched by a core
 //! once per period per user (lease, stats), and on the first/last connection of a user on a
 //! core (a mutex). See `benches/request.rs`.
+//!
+//! Per waiting connection, the wake-ups. An untagged connection is told to come back when its
+//! chunk should be full at its core's current rate, but at most 50 periods later (so limit
+//! changes reach it): a slow connection wakes many times per grant (a 6.5 KB/s connection
+//! with 16 KiB chunks, ~6 times). A tagged one ([`CoreShaper::open_tagged`]) is woken through
+//! [`CoreShaper::ready`] when DRR fills its chunk, in [`CoreShaper::poll`] (once per period
+//! for a core with waiting connections: one pass over the users that have some) or in another
+//! connection's request; its `Grant::Wait` is twice the expected fill time, at most
+//! `notified_wait`, a safety net that does not fire while the rate holds. The simulation
+//! counts 1.00 wake-up per grant at 8,000 such connections. Limit changes reach tagged
+//! connections through the same poll: new tokens fill chunks, or a user turned unlimited
+//! releases its whole ring.
+//!
+//! [`CoreShaper::open_tagged`]: crate::CoreShaper::open_tagged
+//! [`CoreShaper::ready`]: crate::CoreShaper::ready
+//! [`CoreShaper::poll`]: crate::CoreShaper::poll
 //!
 //! ## Example: two users under a root
 //!

@@ -77,6 +77,29 @@ fn forty_connections_and_one_connection_split_the_root_equally() {
 
 /// The accuracy scenario in simulation: 200 users × 40 connections on 2 cores,
 /// users capped at 256 KiB/s, (a) no global cap, (b) a binding 25 MiB/s global cap.
+/// The benchmark's load: 200 users × 40 connections at 256 KiB/s over two cores, run until
+/// `to_ms`; each user's delivered / expected over [`from_ms`, `to_ms`), sorted.
+fn benchmark_load(sim: &mut Sim, global: Option<u64>, from_ms: u64, to_ms: u64) -> Vec<f64> {
+    for u in 0..200 {
+        let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
+        let u = sim.add_user(h);
+        for c in 0..40 {
+            sim.add_conn(u, c % 2, 0, u64::MAX);
+        }
+    }
+    sim.run_until(to_ms * MS);
+    let expect = match global {
+        None => 256.0 * 1024.0,
+        Some(g) => g as f64 / 200.0,
+    };
+    let secs = (to_ms - from_ms) as f64 / 1000.0;
+    let mut ratios: Vec<f64> = (0..200)
+        .map(|u| sim.user_bytes(u, from_ms * MS, to_ms * MS) as f64 / secs / expect)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
 /// Driven both ways: tagged connections woken through `ready` (weir's engine) and untagged
 /// ones that only follow their `Grant::Wait` times.
 #[test]
@@ -93,22 +116,7 @@ fn two_hundred_users_of_forty_connections() {
         };
         let mut sim = Sim::new(cfg, 2);
         sim.untagged = untagged;
-        for u in 0..200 {
-            let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
-            let u = sim.add_user(h);
-            for c in 0..40 {
-                sim.add_conn(u, c % 2, 0, u64::MAX);
-            }
-        }
-        sim.run_until(4000 * MS);
-        let expect = match global {
-            None => 256.0 * 1024.0,
-            Some(g) => g as f64 / 200.0,
-        };
-        let mut ratios: Vec<f64> = (0..200)
-            .map(|u| sim.user_bytes(u, 1000 * MS, 4000 * MS) as f64 / 3.0 / expect)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
+        let ratios = benchmark_load(&mut sim, global, 1000, 4000);
         let j = jain(&ratios);
         eprintln!(
             "global {global:?} untagged {untagged}: p1 {:.4} p50 {:.4} p99 {:.4} jain {j:.5}",
@@ -249,22 +257,7 @@ fn slow_connections_wake_about_once_per_grant() {
         };
         let mut sim = Sim::new(cfg, 2);
         sim.late_max = 3 * MS;
-        for u in 0..200 {
-            let h = sim.shaper.user(&format!("u{u}"), limits(256 << 10));
-            let u = sim.add_user(h);
-            for c in 0..40 {
-                sim.add_conn(u, c % 2, 0, u64::MAX);
-            }
-        }
-        sim.run_until(12_000 * MS);
-        let expect = match global {
-            None => 256.0 * 1024.0,
-            Some(g) => g as f64 / 200.0,
-        };
-        let mut ratios: Vec<f64> = (0..200)
-            .map(|u| sim.user_bytes(u, 2000 * MS, 12_000 * MS) as f64 / 10.0 / expect)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
+        let ratios = benchmark_load(&mut sim, global, 2000, 12_000);
         let grants: usize = sim.conns.iter().map(|c| c.grants.len()).sum();
         let (timer, ready) = sim.wakeups;
         let per_grant = (timer + ready) as f64 / grants as f64;
