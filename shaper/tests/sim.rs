@@ -269,3 +269,37 @@ fn slow_connections_wake_about_once_per_grant() {
         assert!(per_grant <= 1.2, "{per_grant:.2} wake-ups per grant");
     }
 }
+
+/// A live limit change reaches waiting (tagged) connections within a period or two, although
+/// their safety-net timers are seconds away: raised rates fill their chunks sooner, and a user
+/// made unlimited releases every waiting connection at once.
+#[test]
+fn limit_changes_reach_waiting_connections_at_once() {
+    for new in [UserLimits::unlimited(), limits(64 << 20)] {
+        let cfg = ShaperConfig {
+            min_grant_bytes: 16 * 1024,
+            ..ShaperConfig::default()
+        };
+        let mut sim = Sim::new(cfg, 2);
+        // Once the limit is raised most requests are granted: a send takes time.
+        sim.send_delay = MS;
+        let h = sim.shaper.user("slow", limits(64 << 10));
+        let u = sim.add_user(h);
+        // 40 connections of 1.6 KB/s: each chunk takes ~10 s to fill.
+        let conns: Vec<usize> = (0..40)
+            .map(|c| sim.add_conn(u, c % 2, 0, u64::MAX))
+            .collect();
+        sim.run_until(2000 * MS);
+        sim.shaper.set_user_limits("slow", new);
+        sim.run_until(2030 * MS);
+        let late: Vec<usize> = conns
+            .iter()
+            .copied()
+            .filter(|&c| sim.bytes(c, 2000 * MS, 2030 * MS) == 0)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{new:?}: no grant within 30 ms of the change: {late:?}"
+        );
+    }
+}
