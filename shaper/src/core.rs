@@ -411,6 +411,12 @@ impl CoreShaper {
         (!self.waiting.is_empty()).then_some(next)
     }
 
+    /// Whether some connection on this core may be waiting (else [`poll`](Self::poll) has
+    /// nothing to do and returns `None`).
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Tags of connections whose chunk filled while they waited (see
     /// [`open_tagged`](Self::open_tagged)): the engine wakes them to ask again. A tag may
     /// come when its connection is not waiting any more (it asked first); ignore it then.

@@ -693,11 +693,9 @@ impl Conn {
                 // Already found stalled: while the last grant is still unsent, back off without
                 // asking the shaper (asking would take a turn in the user's ring, only to give
                 // the chunk back).
-                if self.unsent_waits > 0
-                    && head_done
-                    && ctx.shaping.core.is_shaped(*key)
-                    && unsent_bytes(self.fd).is_ok_and(|u| u > 0)
-                {
+                let checked =
+                    self.unsent_waits > 0 && head_done && ctx.shaping.core.is_shaped(*key);
+                if checked && unsent_bytes(self.fd).is_ok_and(|u| u > 0) {
                     return SendPlan::Wait(ctx.now + unsent_backoff(&mut self.unsent_waits));
                 }
                 let now = ctx.shaping.shaper.now();
@@ -705,9 +703,10 @@ impl Conn {
                     // The last grant has not left yet (the client does not read, or reads
                     // slowly): queue no more in kernel memory, and give the tokens back for
                     // another connection. Look again after a backoff (10 ms doubling to
-                    // 2.56 s). Checked only when a grant came.
+                    // 2.56 s). Checked only when a grant came, and not twice.
                     Grant::Send(n)
-                        if ctx.shaping.core.is_shaped(*key)
+                        if !checked
+                            && ctx.shaping.core.is_shaped(*key)
                             && unsent_bytes(self.fd).is_ok_and(|u| u > 0) =>
                     {
                         ctx.shaping.core.give_back(*key, n);

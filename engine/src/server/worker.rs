@@ -401,12 +401,10 @@ impl Worker {
                 }
             }
         }
-        let shaping = &mut self.ctx.shaping;
         if self.shaper_poll_at.is_none_or(|t| now >= t) {
-            let at = shaping.core.poll(shaping.shaper.now());
-            self.shaper_poll_at = at.map(|at| shaping.deadline(now, at));
+            self.poll_shaper();
         }
-        for token in shaping.core.ready() {
+        for token in self.ctx.shaping.core.ready() {
             if let Some(c) = self.conns.get_mut(token) {
                 if c.shaper_wait.take().is_some() {
                     due.push(token);
@@ -420,10 +418,20 @@ impl Worker {
     /// (some may have just started waiting).
     pub fn arm_shaper_poll(&mut self) {
         if self.shaper_poll_at.is_none() {
-            let shaping = &mut self.ctx.shaping;
-            let at = shaping.core.poll(shaping.shaper.now());
-            self.shaper_poll_at = at.map(|at| shaping.deadline(self.ctx.now, at));
+            self.poll_shaper();
         }
+    }
+
+    /// Run the core shaper's poll and note when it wants the next one. A worker with no
+    /// connection waiting on the shaper does not even read the shaper's clock.
+    fn poll_shaper(&mut self) {
+        let shaping = &mut self.ctx.shaping;
+        self.shaper_poll_at = if shaping.core.has_waiting() {
+            let at = shaping.core.poll(shaping.shaper.now());
+            at.map(|at| shaping.deadline(self.ctx.now, at))
+        } else {
+            None
+        };
     }
 
     /// When the next shaping wait ends or the shaper's poll is due.
