@@ -275,6 +275,92 @@ fn zero_window_delivers_nothing() {
     assert!(history(&data).is_empty());
 }
 
+/// A download manager shortens a running connection's range when it re-splits (axel gives half
+/// of the largest remaining range to an idle connection): the old connection reads up to its new
+/// end and drops, with unread bytes in its receive buffer, and another connection fetches the
+/// rest. What the first one read counts, so the item completes.
+fn resplit_connection_dropped_mid_range(driver: &[&str]) {
+    const SIZE: usize = 1 << 20;
+    const READ: usize = 40_000;
+    let (data, _) = file_fixture(SIZE);
+    let srv = data.start(driver);
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    write!(
+        s,
+        "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nRange: bytes=0-{}\r\n\r\n",
+        SIZE - 1
+    )
+    .unwrap();
+    // Read the head and READ body bytes, as the re-split's new end.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_at = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed early");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 206"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let mut body = got.len() - body_at;
+    while body < READ {
+        let want = (READ - body).min(buf.len());
+        let n = s.read(&mut buf[..want]).unwrap();
+        assert!(n > 0, "server closed early");
+        body += n;
+    }
+    // Stop reading until the server has filled the receive buffer (its window is zero), then
+    // drop the connection with those bytes unread: the client's kernel resets it.
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let queued = unread_bytes(&s);
+        if queued > 0 && queued == last {
+            break;
+        }
+        last = queued;
+    }
+    drop(s);
+    // The other connection fetches the rest of the range.
+    let r = curl(
+        &srv.url("/d/movie"),
+        &["-u", ALICE, "-r", &format!("{READ}-")],
+    );
+    assert_eq!(r.status, 206);
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
+        "not completed: cart {:?}",
+        cart(&data)
+    );
+    srv.stop();
+}
+
+#[test]
+fn resplit_connection_dropped_mid_range_uring() {
+    resplit_connection_dropped_mid_range(DRIVERS[0].1);
+}
+
+#[test]
+fn resplit_connection_dropped_mid_range_epoll() {
+    resplit_connection_dropped_mid_range(DRIVERS[2].1);
+}
+
+/// Bytes waiting unread in a socket's receive queue (`FIONREAD`).
+fn unread_bytes(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points to the live local `n`.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    n
+}
+
 /// SIGKILL mid-download; after a restart the journaled progress is back and the rest of the
 /// download completes the item exactly once.
 #[test]

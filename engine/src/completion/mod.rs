@@ -42,5 +42,5 @@ pub mod zip;
 pub use delivery::StreamMap;
 pub use intervals::IntervalSet;
 pub use ledger::{Credit, Ledger, LedgerConfig, LedgerStats, LedgerThread};
-pub use tcp_info::{tcp_acked, tcp_delivery, tcp_rtt, unsent_bytes, TcpDelivery};
+pub use tcp_info::{tcp_acked, tcp_delivery, tcp_rtt, unsent_bytes, AckState, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};

@@ -162,14 +162,36 @@ pub fn tcp_delivery(fd: RawFd) -> io::Result<TcpDelivery> {
     })
 }
 
-/// What accounting polls need, in one `getsockopt`: `(tcpi_bytes_acked, tcpi_snd_wnd)`.
-/// The window is `None` on kernels before 5.4.
-pub fn tcp_acked(fd: RawFd) -> io::Result<(u64, Option<u32>)> {
+/// What accounting polls need, from one `getsockopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckState {
+    /// `tcpi_bytes_acked`: see [`TcpDelivery::bytes_acked`].
+    pub bytes_acked: u64,
+    /// `tcpi_snd_wnd` (Linux 5.4+, else `None`): zero means the peer's receive buffer is full.
+    pub window: Option<u32>,
+    /// The peer ended the connection: it sent a FIN (`CLOSE_WAIT`, `LAST_ACK`, `CLOSING`,
+    /// `TIME_WAIT`) or a reset, or TCP gave up on it (`CLOSE`, while weir still holds the socket).
+    pub peer_ended: bool,
+}
+
+// TCP states from linux/tcp_states.h (the libc crate does not export them for Linux).
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+
+/// Reads [`AckState`] for the TCP socket `fd`.
+pub fn tcp_acked(fd: RawFd) -> io::Result<AckState> {
     let (info, len) = read_tcp_info(fd)?;
-    Ok((
-        info.bytes_acked,
-        (len >= SND_WND_LEN).then_some(info.snd_wnd),
-    ))
+    Ok(AckState {
+        bytes_acked: info.bytes_acked,
+        window: (len >= SND_WND_LEN).then_some(info.snd_wnd),
+        peer_ended: matches!(
+            info.state,
+            TCP_TIME_WAIT | TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+        ),
+    })
 }
 
 /// The connection's smoothed round-trip time (`tcpi_rtt`; after the handshake it is that RTT).
@@ -336,6 +358,33 @@ mod tests {
             "{d:?}, written {written}"
         );
         assert!(written - d.bytes_acked > 0);
+    }
+
+    /// The peer ending the connection shows in [`AckState::peer_ended`], whether by a reset
+    /// (closed with unread bytes) or a FIN; the acknowledged count survives the reset.
+    #[test]
+    fn the_peer_ending_the_connection_is_seen() {
+        for unread in [true, false] {
+            let (mut server, client) = pair();
+            let fd = server.as_raw_fd();
+            let s = tcp_acked(fd).unwrap();
+            assert!(!s.peer_ended, "{s:?}");
+            if unread {
+                server.write_all(&[3u8; 1000]).unwrap();
+                wait_for(fd, "1000 bytes acked", |d| d.bytes_acked == 1000);
+            }
+            drop(client);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let s = loop {
+                let s = tcp_acked(fd).unwrap();
+                if s.peer_ended {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "peer end never seen: {s:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert_eq!(s.bytes_acked, if unread { 1000 } else { 0 }, "{s:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::completion::{tcp_acked, unsent_bytes, StreamMap, ZipSlice};
+use crate::completion::{tcp_acked, unsent_bytes, AckState, StreamMap, ZipSlice};
 use crate::config::SendPath;
 use crate::http::{
     self, ContentRange, Method, Multipart, Parsed, Piece as HttpPiece, Precondition, RangeOutcome,
@@ -666,9 +666,14 @@ impl Conn {
             // how much acknowledged data it might not have read.
             a.start_window = 0;
             if body >= SENDFILE_MIN {
-                if let Ok((acked, Some(w))) = tcp_acked(self.fd) {
+                if let Ok(AckState {
+                    bytes_acked,
+                    window: Some(w),
+                    ..
+                }) = tcp_acked(self.fd)
+                {
                     a.start_window = u64::from(w);
-                    a.start_acked = acked;
+                    a.start_acked = bytes_acked;
                 }
             }
         }
@@ -926,22 +931,35 @@ impl Conn {
         if a.map.in_flight() == 0 {
             return;
         }
-        let Ok((acked, window)) = tcp_acked(self.fd) else {
+        let Ok(AckState {
+            bytes_acked: acked,
+            window,
+            peer_ended,
+        }) = tcp_acked(self.fd)
+        else {
             return;
         };
         // Bytes within the first receive buffer of a large response (about two windows as
         // advertised when it started) may sit unread in the client's kernel. A poll does not
         // credit them until the client acknowledged more than that (it must be reading), proves
-        // it read (`proof`: a clean FIN), or the connection ends with its window open. A client
-        // whose window is zero at the end, having acknowledged no more than that buffer, never
-        // read anything: it is credited nothing.
+        // it read (`proof`: a clean FIN), or the connection ends with its window open or by the
+        // client's own hand. A client that holds the connection with its window shut, having
+        // acknowledged no more than that buffer, never read anything: when weir gives up on it
+        // (send timeout, drain) it is credited nothing.
+        //
+        // A client that ends the connection itself is credited what its TCP acknowledged, as
+        // delivery is defined. A download manager that re-splits a range drops the connection it
+        // shortened once it read up to the new end, with a buffer of unread bytes behind: had it
+        // read 40 KB or nothing, the server sees the same acknowledgments (the window does not
+        // reopen by less than a segment), and nobody fetches those 40 KB again.
         let within_first_buffer =
             a.start_window > 0 && acked.saturating_sub(a.start_acked) <= 2 * a.start_window;
-        let upto = if proof || !within_first_buffer || (closing && window != Some(0)) {
-            acked
-        } else {
-            a.start_acked.max(acked.min(a.read_upto))
-        };
+        let upto =
+            if proof || !within_first_buffer || (closing && (peer_ended || window != Some(0))) {
+                acked
+            } else {
+                a.start_acked.max(acked.min(a.read_upto))
+            };
         a.acked.clear();
         a.map.acknowledge_into(upto, &mut a.acked);
         let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
