@@ -3,7 +3,10 @@
 //! and at two threads, since on two cores shared with the server the best count differs by tool) and
 //! `weir-load forty --users 1 --connections 40` vs `axel -n 40` on a 1 GiB file (MB/s), the order
 //! of each pair alternating round by round; optionally the same pairs against weir (for
-//! information); then the connections weir-load holds open against nginx (two workers) from several
+//! information). The pairs run twice: with nginx in a session of its own, where it puts itself by
+//! default and where a server runs in production, and in the bench's session, shared with the
+//! load tool (see [`Session`]: the kernel's autogroup scheduling splits the two cores differently).
+//! Then the connections weir-load holds open against nginx (two workers) from several
 //! source addresses, from one process and with `--processes 2`, cross-checked with the kernel's
 //! own count of TCP sockets in /proc/net/sockstat.
 //!
@@ -53,6 +56,11 @@ pub struct Args {
     /// Skip the connection counts.
     #[arg(long)]
     pub skip_conns: bool,
+    /// Where nginx runs for the CPU scheduler during the throughput pairs, each in turn (the
+    /// connection counts use `own`). `own`: its own session, where nginx puts itself by default
+    /// and where a service runs in production; `shared`: the bench's session, with the load tool.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "own,shared")]
+    pub sessions: Vec<Session>,
     /// Source addresses for the connection counts.
     #[arg(long, default_value = "127.0.0.2-127.0.0.60")]
     pub source: String,
@@ -70,6 +78,29 @@ pub struct Args {
     pub axel_out: PathBuf,
 }
 
+/// Where the server under test runs, for the CPU scheduler. With autogroup scheduling (Linux's
+/// default on desktops and many servers, `/proc/sys/kernel/sched_autogroup_enabled`) CPU time is
+/// shared between sessions first, then between the threads of each; systemd's per-service cgroups
+/// do the same. On two cores shared by server and client, that decides how the cores are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Session {
+    /// Its own session: where nginx puts itself by default (`daemon on` calls `setsid`) and
+    /// where a server runs in production, apart from whoever loads it.
+    Own,
+    /// The bench's session, shared with the load tool: every thread competes on its own.
+    Shared,
+}
+
+impl Session {
+    /// The target name in runs.json and the table.
+    fn target(self) -> &'static str {
+        match self {
+            Session::Own => "nginx",
+            Session::Shared => "nginx, shared session",
+        }
+    }
+}
+
 const F4K: u64 = 4096;
 const F1G: u64 = 1 << 30;
 const USER: &str = "alice";
@@ -78,6 +109,8 @@ const PASSWORD: &str = "bench-password";
 /// A target server: its base URL, and credentials for weir.
 struct Target {
     name: &'static str,
+    /// The server's PID (its worker processes are found through /proc).
+    pid: u32,
     url_4k: String,
     url_1g: String,
     auth: Option<String>,
@@ -93,14 +126,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     procs::ensure_file(&root.join("f1g"), F1G)?;
     procs::ensure_file(&root.join("f64m"), 64 << 20)?;
 
-    let mut nginx = Nginx::start(&args.work)?;
-    let base = format!("http://127.0.0.1:{}", nginx.port);
-    let mut targets = vec![Target {
-        name: "nginx",
-        url_4k: format!("{base}/f4k"),
-        url_1g: format!("{base}/f1g"),
-        auth: None,
-    }];
     let weir = if args.with_weir && !args.skip_pairs {
         let data = args.work.join("data");
         if !data.join(".bench-ready").exists() {
@@ -123,20 +148,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             std::fs::write(data.join(".bench-ready"), b"")?;
         }
-        let w = Weir::start(
+        Some(Weir::start(
             &args.weir,
             &data,
             2,
             &["--grace", "24h"],
             &args.out.join("raw/weir.log"),
-        )?;
-        targets.push(Target {
-            name: "weir",
-            url_4k: format!("http://{}/d/f4k", w.addr),
-            url_1g: format!("http://{}/d/f1g", w.addr),
-            auth: Some(format!("{USER}:{PASSWORD}")),
-        });
-        Some(w)
+        )?)
     } else {
         None
     };
@@ -150,54 +168,95 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     };
     if !args.skip_pairs {
-        for r in 1..=args.rounds {
-            for t in &targets {
-                // The classic first on odd rounds, weir-load first on even ones.
-                let classic_first = r % 2 == 1;
-                // Each tool at one and at two threads: on two cores shared with the server under
-                // test, the best thread count differs by tool, so each is measured at both.
-                for step in 0..2 {
-                    let classic = (step == 0) == classic_first;
-                    for threads in [1, 2] {
-                        let v = if classic {
-                            wrk(&args, t, r, threads)?
-                        } else {
-                            urlopen(&args, t, r, threads)?
-                        };
-                        eprintln!("{v}");
-                        runs.push(v);
-                        save(&runs)?;
-                    }
-                }
-                for step in 0..2 {
-                    let classic = (step == 0) == classic_first;
-                    let v = if classic {
-                        axel(&args, t, r)?
-                    } else {
-                        forty(&args, t, r)?
-                    };
-                    eprintln!("{v}");
-                    runs.push(v);
-                    save(&runs)?;
+        for (i, &session) in args.sessions.iter().enumerate() {
+            let mut nginx = Nginx::start(&args.work, session)?;
+            let base = format!("http://127.0.0.1:{}", nginx.port);
+            let mut targets = vec![Target {
+                name: session.target(),
+                pid: nginx.child.id(),
+                url_4k: format!("{base}/f4k"),
+                url_1g: format!("{base}/f1g"),
+                auth: None,
+            }];
+            // weir (for information) once, alongside the first nginx.
+            if let (0, Some(w)) = (i, &weir) {
+                targets.push(Target {
+                    name: "weir",
+                    pid: w.pid(),
+                    url_4k: format!("http://{}/d/f4k", w.addr),
+                    url_1g: format!("http://{}/d/f1g", w.addr),
+                    auth: Some(format!("{USER}:{PASSWORD}")),
+                });
+            }
+            for r in 1..=args.rounds {
+                for t in &targets {
+                    pair_round(&args, t, r, &mut runs, &save)?;
                 }
             }
+            nginx.stop()?;
         }
     }
     if let Some(w) = weir {
         w.stop()?;
     }
     if !args.skip_conns {
+        let mut nginx = Nginx::start(&args.work, Session::Own)?;
+        let base = format!("http://127.0.0.1:{}", nginx.port);
         for (procs_n, conns) in [(1, args.conns_one), (2, args.conns_two)] {
             let v = hold(&args, &base, procs_n, conns)?;
             eprintln!("{v}");
             runs.push(v);
             save(&runs)?;
         }
+        nginx.stop()?;
     }
-    nginx.stop()?;
-    let table = table(&runs);
+    let mut table = table(&runs);
+    let autogroup = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .map_or_else(|_| "absent".to_string(), |s| s.trim().to_string());
+    table += &format!(
+        "\nnginx in its own session (as `daemon on` puts it) except in the \"shared session\" rows; \
+         weir, when measured, shares the bench's session. sched_autogroup_enabled: {autogroup}.\n"
+    );
     std::fs::write(args.out.join("table.md"), &table)?;
     println!("{table}");
+    Ok(())
+}
+
+/// One round of both pairs against `t`: the classic first on odd rounds, weir-load first on even
+/// ones; each 4 KiB tool at one and at two threads (on two cores shared with the server under test
+/// the best thread count differs by tool, so each is measured at both).
+fn pair_round(
+    args: &Args,
+    t: &Target,
+    r: usize,
+    runs: &mut Vec<Value>,
+    save: &dyn Fn(&Vec<Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let classic_first = r % 2 == 1;
+    for step in 0..2 {
+        let classic = (step == 0) == classic_first;
+        for threads in [1, 2] {
+            let v = if classic {
+                wrk(args, t, r, threads)?
+            } else {
+                urlopen(args, t, r, threads)?
+            };
+            eprintln!("{v}");
+            runs.push(v);
+            save(runs)?;
+        }
+    }
+    for step in 0..2 {
+        let classic = (step == 0) == classic_first;
+        let v = if classic {
+            axel(args, t, r)?
+        } else {
+            forty(args, t, r)?
+        };
+        eprintln!("{v}");
+        runs.push(v);
+        save(runs)?;
+    }
     Ok(())
 }
 
@@ -250,7 +309,9 @@ fn wrk(args: &Args, t: &Target, r: usize, threads: usize) -> anyhow::Result<Valu
     if let Some(a) = &t.auth {
         cmd.args(["-H", &basic(a)]);
     }
+    let cpu = Cpu::start(t.pid);
     let out = cmd.arg(&t.url_4k).output().context("running wrk")?;
+    let cpu = cpu.end();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     std::fs::write(
         args.out
@@ -269,14 +330,10 @@ fn wrk(args: &Args, t: &Target, r: usize, threads: usize) -> anyhow::Result<Valu
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .map(|n| n.trim().parse().unwrap_or(u64::MAX))
         .unwrap_or(0);
-    Ok(record(
-        &wrk_name(threads),
-        t.name,
-        r,
-        "req/s",
-        rps,
-        json!({"non_2xx": non2xx, "loadavg_before": load_before}),
-    ))
+    let requests = rps * args.duration.as_secs_f64();
+    let mut extra = json!({"non_2xx": non2xx, "loadavg_before": load_before});
+    cpu.put(&mut extra, requests, args.duration);
+    Ok(record(&wrk_name(threads), t.name, r, "req/s", rps, extra))
 }
 
 fn weir_load(
@@ -320,14 +377,22 @@ fn urlopen(args: &Args, t: &Target, r: usize, workers: usize) -> anyhow::Result<
         "--duration".into(),
         secs(args.duration),
     ];
+    let cpu = Cpu::start(t.pid);
     let s = weir_load(args, "urlopen", &t.url_4k, &extra, t.auth.as_deref(), &out)?;
+    let cpu = cpu.end();
+    let mut extra = json!({"errors_total": s["errors_total"], "errors": s["errors"], "loadavg_before": load_before});
+    cpu.put(
+        &mut extra,
+        s["requests"].as_f64().unwrap_or(0.0),
+        args.duration,
+    );
     Ok(record(
         &urlopen_name(workers),
         t.name,
         r,
         "req/s",
         s["requests_per_sec"].as_f64().unwrap_or(0.0),
-        json!({"errors_total": s["errors_total"], "errors": s["errors"], "loadavg_before": load_before}),
+        extra,
     ))
 }
 
@@ -494,7 +559,7 @@ fn table(runs: &[Value]) -> String {
             n(ours, target)
         );
     };
-    for target in ["nginx", "weir"] {
+    for target in [Session::Own.target(), Session::Shared.target(), "weir"] {
         // Requests per second: each tool at one and two threads, then each at its best.
         let pairs = [1, 2].map(|t| (wrk_name(t), urlopen_name(t)));
         if pairs.iter().all(|(_, o)| n(o, target) > 0) {
@@ -517,6 +582,34 @@ fn table(runs: &[Value]) -> String {
             row(target, "1 GiB", classic, ours, "MB/s");
         }
     }
+    // Where the CPU went in the 4 KiB runs: a measure of each tool's cost that the
+    // scheduler's split of the two cores does not decide.
+    let field = |tool: &str, target: &str, key: &str| {
+        median(
+            runs.iter()
+                .filter(|v| v["tool"] == tool && v["target"] == target)
+                .filter_map(|v| v[key].as_f64())
+                .filter(|x| x.is_finite())
+                .collect(),
+        )
+    };
+    out += "\n| target | 4 KiB tool | req/s (median) | client CPU µs/request | server CPU µs/request | client CPU, cores |\n|---|---|---|---|---|---|\n";
+    for target in [Session::Own.target(), Session::Shared.target(), "weir"] {
+        for threads in [1, 2] {
+            for tool in [wrk_name(threads), urlopen_name(threads)] {
+                if n(&tool, target) == 0 {
+                    continue;
+                }
+                out += &format!(
+                    "| {target} | {tool} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+                    med(&tool, target),
+                    field(&tool, target, "client_cpu_us_per_req"),
+                    field(&tool, target, "server_cpu_us_per_req"),
+                    field(&tool, target, "client_cores"),
+                );
+            }
+        }
+    }
     out += "\n| connections held against nginx (2 workers) | asked | max_open_connections | /proc/net/sockstat TCP inuse max (both ends) | errors |\n|---|---|---|---|---|\n";
     for v in runs
         .iter()
@@ -534,6 +627,98 @@ fn table(runs: &[Value]) -> String {
     out
 }
 
+/// CPU used during one tool run: by the tool (this process's children that ended meanwhile: the
+/// tool and any processes it waited for) and by the server (its process and its children, e.g.
+/// nginx's workers).
+struct Cpu {
+    children: f64,
+    server_pid: u32,
+    server: f64,
+}
+
+impl Cpu {
+    fn start(server_pid: u32) -> Cpu {
+        Cpu {
+            children: ended_children_cpu(),
+            server_pid,
+            server: server_cpu(server_pid),
+        }
+    }
+
+    /// CPU seconds since `start`.
+    fn end(self) -> CpuUsed {
+        CpuUsed {
+            client: ended_children_cpu() - self.children,
+            server: server_cpu(self.server_pid) - self.server,
+        }
+    }
+}
+
+/// Client and server CPU seconds over one tool run.
+struct CpuUsed {
+    client: f64,
+    server: f64,
+}
+
+impl CpuUsed {
+    /// Add the figures, in total and per request, to a run's record.
+    fn put(&self, extra: &mut Value, requests: f64, duration: Duration) {
+        let per = |s: f64| {
+            if requests > 0.0 {
+                s * 1e6 / requests
+            } else {
+                f64::NAN
+            }
+        };
+        extra["client_cpu_s"] = json!(self.client);
+        extra["server_cpu_s"] = json!(self.server);
+        extra["client_cpu_us_per_req"] = json!(per(self.client));
+        extra["server_cpu_us_per_req"] = json!(per(self.server));
+        extra["client_cores"] = json!(self.client / duration.as_secs_f64());
+    }
+}
+
+/// User + system CPU seconds of this process's children that ended and were waited for.
+fn ended_children_cpu() -> f64 {
+    // SAFETY: `rusage` is plain integers, so all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// CPU seconds of a server process and its direct children (/proc/PID/task/PID/children).
+fn server_cpu(pid: u32) -> f64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .map(|p| procs::cpu_seconds(p).unwrap_or(f64::NAN))
+        .sum()
+}
+
+/// Run the child in a session of its own (as `daemon on` would), and have it sent SIGTERM if
+/// the bench dies first: outside the bench's session a Ctrl-C no longer reaches it.
+fn own_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes two system calls,
+    // setsid(2) and prctl(2), both async-signal-safe; it allocates nothing and touches no memory
+    // shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Our own nginx: two workers, on a free loopback port, serving `work/root`.
 struct Nginx {
     child: std::process::Child,
@@ -541,7 +726,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(work: &Path) -> anyhow::Result<Nginx> {
+    fn start(work: &Path, session: Session) -> anyhow::Result<Nginx> {
         let work = std::fs::canonicalize(work)?;
         std::fs::create_dir_all(work.join("tmp"))?;
         std::fs::create_dir_all(work.join("logs"))?;
@@ -574,15 +759,17 @@ http {{
 "
         );
         std::fs::write(work.join("nginx.conf"), conf)?;
-        let mut child = Command::new("nginx")
-            .arg("-p")
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
             .arg(&work)
             .arg("-c")
             .arg(work.join("nginx.conf"))
             .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
+            .stdout(Stdio::null());
+        if session == Session::Own {
+            own_session(&mut cmd);
+        }
+        let mut child = cmd.spawn().context("starting nginx")?;
         // Readiness: a successful connect (nginx prints nothing when it is ready).
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
