@@ -533,15 +533,18 @@ fn sockstat_tcp_inuse() -> Option<u64> {
 
 /// Medians per tool and target, and weir-load / classic ratios.
 fn table(runs: &[Value]) -> String {
-    let med = |tool: &str, target: &str| {
+    // The median of one field of a tool's runs against a target.
+    let field = |tool: &str, target: &str, key: &str| {
         median(
             runs.iter()
                 .filter(|v| v["tool"] == tool && v["target"] == target)
-                .filter_map(|v| v["value"].as_f64())
+                .filter_map(|v| v[key].as_f64())
                 .filter(|x| x.is_finite())
                 .collect(),
         )
     };
+    let med = |tool: &str, target: &str| field(tool, target, "value");
+    let targets = [Session::Own.target(), Session::Shared.target(), "weir"];
     let n = |tool: &str, target: &str| {
         runs.iter()
             .filter(|v| v["tool"] == tool && v["target"] == target)
@@ -559,7 +562,7 @@ fn table(runs: &[Value]) -> String {
             n(ours, target)
         );
     };
-    for target in [Session::Own.target(), Session::Shared.target(), "weir"] {
+    for target in targets {
         // Requests per second: each tool at one and two threads, then each at its best.
         let pairs = [1, 2].map(|t| (wrk_name(t), urlopen_name(t)));
         if pairs.iter().all(|(_, o)| n(o, target) > 0) {
@@ -584,17 +587,8 @@ fn table(runs: &[Value]) -> String {
     }
     // Where the CPU went in the 4 KiB runs: a measure of each tool's cost that the
     // scheduler's split of the two cores does not decide.
-    let field = |tool: &str, target: &str, key: &str| {
-        median(
-            runs.iter()
-                .filter(|v| v["tool"] == tool && v["target"] == target)
-                .filter_map(|v| v[key].as_f64())
-                .filter(|x| x.is_finite())
-                .collect(),
-        )
-    };
     out += "\n| target | 4 KiB tool | req/s (median) | client CPU µs/request | server CPU µs/request | client CPU, cores |\n|---|---|---|---|---|---|\n";
-    for target in [Session::Own.target(), Session::Shared.target(), "weir"] {
+    for target in targets {
         for threads in [1, 2] {
             for tool in [wrk_name(threads), urlopen_name(threads)] {
                 if n(&tool, target) == 0 {
