@@ -208,6 +208,12 @@ fn user_cap_epoll() {
     user_cap(DRIVERS[2].1);
 }
 
+/// Bodies sent with `sendfile(2)` (`--send-path sendfile`) are shaped like mapped ones.
+#[test]
+fn user_cap_sendfile() {
+    user_cap(&["--driver", "uring", "--send-path", "sendfile"]);
+}
+
 /// Under a 4 MiB/s global cap, a user on 40 connections and a user on 1 share it equally.
 #[test]
 fn global_cap_shares_users_equally() {

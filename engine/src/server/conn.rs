@@ -753,10 +753,12 @@ impl Conn {
             }) = piece
             {
                 let from = start + resp.offset;
+                // Shaped: no more than the grant (the head is sent, so a shaped connection
+                // that got here holds one).
                 return SendPlan::File {
                     fd: file.raw_fd(),
                     offset: from,
-                    len: (end - from).min(MAX_SENDFILE_CHUNK) as usize,
+                    len: (end - from).min(MAX_SENDFILE_CHUNK).min(body_budget) as usize,
                 };
             }
         }
