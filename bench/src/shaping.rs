@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use crate::procfs;
 use serde_json::{json, Value};
 
 /// Command-line arguments of the benchmark.
@@ -541,43 +542,30 @@ fn start_nginx(
     Ok((proc, addr))
 }
 
-/// utime + stime of `pid` and, for nginx, its worker children, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    pids.iter()
-        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .map(|s| {
-            let rest = &s[s.rfind(')').unwrap_or(0) + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / hz
-        })
-        .sum()
+/// CPU seconds (user + system) of the server, nginx's workers included, and of this process,
+/// which is the client, read when the window opens and when it closes.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    server_s: f64,
+    client_s: f64,
 }
 
-/// `pid` and its direct children (nginx workers).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut v = vec![pid];
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Ok(s) = fs::read_to_string(format!("/proc/{p}/stat")) {
-                let rest = &s[s.rfind(')').unwrap_or(0) + 2..];
-                if rest
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<u32>().ok())
-                    == Some(pid)
-                {
-                    v.push(p);
-                }
-            }
+impl CpuUse {
+    fn now(server_pid: i32) -> CpuUse {
+        let mut pids = vec![server_pid];
+        pids.extend(procfs::children(server_pid));
+        CpuUse {
+            server_s: procfs::cpu_seconds(&pids).unwrap_or(f64::NAN),
+            client_s: procfs::cpu_seconds(&[std::process::id() as i32]).unwrap_or(f64::NAN),
         }
     }
-    v
+
+    fn since(&self, start: &CpuUse) -> CpuUse {
+        CpuUse {
+            server_s: self.server_s - start.server_s,
+            client_s: self.client_s - start.client_s,
+        }
+    }
 }
 
 /// `TCP: ... mem N` of /proc/net/sockstat, in bytes (N is in pages).
@@ -800,7 +788,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
             start_nginx(args, file, lr)?
         }
     };
-    let pid = server.child.id();
+    let pid = server.child.id() as i32;
     let base_mem = sockstat_tcp_mem();
     let size = args.file_mib << 20;
     let slice = size / args.conns as u64;
@@ -846,7 +834,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
     let mut last_tick = Instant::now();
     let start = Instant::now();
     let mut heads_done_at: Option<Instant> = None;
-    let mut window: Option<(Instant, Vec<u64>, f64)> = None;
+    let mut window: Option<(Instant, Vec<u64>, CpuUse)> = None;
     let mut mem_samples: Vec<u64> = Vec::new();
     let mut next_sample = Instant::now();
     let mut ss_sample: Option<SsSample> = None;
@@ -954,11 +942,11 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         if let Some(h) = heads_done_at {
             if window.is_none() && now.duration_since(h) >= Duration::from_secs(args.settle_s) {
                 let snap: Vec<u64> = conns.iter().map(|c| c.body).collect();
-                window = Some((Instant::now(), snap, cpu_seconds(&process_tree(pid))));
+                window = Some((Instant::now(), snap, CpuUse::now(pid)));
                 next_sample = now;
             }
         }
-        if let Some((w0, ref snap, cpu0)) = window {
+        if let Some((w0, ref snap, ref cpu0)) = window {
             if now >= next_sample {
                 mem_samples.push(sockstat_tcp_mem());
                 next_sample += Duration::from_secs(1);
@@ -969,7 +957,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
                 }
             }
             if now.duration_since(w0) >= Duration::from_secs(args.window_s) {
-                let cpu1 = cpu_seconds(&process_tree(pid));
+                let cpu1 = CpuUse::now(pid);
                 let secs = now.duration_since(w0).as_secs_f64();
                 let mut per_user = vec![0u64; n_users];
                 for (c, s0) in conns.iter().zip(snap) {
@@ -984,7 +972,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
                     fair_bps,
                     user_bps,
                     global_bps,
-                    cpu1 - cpu0,
+                    cpu1.since(cpu0),
                     base_mem,
                     &mem_samples,
                     ss_sample,
@@ -1014,7 +1002,7 @@ fn finish(
     fair_bps: f64,
     user_bps: f64,
     global_bps: f64,
-    cpu_s: f64,
+    cpu: CpuUse,
     base_mem: u64,
     mem_samples: &[u64],
     ss: Option<SsSample>,
@@ -1051,6 +1039,7 @@ fn finish(
         }
     };
     let gib = total as f64 / (1u64 << 30) as f64;
+    let per_gib = |s: f64| if gib > 0.0 { s / gib } else { f64::NAN };
     json!({
         "scenario": sc.name,
         "server": server_desc,
@@ -1074,9 +1063,11 @@ fn finish(
         "global_bps": global_bps_measured,
         "global_expected_bps": expected_global,
         "global_ratio": global_bps_measured / expected_global,
-        "server_cpu_s": cpu_s,
-        "server_cpu_pct": 100.0 * cpu_s / secs,
-        "server_cpu_s_per_gib": if gib > 0.0 { cpu_s / gib } else { f64::NAN },
+        "server_cpu_s": cpu.server_s,
+        "server_cpu_pct": 100.0 * cpu.server_s / secs,
+        "server_cpu_s_per_gib": per_gib(cpu.server_s),
+        "client_cpu_s": cpu.client_s,
+        "client_cpu_s_per_gib": per_gib(cpu.client_s),
         "sockstat_baseline_bytes": base_mem,
         "sockstat_median_bytes": med_mem,
         "sockstat_kib_per_conn": (med_mem as f64 - base_mem as f64) / total_conns as f64 / 1024.0,

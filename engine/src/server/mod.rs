@@ -116,6 +116,11 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         // quarter of the sends of the crate's 4 KiB (see results/2026-11-23-shaping), and
         // SO_SNDBUF stays at one chunk.
         min_grant_bytes: 16 * 1024,
+        // The allocator passes over every active user once per period, on whichever core gets
+        // there first: at 10 ms that pass was a fifth of a shaped server's CPU with 200 users
+        // (results/2026-11-23-shaping-period). 25 ms keeps a rate change, an idle user's share
+        // and late timers (`late_slack`, two periods) well inside a second.
+        refill_period: std::time::Duration::from_millis(25),
         ..Default::default()
     });
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
