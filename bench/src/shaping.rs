@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::procfs;
 use anyhow::{bail, ensure, Context, Result};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use crate::procfs;
 use serde_json::{json, Value};
 
 /// Command-line arguments of the benchmark.
