@@ -544,7 +544,7 @@ fn start_nginx(
 
 /// CPU seconds (user + system) of the server, nginx's workers included, and of this process,
 /// which is the client, read when the window opens and when it closes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct CpuUse {
     server_s: f64,
     client_s: f64,
