@@ -804,10 +804,25 @@ impl Conn {
         }
     }
 
+    /// The send that held the shaper's grant is over and took `sent_body` body bytes: the
+    /// granted bytes the kernel did not take (all of them when the send failed or would have
+    /// blocked) go back to this connection's share, for its next send.
+    pub fn refund_grant(&mut self, ctx: &mut Ctx, sent_body: u64) {
+        if self.granted == 0 {
+            return;
+        }
+        let unsent = self.granted.saturating_sub(sent_body);
+        if let (Some((key, _)), true) = (&self.shaped, unsent > 0) {
+            ctx.shaping.core.refund(*key, unsent);
+        }
+        self.granted = 0;
+    }
+
     /// A send finished with `res`.
     pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
         let n = match res {
             Ok(0) => {
+                self.refund_grant(ctx, 0);
                 // Nothing went out although the socket took the send: a content file shrank
                 // under sendfile (or the peer is gone).
                 tracing::error!(
@@ -818,10 +833,15 @@ impl Conn {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;
+                self.refund_grant(ctx, 0);
                 return Next::Write;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.refund_grant(ctx, 0);
+                return Next::Write;
+            }
             Err(e) => {
+                self.refund_grant(ctx, 0);
                 ctx.stats.add(&ctx.stats.send_errors, 1);
                 if e.raw_os_error() == Some(libc::EFAULT) {
                     tracing::error!(
@@ -831,6 +851,11 @@ impl Conn {
                 return Next::Close;
             }
         };
+        let head_rest = self
+            .resp
+            .as_deref()
+            .map_or(0, |r| r.head.len() - r.head_sent);
+        self.refund_grant(ctx, n.saturating_sub(head_rest) as u64);
         let Some(resp) = self.resp.as_deref_mut() else {
             return Next::Close;
         };
@@ -840,18 +865,9 @@ impl Conn {
         self.written += n as u64;
         ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
         let mut left = n;
-        let head_rest = resp.head.len() - resp.head_sent;
         let h = left.min(head_rest);
         resp.head_sent += h;
         left -= h;
-        if self.granted > 0 {
-            // Granted body bytes the kernel did not take go back to the user's share.
-            let unsent = self.granted.saturating_sub(left as u64);
-            if let (Some((key, _)), true) = (&self.shaped, unsent > 0) {
-                ctx.shaping.core.refund(*key, unsent);
-            }
-            self.granted = 0;
-        }
         if let Some(a) = self.acct.as_deref_mut() {
             a.map.push_overhead(h as u64);
         }

@@ -615,6 +615,8 @@ fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
                         sys::sendfile(c.fd, fd, offset, len)
                     };
                     if matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                        // The grant waits with the connection, not in a lost send.
+                        c.refund_grant(&mut w.ctx, 0);
                         let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLOUT as u32)
                             .build()
                             .user_data(OP_WPOLL | token);
