@@ -57,6 +57,21 @@ pub fn cpu_seconds(pids: &[i32]) -> Result<f64> {
 
 /// PIDs whose parent is `ppid` (nginx's workers are children of its master).
 pub fn children(ppid: i32) -> Vec<i32> {
+    pids_where(|pid| {
+        stat_fields(pid).is_ok_and(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid))
+    })
+}
+
+/// PIDs whose command name (`/proc/PID/comm`) starts with `prefix`, e.g. the kernel's
+/// per-CPU `ksoftirqd/N` threads.
+pub fn named(prefix: &str) -> Vec<i32> {
+    pids_where(|pid| {
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(prefix))
+    })
+}
+
+/// The PIDs in /proc that `keep` accepts, in order.
+fn pids_where(keep: impl Fn(i32) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(dir) = fs::read_dir("/proc") else {
         return out;
@@ -65,10 +80,8 @@ pub fn children(ppid: i32) -> Vec<i32> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if let Ok(f) = stat_fields(pid) {
-            if f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid) {
-                out.push(pid);
-            }
+        if keep(pid) {
+            out.push(pid);
         }
     }
     out.sort_unstable();

@@ -8,7 +8,13 @@
 //! (`/proc/PID/stat`), kernel TCP memory (`/proc/net/sockstat`) and the server-side sockets'
 //! memory (`ss -tm`). In the "paced" scenarios the server does not shape; the client itself reads
 //! each user's connections at the user's rate, which gives an unshaped run at the same throughput
-//! (the CPU reference) and stalled unshaped sockets (the kernel-memory reference).
+//! (the CPU reference) and stalled unshaped sockets (the kernel-memory reference). The
+//! "a-paced" scenarios shape in the server *and* pace in the client: the client does the same
+//! work as in "paced", so the CPU of server + client + `ksoftirqd` over the window ("total")
+//! compares the machine's cost of the same rate with and without shaping. The server's CPU
+//! alone cannot on loopback: there the kernel transmits an unshaped server's queued bytes in
+//! the system call of the client whose read opened the window, and a shaped server's in its
+//! own send.
 //!
 //! Not a timed test: it prints and stores numbers, it asserts nothing.
 
@@ -164,6 +170,35 @@ const SCENARIOS: &[Scenario] = &[
         paced: true,
         stalled: false,
     },
+    // Shaped server and paced client together: the client's work is the same as in the
+    // "paced" runs, so server + client CPU compares the machine's cost of the two ways to
+    // serve the same rate (on loopback the kernel runs a transmit in whichever process's
+    // system call set it off: the unshaped server's in the client's reads, the shaped
+    // server's in its own sends).
+    Scenario {
+        name: "uring-a-paced",
+        server: Server::Weir { driver: "uring" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "epoll-a-paced",
+        server: Server::Weir { driver: "epoll" },
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
+    Scenario {
+        name: "nginx-a-paced",
+        server: Server::Nginx,
+        shaped: true,
+        global: false,
+        paced: true,
+        stalled: false,
+    },
     Scenario {
         name: "uring-stalled",
         server: Server::Weir { driver: "uring" },
@@ -237,7 +272,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn print_line(r: &Value) {
     eprintln!(
-        "{:<12} ratio p1 {:.4} p50 {:.4} p99 {:.4} jain {:.5} global {:.4} cpu {:.1}% sockmem/conn {:.1} KiB (server-side {:.1} KiB) errors {}",
+        "{:<13} ratio p1 {:.4} p50 {:.4} p99 {:.4} jain {:.5} global {:.4} cpu {:.1}% CPU-s/GiB server {:.2} total {:.2} sockmem/conn {:.1} KiB (server-side {:.1} KiB) errors {}",
         r["scenario"].as_str().unwrap_or(""),
         r["ratio_p1"].as_f64().unwrap_or(f64::NAN),
         r["ratio_p50"].as_f64().unwrap_or(f64::NAN),
@@ -245,6 +280,8 @@ fn print_line(r: &Value) {
         r["jain"].as_f64().unwrap_or(f64::NAN),
         r["global_ratio"].as_f64().unwrap_or(f64::NAN),
         r["server_cpu_pct"].as_f64().unwrap_or(f64::NAN),
+        r["server_cpu_s_per_gib"].as_f64().unwrap_or(f64::NAN),
+        r["total_cpu_s_per_gib"].as_f64().unwrap_or(f64::NAN),
         r["sockstat_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
         r["server_sock_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
         r["errors"].as_u64().unwrap_or(0),
@@ -542,21 +579,24 @@ fn start_nginx(
     Ok((proc, addr))
 }
 
-/// CPU seconds (user + system) of the server, nginx's workers included, and of this process,
-/// which is the client, read when the window opens and when it closes.
+/// CPU seconds (user + system) of the server, nginx's workers included, of this process,
+/// which is the client, and of the kernel's `ksoftirqd` threads (network work deferred out of
+/// both), read when the window opens and when it closes.
 #[derive(Clone, Copy)]
 struct CpuUse {
     server_s: f64,
     client_s: f64,
+    softirqd_s: f64,
 }
 
 impl CpuUse {
-    fn now(server_pid: i32) -> CpuUse {
+    fn now(server_pid: i32, softirqd: &[i32]) -> CpuUse {
         let mut pids = vec![server_pid];
         pids.extend(procfs::children(server_pid));
         CpuUse {
             server_s: procfs::cpu_seconds(&pids).unwrap_or(f64::NAN),
             client_s: procfs::cpu_seconds(&[std::process::id() as i32]).unwrap_or(f64::NAN),
+            softirqd_s: procfs::cpu_seconds(softirqd).unwrap_or(f64::NAN),
         }
     }
 
@@ -564,6 +604,7 @@ impl CpuUse {
         CpuUse {
             server_s: self.server_s - start.server_s,
             client_s: self.client_s - start.client_s,
+            softirqd_s: self.softirqd_s - start.softirqd_s,
         }
     }
 }
@@ -789,6 +830,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         }
     };
     let pid = server.child.id() as i32;
+    let softirqd = procfs::named("ksoftirqd/");
     let base_mem = sockstat_tcp_mem();
     let size = args.file_mib << 20;
     let slice = size / args.conns as u64;
@@ -942,7 +984,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         if let Some(h) = heads_done_at {
             if window.is_none() && now.duration_since(h) >= Duration::from_secs(args.settle_s) {
                 let snap: Vec<u64> = conns.iter().map(|c| c.body).collect();
-                window = Some((Instant::now(), snap, CpuUse::now(pid)));
+                window = Some((Instant::now(), snap, CpuUse::now(pid, &softirqd)));
                 next_sample = now;
             }
         }
@@ -957,7 +999,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
                 }
             }
             if now.duration_since(w0) >= Duration::from_secs(args.window_s) {
-                let cpu1 = CpuUse::now(pid);
+                let cpu1 = CpuUse::now(pid, &softirqd);
                 let secs = now.duration_since(w0).as_secs_f64();
                 let mut per_user = vec![0u64; n_users];
                 for (c, s0) in conns.iter().zip(snap) {
@@ -1068,6 +1110,8 @@ fn finish(
         "server_cpu_s_per_gib": per_gib(cpu.server_s),
         "client_cpu_s": cpu.client_s,
         "client_cpu_s_per_gib": per_gib(cpu.client_s),
+        "softirqd_cpu_s": cpu.softirqd_s,
+        "total_cpu_s_per_gib": per_gib(cpu.server_s + cpu.client_s + cpu.softirqd_s),
         "sockstat_baseline_bytes": base_mem,
         "sockstat_median_bytes": med_mem,
         "sockstat_kib_per_conn": (med_mem as f64 - base_mem as f64) / total_conns as f64 / 1024.0,
