@@ -341,12 +341,14 @@ fn password(i: usize) -> String {
 /// Reused when the marker file says it was built for the same user count.
 fn prepare_weir(args: &Args, file: &Path) -> Result<PathBuf> {
     let dir = args.work_dir.join("weir-data");
-    let marker = args
-        .work_dir
-        .join(format!("weir-data.ready-{}", args.users));
-    if marker.exists() {
+    // The marker names the user count the data dir was built for: a run with another count
+    // rebuilds it (one marker, so a rebuild for 100 users cannot leave a 200-user one behind).
+    let marker = args.work_dir.join("weir-data.ready");
+    let users = args.users.to_string();
+    if fs::read_to_string(&marker).is_ok_and(|m| m == users) {
         return Ok(dir);
     }
+    let _ = fs::remove_file(&marker);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let d = dir.to_str().context("data dir path")?;
@@ -381,7 +383,7 @@ fn prepare_weir(args: &Args, file: &Path) -> Result<PathBuf> {
         )?;
         weir_cmd(args, &["cart", "add", &u, "big", "--data-dir", d], None)?;
     }
-    fs::write(&marker, "")?;
+    fs::write(&marker, users)?;
     fs::write(args.work_dir.join("weir-data.rate"), &rate)?;
     Ok(dir)
 }
