@@ -9,12 +9,10 @@
 //! memory (`ss -tm`). In the "paced" scenarios the server does not shape; the client itself reads
 //! each user's connections at the user's rate, which gives an unshaped run at the same throughput
 //! (the CPU reference) and stalled unshaped sockets (the kernel-memory reference). The
-//! "a-paced" scenarios shape in the server *and* pace in the client: the client does the same
-//! work as in "paced", so the CPU of server + client + `ksoftirqd` over the window ("total")
-//! compares the machine's cost of the same rate with and without shaping. The server's CPU
-//! alone cannot on loopback: there the kernel transmits an unshaped server's queued bytes in
-//! the system call of the client whose read opened the window, and a shaped server's in its
-//! own send.
+//! "a-paced" scenarios shape in the server *and* pace in the client, with the same client code
+//! as "paced": the server's CPU compares shaped and unshaped serving at the same rate, and the
+//! CPU of server + client + `ksoftirqd` over the window ("total") the whole machine's cost of
+//! it (on loopback the client's receive work, which a deployment does elsewhere, is part of it).
 //!
 //! Not a timed test: it prints and stores numbers, it asserts nothing.
 
@@ -47,7 +45,10 @@ pub struct Args {
     /// Where the raw JSON goes (one file per scenario plus summary.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// Comma-separated scenarios (see `SCENARIOS`), or `all`.
+    /// Comma-separated scenarios, or `all`: SERVER-a (users capped), SERVER-b (and a binding
+    /// global cap), SERVER-paced (unshaped, the client paces), SERVER-a-paced (shaped and the
+    /// client paces), SERVER-stalled (the client reads nothing; weir shaped, nginx not), for
+    /// SERVER = uring, epoll or nginx.
     #[arg(long, default_value = "all")]
     pub scenarios: String,
     #[arg(long, default_value_t = 200)]
@@ -170,11 +171,8 @@ const SCENARIOS: &[Scenario] = &[
         paced: true,
         stalled: false,
     },
-    // Shaped server and paced client together: the client's work is the same as in the
-    // "paced" runs, so server + client CPU compares the machine's cost of the two ways to
-    // serve the same rate (on loopback the kernel runs a transmit in whichever process's
-    // system call set it off: the unshaped server's in the client's reads, the shaped
-    // server's in its own sends).
+    // Shaped server and paced client together: the client runs the same code as in the
+    // "paced" runs, so both the server's CPU and the total compare like with like.
     Scenario {
         name: "uring-a-paced",
         server: Server::Weir { driver: "uring" },
