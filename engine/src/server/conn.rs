@@ -1046,13 +1046,25 @@ impl Conn {
     /// The sweep's periodic credit. While a response is still being sent, at most once per
     /// [`SENDING_POLL_EVERY`]: the ledger journals progress once a second anyway, and 8,000 slow
     /// shaped downloads polled every sweep cost 32,000 `getsockopt` calls a second. Once the
-    /// response is all written, every sweep, so the last bytes complete the item promptly.
+    /// response is all written, every sweep, so the last bytes complete the item promptly. Not
+    /// at all while the poll could credit nothing.
     pub fn sweep_account(&mut self, ctx: &mut Ctx) {
         let sending = self.resp.is_some();
         let Some(a) = self.acct.as_deref_mut() else {
             return;
         };
         if a.map.in_flight() == 0 {
+            return;
+        }
+        // While all that was written fits in the client's first receive buffer, a poll credits
+        // no more than the client provably read (see `account`): once that much is credited,
+        // `TCP_INFO` has nothing to tell. A slow (shaped) download spends its first two windows
+        // here, polled every second for nothing before. (`+ 1`: a FIN's sequence number.)
+        let within_first_buffer = a.start_window > 0
+            && (a.map.written() + 1).saturating_sub(a.start_acked) <= 2 * a.start_window;
+        if within_first_buffer
+            && a.map.acked() >= a.start_acked.max(a.read_upto).min(a.map.written())
+        {
             return;
         }
         if sending {
