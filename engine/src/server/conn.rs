@@ -131,6 +131,20 @@ struct Accounting {
 }
 
 impl Accounting {
+    /// Whether a `TCP_INFO` poll now could credit anything (outside a close or a proof of
+    /// reading). While all that was written fits in the client's first receive buffer, a poll
+    /// credits no more than the client provably read (see `Conn::account`): once that much is
+    /// credited, there is nothing to learn. A slow (shaped) download spends its first two
+    /// windows there. (`+ 1`: `tcpi_bytes_acked` counts a FIN's sequence number.)
+    fn poll_can_credit(&self) -> bool {
+        let (written, acked) = (self.map.written(), self.map.acked());
+        let within_first_buffer = self.start_window > 0
+            && (written + 1).saturating_sub(self.start_acked) <= 2 * self.start_window;
+        !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
+    }
+}
+
+impl Accounting {
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
         if let Some(i) = self
             .targets
@@ -1056,15 +1070,7 @@ impl Conn {
         if a.map.in_flight() == 0 {
             return;
         }
-        // While all that was written fits in the client's first receive buffer, a poll credits
-        // no more than the client provably read (see `account`): once that much is credited,
-        // `TCP_INFO` has nothing to tell. A slow (shaped) download spends its first two windows
-        // here, polled every second for nothing before. (`+ 1`: a FIN's sequence number.)
-        let within_first_buffer = a.start_window > 0
-            && (a.map.written() + 1).saturating_sub(a.start_acked) <= 2 * a.start_window;
-        if within_first_buffer
-            && a.map.acked() >= a.start_acked.max(a.read_upto).min(a.map.written())
-        {
+        if !a.poll_can_credit() {
             return;
         }
         if sending {
@@ -1180,4 +1186,44 @@ fn write_representation_head(
         },
         ctx.date.now(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accounting for a response that wrote `written` stream bytes (a 300-byte head, then
+    /// content) after a client window of `window` at `start_acked`, with `acked` credited.
+    fn acct(window: u64, start_acked: u64, read_upto: u64, written: u64, acked: u64) -> Accounting {
+        let mut map = StreamMap::new();
+        map.push_overhead(300);
+        map.push_content(0, 0, written - 300);
+        map.acknowledge(acked);
+        Accounting {
+            map,
+            targets: Vec::new(),
+            acked: Vec::new(),
+            read_upto,
+            start_window: window,
+            start_acked,
+            next_poll: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn no_poll_while_it_could_credit_nothing() {
+        let w = 64 * 1024;
+        // Inside the first buffer, the start already credited: nothing to learn.
+        assert!(!acct(w, 300, 0, 100_000, 300).poll_can_credit());
+        assert!(!acct(w, 300, 0, 300 + 2 * w - 1, 300).poll_can_credit());
+        // Written past two windows: the client may have read, so poll.
+        assert!(acct(w, 300, 0, 300 + 2 * w, 300).poll_can_credit());
+        // Not yet credited up to where the response started, or to what the client provably
+        // read: poll.
+        assert!(acct(w, 300, 0, 100_000, 0).poll_can_credit());
+        assert!(acct(w, 300, 50_000, 100_000, 300).poll_can_credit());
+        assert!(!acct(w, 300, 50_000, 100_000, 50_000).poll_can_credit());
+        // No window known at the start: every poll may credit.
+        assert!(acct(0, 300, 0, 100_000, 300).poll_can_credit());
+    }
 }
