@@ -142,9 +142,7 @@ impl Accounting {
             && (written + 1).saturating_sub(self.start_acked) <= 2 * self.start_window;
         !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
     }
-}
 
-impl Accounting {
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
         if let Some(i) = self
             .targets
@@ -834,9 +832,16 @@ impl Conn {
 
     /// A send finished with `res`.
     pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        // Whatever the outcome, the grant this send held is settled now: the body bytes the
+        // kernel did not take (all of them when it failed or would have blocked) go back.
+        let head_rest = self
+            .resp
+            .as_deref()
+            .map_or(0, |r| r.head.len() - r.head_sent);
+        let sent = *res.as_ref().unwrap_or(&0);
+        self.refund_grant(ctx, sent.saturating_sub(head_rest) as u64);
         let n = match res {
             Ok(0) => {
-                self.refund_grant(ctx, 0);
                 // Nothing went out although the socket took the send: a content file shrank
                 // under sendfile (or the peer is gone).
                 tracing::error!(
@@ -847,15 +852,10 @@ impl Conn {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;
-                self.refund_grant(ctx, 0);
                 return Next::Write;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.refund_grant(ctx, 0);
-                return Next::Write;
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
             Err(e) => {
-                self.refund_grant(ctx, 0);
                 ctx.stats.add(&ctx.stats.send_errors, 1);
                 if e.raw_os_error() == Some(libc::EFAULT) {
                     tracing::error!(
@@ -865,11 +865,6 @@ impl Conn {
                 return Next::Close;
             }
         };
-        let head_rest = self
-            .resp
-            .as_deref()
-            .map_or(0, |r| r.head.len() - r.head_sent);
-        self.refund_grant(ctx, n.saturating_sub(head_rest) as u64);
         let Some(resp) = self.resp.as_deref_mut() else {
             return Next::Close;
         };

@@ -119,8 +119,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         // The allocator passes over every active user once per period, on whichever core gets
         // there first: at 10 ms that pass was about a sixth of a shaped server's CPU samples
         // with 200 users; 25 ms cut CPU per GiB by 16% (io_uring) and 9% (epoll) at the same
-        // accuracy (results/2026-11-23-shaping-period). It keeps a rate change, an idle user's share and
-        // late timers (`late_slack`, two periods) well inside a second.
+        // accuracy (results/2026-11-23-shaping-period). It keeps a rate change, an idle user's
+        // share and late timers (`late_slack`, two periods) well inside a second.
         refill_period: std::time::Duration::from_millis(25),
         ..Default::default()
     });
