@@ -23,7 +23,7 @@ use anyhow::{bail, ensure, Context as _};
 use clap::{Args, Parser, Subcommand};
 use weir_shaper::Rate;
 
-use crate::config::{DriverChoice, ServeConfig, UringFeatures};
+use crate::config::{DriverChoice, ServeConfig, UringFeatures, MIN_GRANT_RANGE};
 use crate::store::{valid_id, ItemKind, Store};
 use crate::{catalog, demo, password, token};
 
@@ -38,9 +38,10 @@ units, for example:
     workers = 4
     global_rate = \"80Mbit\"
     default_rate = \"2MiB\"
+    min_grant = \"32KiB\"
     header_timeout = \"10s\"
     data_dir = \"/var/lib/weir\"
-Rates: 512KiB, 2MiB, 10MB, 80Mbit, unlimited. Durations: 500ms, 10s, 10m, 1h.";
+Rates: 512KiB, 2MiB, 10MB, 80Mbit, unlimited. Sizes: 32KiB, 64KB. Durations: 500ms, 10s, 10m, 1h.";
 
 /// Controlled-download server: authorized, bandwidth-shaped, completion-tracked downloads.
 #[derive(Debug, Parser)]
@@ -222,6 +223,10 @@ pub struct ServeArgs {
     /// Cap for users without a rate of their own [default: unlimited]
     #[arg(long, env = "WEIR_DEFAULT_RATE", value_name = "RATE")]
     pub default_rate: Option<Rate>,
+    /// Smallest send of a shaped download, 4KiB to 256KiB: larger costs less CPU per byte,
+    /// in bigger steps per connection [default: 32KiB]
+    #[arg(long, env = "WEIR_MIN_GRANT", value_name = "SIZE")]
+    pub min_grant: Option<Size>,
     /// A rate class signed links may carry (r=NAME), e.g. `hd=4MiB`; repeatable
     #[arg(long = "rate-class", value_name = "NAME=RATE", value_parser = parse_rate_class)]
     pub rate_class: Vec<(String, Rate)>,
@@ -299,6 +304,24 @@ impl RateSetting {
     }
 }
 
+/// A size in bytes, written like a rate without the per-second: `32KiB`, `64KB`, `16384`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let refuse = || format!("{s:?}: expected a size such as 32KiB, 64KB or 16384");
+        if s.trim().eq_ignore_ascii_case("unlimited") || s.contains("bit") {
+            return Err(refuse());
+        }
+        match s.parse::<Rate>() {
+            Ok(Rate::BytesPerSec(b)) => Ok(Size(b)),
+            _ => Err(refuse()),
+        }
+    }
+}
+
 /// Parses `10s`, `500ms`, `10m`, `1h 30m`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -353,6 +376,7 @@ struct FileConfig {
     drain_timeout: Option<FromText<TomlDuration>>,
     global_rate: Option<FromText<Rate>>,
     default_rate: Option<FromText<Rate>>,
+    min_grant: Option<FromText<Size>>,
     rate_classes: Option<std::collections::BTreeMap<String, FromText<Rate>>>,
     grace: Option<FromText<TomlDuration>>,
     webhook: Option<String>,
@@ -419,6 +443,9 @@ fn serve_config(
     if let Some(v) = pick(args.default_rate, file.default_rate) {
         cfg.default_user_rate = v;
     }
+    if let Some(v) = pick(args.min_grant, file.min_grant) {
+        cfg.min_grant = v.0;
+    }
     if let Some(v) = pick_dur(args.grace, file.grace) {
         cfg.grace_period = v;
     }
@@ -453,6 +480,11 @@ fn serve_config(
         "--max-connections must be at least 1"
     );
     ensure!(cfg.auth_threads > 0, "--auth-threads must be at least 1");
+    ensure!(
+        MIN_GRANT_RANGE.contains(&cfg.min_grant),
+        "--min-grant must be 4KiB to 256KiB, not {} bytes",
+        cfg.min_grant
+    );
     for (name, d) in [
         ("--header-timeout", cfg.header_timeout),
         ("--idle-timeout", cfg.idle_timeout),
@@ -841,6 +873,8 @@ mod tests {
             "80Mbit",
             "--default-rate",
             "2MiB",
+            "--min-grant",
+            "64KiB",
             "--grace",
             "1h",
             "--webhook",
@@ -863,6 +897,7 @@ mod tests {
         assert_eq!(cfg.drain_timeout, Duration::from_secs(5));
         assert_eq!(cfg.global_rate, Rate::BytesPerSec(10_000_000));
         assert_eq!(cfg.default_user_rate, Rate::BytesPerSec(2 << 20));
+        assert_eq!(cfg.min_grant, 64 << 10);
         assert_eq!(cfg.grace_period, Duration::from_secs(3600));
         assert_eq!(cfg.webhook.as_deref(), Some("http://127.0.0.1:9/hook"));
         assert_eq!(cfg.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
@@ -880,6 +915,14 @@ mod tests {
         assert!(serve_config(&zero, &FileConfig::default(), "d".into()).is_err());
         let hook = serve_args(&["--webhook", "ftp://x"]);
         assert!(serve_config(&hook, &FileConfig::default(), "d".into()).is_err());
+        for size in ["unlimited", "80Mbit", "fast", "0"] {
+            assert!(parse(&["serve", "--min-grant", size]).is_err(), "{size}");
+        }
+        for size in ["1KiB", "1MiB"] {
+            let out_of_range = serve_args(&["--min-grant", size]);
+            let err = serve_config(&out_of_range, &FileConfig::default(), "d".into()).unwrap_err();
+            assert!(err.to_string().contains("4KiB to 256KiB"), "{err}");
+        }
     }
 
     #[test]
@@ -893,6 +936,7 @@ mod tests {
             global_rate = "4MiB"
             header_timeout = "3s"
             grace = "30m"
+            min_grant = "16KiB"
             no_accounting = true
             "#,
         )
@@ -905,6 +949,7 @@ mod tests {
         assert_eq!(cfg.driver, DriverChoice::Uring);
         assert_eq!(cfg.header_timeout, Duration::from_secs(3));
         assert_eq!(cfg.grace_period, Duration::from_secs(1800));
+        assert_eq!(cfg.min_grant, 16 << 10);
         assert!(!cfg.accounting);
         assert_eq!(file.data_dir.as_deref(), Some(Path::new("/srv/weir")));
 
