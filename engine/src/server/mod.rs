@@ -124,8 +124,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         // cut CPU per GiB by 16% / 9% (io_uring / epoll, results/2026-11-23-shaping-period),
         // 100 ms by another 12% / 15% (results/2026-11-23-shaping-grant), with the per-user
         // ratio still within 1.3% over 20 s at 128 KiB/s. A rate change, an idle user's share
-        // and late timers still settle within a period or two, well inside a second; a new
-        // download's first body bytes may wait up to one period.
+        // and late timers still settle within a period or two, well inside a second. A new
+        // download's first body bytes wait for the next allocation, up to a period.
         refill_period: std::time::Duration::from_millis(100),
         ..Default::default()
     });
