@@ -926,6 +926,12 @@ mod tests {
     }
 
     #[test]
+    fn min_grant_range_fits_the_shaper() {
+        let max = weir_shaper::ShaperConfig::default().max_grant_bytes;
+        assert!(*MIN_GRANT_RANGE.end() <= max);
+    }
+
+    #[test]
     fn toml_fills_what_flags_leave_unset() {
         let file: FileConfig = toml::from_str(
             r#"

@@ -43,7 +43,8 @@ pub enum SendPath {
 /// accuracy and stalled-socket memory.
 pub const DEFAULT_MIN_GRANT: u64 = 32 * 1024;
 
-/// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest.
+/// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
+/// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).
 pub const MIN_GRANT_RANGE: std::ops::RangeInclusive<u64> = 4 * 1024..=256 * 1024;
 
 /// Everything the server needs to run. Built by the CLI; tests may build it directly.

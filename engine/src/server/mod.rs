@@ -123,7 +123,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         // those passes were about a sixth of a shaped server's CPU samples with 200 users. 25 ms
         // cut CPU per GiB by 16% / 9% (io_uring / epoll, results/2026-11-23-shaping-period),
         // 100 ms by another 12% / 15% (results/2026-11-23-shaping-grant), with the per-user
-        // ratio still within 1.3% over 20 s at 128 KiB/s. A rate change, an idle user's share
+        // ratio still within 2.5% over 20 s at 128 KiB/s. A rate change, an idle user's share
         // and late timers still settle within a period or two, well inside a second. A new
         // download's first body bytes wait for the next allocation, up to a period.
         refill_period: std::time::Duration::from_millis(100),
