@@ -1,6 +1,7 @@
 //! The `weir` command line: parsing and the `--help` text. What the subcommands do is in
-//! [`commands`]; what `weir serve` runs with (defaults, `WEIR_*` variables, the `--config` TOML
-//! file, precedence) is decided by [`crate::config`]: the flags here only say what was given.
+//! `cli/commands.rs`, whose [`run`] executes parsed arguments against any writer (so tests drive
+//! the CLI in-process); what `weir serve` runs with (defaults, `WEIR_*` variables, the `--config`
+//! TOML file, precedence) is decided by [`crate::config`]: the flags here only say what was given.
 //!
 //! Each `[default: ...]` in `--help` is taken from [`crate::config::defaults`], the same values
 //! the server starts with.
@@ -94,7 +95,7 @@ pub enum UserCommand {
         name: String,
         #[command(flatten)]
         password: PasswordSource,
-        /// The user's bandwidth cap across all connections
+        /// The user's bandwidth cap across all connections [default: the server's --default-rate]
         #[arg(long, value_name = "RATE")]
         rate: Option<Rate>,
     },
@@ -215,7 +216,8 @@ pub struct ServeArgs {
     /// Cap for users without a rate of their own
     #[arg(long, env = "WEIR_DEFAULT_RATE", value_name = "RATE")]
     pub default_rate: Option<Rate>,
-    /// Smallest send of a shaped download, 4KiB to 256KiB: larger costs less CPU per byte, in bigger steps per connection
+    /// Smallest send of a shaped download, 4KiB to 256KiB: larger costs less CPU per byte,
+    /// in bigger steps per connection
     #[arg(long, env = "WEIR_MIN_GRANT", value_name = "SIZE")]
     pub min_grant: Option<Size>,
     /// A rate class signed links may carry (r=NAME), e.g. `hd=4MiB`; repeatable
