@@ -161,14 +161,15 @@ impl ServeConfig {
         set(&mut self.grace_period, &layer.grace);
         set(&mut self.credential_cache_ttl, &layer.credential_cache_ttl);
         set(&mut self.auth_threads, &layer.auth_threads);
-        if layer.webhook.is_some() {
-            self.webhook.clone_from(&layer.webhook);
+        // Off unless some layer turns them on.
+        if let Some(url) = &layer.webhook {
+            self.webhook = Some(url.clone());
         }
-        if layer.admin_listen.is_some() {
-            self.admin_listen = layer.admin_listen;
+        if let Some(addr) = layer.admin_listen {
+            self.admin_listen = Some(addr);
         }
-        if layer.admin_token.is_some() {
-            self.admin_token.clone_from(&layer.admin_token);
+        if let Some(token) = &layer.admin_token {
+            self.admin_token = Some(token.clone());
         }
         if let Some(off) = layer.no_accounting {
             self.accounting = !off;
