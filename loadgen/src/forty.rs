@@ -15,6 +15,7 @@ use crate::errors::ErrorKind;
 use crate::histograms::Metric;
 use crate::http::Head;
 use crate::manager::Plan;
+use crate::retry::{Backoff, Retry};
 use crate::stats::Live;
 use crate::target::{write_get, Url};
 use crate::verify::{BlockHasher, BlockList, BLOCK};
@@ -51,9 +52,8 @@ struct Slot {
     conn: Option<ConnId>,
     /// Exclusive end of the range the outstanding request asked for.
     req_end: u64,
-    /// Reopen at this time (after a failure), if the range is not done.
-    retry_at: Option<Instant>,
-    failures: u32,
+    /// Reopen (after a failure or a close), if the range is not done.
+    retry: Retry,
     hasher: Option<BlockHasher>,
     /// The outstanding response is a probe whose byte is discarded.
     probe: bool,
@@ -80,9 +80,12 @@ pub struct Forty {
     pub incomplete: u64,
 }
 
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(50u64 << failures.min(5)).min(Duration::from_secs(2))
-}
+/// Reconnecting after a failure: 100 ms, doubling, at most 1.6 s.
+const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(50),
+    doublings: 5,
+    cap: Duration::from_secs(2),
+};
 
 impl Forty {
     /// Users get credentials round robin from `auths` (by their global index `first + i`).
@@ -248,7 +251,7 @@ impl Forty {
                     .blocks
                     .as_ref()
                     .map(|_| BlockHasher::starting_at(r.pos));
-                user.slots[s].failures = 0;
+                user.slots[s].retry.succeeded();
                 match conn {
                     Some(c) => {
                         user.slots[s].conn = Some(c);
@@ -307,20 +310,19 @@ impl Forty {
         if let Some(k) = kind {
             io.error(k);
         }
+        self.resume_later(now, u, s, kind.is_some());
+    }
+
+    /// Slot `s` of user `u` lost its connection before its work was done: restart the probe, or
+    /// reopen the slot, after a back-off if it `failed`.
+    fn resume_later(&mut self, now: Instant, u: usize, s: usize, failed: bool) {
+        let user = &mut self.users[u];
         if user.state == State::Probing {
             user.probe_failures += 1;
-            user.state = State::Waiting(now + backoff(user.probe_failures));
-            self.retries_pending += 1;
-            return;
-        }
-        let slot = &mut user.slots[s];
-        let delay = if kind.is_some() {
-            slot.failures += 1;
-            backoff(slot.failures)
+            user.state = State::Waiting(now + BACKOFF.after(user.probe_failures));
         } else {
-            Duration::ZERO
-        };
-        slot.retry_at = Some(now + delay);
+            user.slots[s].retry.schedule(now, failed, &BACKOFF);
+        }
         self.retries_pending += 1;
     }
 }
@@ -393,7 +395,7 @@ impl Scenario for Forty {
                     .content_length
                     .is_none_or(|n| n == slot.req_end - r.pos);
                 if ok {
-                    user.slots[s].failures = 0;
+                    user.slots[s].retry.succeeded();
                 } else {
                     self.retry_later(io, u, s, Some(ErrorKind::RangeMismatch));
                 }
@@ -402,7 +404,7 @@ impl Scenario for Forty {
                 if head.content_length != Some(plan.size()) {
                     self.retry_later(io, u, s, Some(ErrorKind::RangeMismatch));
                 } else {
-                    user.slots[s].failures = 0;
+                    user.slots[s].retry.succeeded();
                 }
             }
             200 => {
@@ -497,22 +499,7 @@ impl Scenario for Forty {
         };
         if needs_more {
             // Already counted by the worker; schedule the resume.
-            let now = io.now;
-            let user = &mut self.users[u];
-            if user.state == State::Probing {
-                user.probe_failures += 1;
-                user.state = State::Waiting(now + backoff(user.probe_failures));
-            } else {
-                let slot = &mut user.slots[s];
-                let delay = if error.is_some() {
-                    slot.failures += 1;
-                    backoff(slot.failures)
-                } else {
-                    Duration::ZERO
-                };
-                slot.retry_at = Some(now + delay);
-            }
-            self.retries_pending += 1;
+            self.resume_later(io.now, u, s, error.is_some());
         }
     }
 
@@ -533,23 +520,24 @@ impl Scenario for Forty {
                 }
                 State::Downloading => {
                     for s in 0..self.users[u].slots.len() {
-                        let slot = &self.users[u].slots[s];
-                        match slot.retry_at {
-                            Some(at) if at <= now && slot.conn.is_none() => {
-                                self.users[u].slots[s].retry_at = None;
-                                let done = self.users[u]
-                                    .plan
-                                    .as_ref()
-                                    .is_none_or(|p| p.range(s).is_done());
-                                if done {
-                                    // A re-split finished this range meanwhile.
-                                    self.slot_done(io, u, s, None);
-                                } else {
-                                    self.open_slot(io, u, s);
-                                }
-                            }
-                            Some(_) => pending += 1,
-                            None => {}
+                        let slot = &mut self.users[u].slots[s];
+                        if slot.conn.is_some() {
+                            // Connected again: a scheduled reopen waits for that to end.
+                            pending += usize::from(slot.retry.is_scheduled());
+                            continue;
+                        }
+                        if !slot.retry.take_due(now, &mut pending) {
+                            continue;
+                        }
+                        let done = self.users[u]
+                            .plan
+                            .as_ref()
+                            .is_none_or(|p| p.range(s).is_done());
+                        if done {
+                            // A re-split finished this range meanwhile.
+                            self.slot_done(io, u, s, None);
+                        } else {
+                            self.open_slot(io, u, s);
                         }
                     }
                 }
@@ -606,11 +594,7 @@ pub fn command(
     let share = crate::processes::Share::from_common(&args.common)?;
     let sources = share.sources(&args.common)?;
     let users: Vec<usize> = (0..args.users).filter(|g| share.owns(*g)).collect();
-    let workers = args
-        .common
-        .workers
-        .unwrap_or_else(runner::default_workers)
-        .clamp(1, users.len().max(1));
+    let workers = runner::workers_for(args.common.workers, users.len());
     let started = Instant::now();
     let (blocks, verification, reference_s) = match &args.sha256 {
         None => (None, "off".to_string(), None),
@@ -656,14 +640,6 @@ pub fn command(
         blocks,
     };
     let plan = runner::RunPlan {
-        scenario: "forty",
-        url,
-        duration: args.duration,
-        stall_timeout: args.common.stall_timeout,
-        workers,
-        sources,
-        out: share.out_dir(&args.common, "forty"),
-        progress: !args.common.no_progress,
         config: serde_json::json!({
             "users": args.users,
             "users_this_process": users.len(),
@@ -675,7 +651,7 @@ pub fn command(
             "source": args.common.source,
         }),
         verification,
-        processes: 1,
+        ..share.plan("forty", url, args.duration, workers, &args.common, sources)
     };
     runner::execute(plan, |w| {
         let mine: Vec<usize> = users

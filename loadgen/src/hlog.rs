@@ -75,9 +75,22 @@ pub fn write_log(
 /// Read a log back: the sum of every interval per metric (the run's whole histograms), and the
 /// intervals' end offset (the run's measured length).
 pub fn read_totals(path: &Path) -> anyhow::Result<(Histograms, Duration)> {
-    let bytes = std::fs::read(path)?;
     let mut totals = Histograms::default();
     let mut end = Duration::ZERO;
+    for_each_interval(path, |metric, start, length, h| {
+        totals.merge_one(metric, &h);
+        end = end.max(start + length);
+    })?;
+    Ok((totals, end))
+}
+
+/// Calls `each(metric, start offset, length, histogram)` for every interval of the log at `path`
+/// whose tag names a metric.
+fn for_each_interval(
+    path: &Path,
+    mut each: impl FnMut(Metric, Duration, Duration, hdrhistogram::Histogram<u64>),
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path)?;
     let mut de = Deserializer::new();
     for entry in IntervalLogIterator::new(&bytes) {
         let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
@@ -91,10 +104,9 @@ pub fn read_totals(path: &Path) -> anyhow::Result<(Histograms, Duration)> {
         let h: hdrhistogram::Histogram<u64> = de
             .deserialize(&mut &raw[..])
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        totals.merge_one(metric, &h);
-        end = end.max(ilh.start_timestamp() + ilh.duration());
+        each(metric, ilh.start_timestamp(), ilh.duration(), h);
     }
-    Ok((totals, end))
+    Ok(())
 }
 
 /// Merge several interval logs (one per process of a `--processes` run) into one: intervals of
@@ -108,28 +120,14 @@ pub fn merge_logs(
     let mut by_interval: BTreeMap<(u128, &'static str), hdrhistogram::Histogram<u64>> =
         BTreeMap::new();
     let mut totals = Histograms::default();
-    let mut de = Deserializer::new();
     for path in inputs {
-        let bytes = std::fs::read(path)?;
-        for entry in IntervalLogIterator::new(&bytes) {
-            let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-            let LogEntry::Interval(ilh) = entry else {
-                continue;
-            };
-            let Some(metric) = ilh.tag().and_then(|t| Metric::from_name(t.as_str())) else {
-                continue;
-            };
-            let raw = base64::engine::general_purpose::STANDARD.decode(ilh.encoded_histogram())?;
-            let h: hdrhistogram::Histogram<u64> = de
-                .deserialize(&mut &raw[..])
-                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        for_each_interval(path, |metric, start, _, h| {
             totals.merge_one(metric, &h);
-            let key = (ilh.start_timestamp().as_millis(), metric.name());
             let slot = by_interval
-                .entry(key)
+                .entry((start.as_millis(), metric.name()))
                 .or_insert_with(crate::histograms::new_histogram);
             let _ = slot.add(&h);
-        }
+        })?;
     }
     let file = std::fs::File::create(out)?;
     let mut w = BufWriter::new(file);

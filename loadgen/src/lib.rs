@@ -35,6 +35,7 @@ pub mod plot;
 pub mod processes;
 pub mod progress;
 pub mod rate;
+pub mod retry;
 pub mod runner;
 pub mod source;
 pub mod stats;

@@ -7,9 +7,12 @@
 //! counters and rebuilds the exact merged histograms from their interval logs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cli::Common;
+use crate::runner::RunPlan;
 use crate::source::Sources;
+use crate::target::Url;
 
 /// This process's share of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +57,32 @@ impl Share {
             Some(s) => Sources::parse(s)?.share(self.index, self.count),
             None => Sources::default(),
         })
+    }
+
+    /// A plan for this share of a `scenario` run, with the settings every scenario takes
+    /// (`common`); the scenario fills in `config` and `verification`.
+    pub fn plan(
+        &self,
+        scenario: &'static str,
+        url: Url,
+        duration: Duration,
+        workers: usize,
+        common: &Common,
+        sources: Sources,
+    ) -> RunPlan {
+        RunPlan {
+            scenario,
+            url,
+            duration,
+            stall_timeout: common.stall_timeout,
+            workers,
+            sources,
+            out: self.out_dir(common, scenario),
+            progress: !common.no_progress,
+            config: serde_json::Value::Null,
+            verification: "off".to_string(),
+            processes: 1,
+        }
     }
 
     /// The results directory of this process.

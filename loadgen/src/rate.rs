@@ -303,27 +303,11 @@ pub fn command(
     );
     anyhow::ensure!(args.max_users >= 1, "--max-users must be at least 1");
     let url = crate::target::Url::parse(&args.url)?;
-    let auth = match &args.credentials {
-        Some(c) => crate::target::basic_auth_line(c)?,
-        None => String::new(),
-    };
+    let keep_alive = !args.no_keepalive;
+    let request = crate::target::fixed_get(&url, args.credentials.as_deref(), keep_alive)?;
     let share = crate::processes::Share::from_common(&args.common)?;
     let sources = share.sources(&args.common)?;
-    let workers = args
-        .common
-        .workers
-        .unwrap_or_else(runner::default_workers)
-        .clamp(1, args.max_users);
-    let keep_alive = !args.no_keepalive;
-    let mut request = Vec::new();
-    crate::target::write_get(
-        &mut request,
-        &url,
-        &url.host_header(),
-        &auth,
-        None,
-        keep_alive,
-    );
+    let workers = runner::workers_for(args.common.workers, args.max_users);
     let parts = (workers * share.count) as f64;
     let seed = args.seed.unwrap_or_else(rand::random);
     let cfg = RateConfig {
@@ -335,14 +319,6 @@ pub fn command(
         seed,
     };
     let plan = runner::RunPlan {
-        scenario: "rate",
-        url,
-        duration: args.duration,
-        stall_timeout: args.common.stall_timeout,
-        workers,
-        sources,
-        out: share.out_dir(&args.common, "rate"),
-        progress: !args.common.no_progress,
         config: serde_json::json!({
             "rate": args.rate,
             "ramp_s": args.ramp.as_secs_f64(),
@@ -352,8 +328,7 @@ pub fn command(
             "stall_timeout_s": args.common.stall_timeout.as_secs_f64(),
             "source": args.common.source,
         }),
-        verification: "off".to_string(),
-        processes: 1,
+        ..share.plan("rate", url, args.duration, workers, &args.common, sources)
     };
     runner::execute(plan, |w| {
         let mut c = cfg.clone();

@@ -34,6 +34,12 @@ pub struct RunPlan {
     pub processes: u64,
 }
 
+/// Worker threads for `items` loops or users: `--workers` (`asked`) or one per core, at least
+/// one and no more than there are items.
+pub fn workers_for(asked: Option<usize>, items: usize) -> usize {
+    asked.unwrap_or_else(default_workers).clamp(1, items.max(1))
+}
+
 /// The default results directory: `results/<scenario>-<UTC timestamp>`.
 pub fn default_out(scenario: &str) -> PathBuf {
     let ts = humantime::format_rfc3339_seconds(SystemTime::now())

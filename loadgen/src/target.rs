@@ -143,6 +143,29 @@ pub fn load_credentials(inline: Option<&str>, file: Option<&Path>) -> anyhow::Re
     Ok(lines)
 }
 
+/// The one request a run sends over and over (`urlopen`, `rate`): a GET of the whole `url`, as
+/// the `--credentials` user if given.
+pub fn fixed_get(
+    url: &Url,
+    credentials: Option<&str>,
+    keep_alive: bool,
+) -> Result<Vec<u8>, TargetError> {
+    let auth = match credentials {
+        Some(c) => basic_auth_line(c)?,
+        None => String::new(),
+    };
+    let mut request = Vec::new();
+    write_get(
+        &mut request,
+        url,
+        &url.host_header(),
+        &auth,
+        None,
+        keep_alive,
+    );
+    Ok(request)
+}
+
 /// Write a GET request head into `buf` (cleared first). `range` is inclusive `(first, last)`;
 /// `last = None` asks for everything from `first`.
 pub fn write_get(

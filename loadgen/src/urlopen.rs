@@ -12,6 +12,7 @@ use crate::conn::Who;
 use crate::errors::ErrorKind;
 use crate::histograms::Metric;
 use crate::http::Head;
+use crate::retry::{Backoff, Retry};
 use crate::stats::Live;
 use crate::worker::{ConnId, Io, Scenario};
 
@@ -24,13 +25,19 @@ pub struct UrlopenConfig {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// Reconnecting after a failed request: 20 ms, doubling, at most 1 s.
+const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(10),
+    doublings: 7,
+    cap: Duration::from_secs(1),
+};
+
 struct Loop {
     conn: Option<ConnId>,
     started: Instant,
     ok_status: bool,
     sha: Option<Sha256>,
-    retry_at: Option<Instant>,
-    failures: u32,
+    retry: Retry,
 }
 
 /// The urlopen scenario for one worker's share of loops.
@@ -51,8 +58,7 @@ impl Urlopen {
                     started: now,
                     ok_status: false,
                     sha: None,
-                    retry_at: None,
-                    failures: 0,
+                    retry: Retry::default(),
                 })
                 .collect(),
             cfg,
@@ -131,7 +137,7 @@ impl Scenario for Urlopen {
         if lp.ok_status {
             io.record_duration(Metric::Download, now.duration_since(lp.started));
             Live::add(&io.live.completed, 1);
-            lp.failures = 0;
+            lp.retry.succeeded();
             if let (Some(sha), Some(want)) = (lp.sha.take(), self.cfg.sha256) {
                 let got: [u8; 32] = sha.finalize().into();
                 if got == want {
@@ -160,13 +166,7 @@ impl Scenario for Urlopen {
         };
         let lp = &mut self.loops[l];
         lp.conn = None;
-        let delay = if error.is_some() {
-            lp.failures += 1;
-            Duration::from_millis(10u64 << lp.failures.min(7)).min(Duration::from_secs(1))
-        } else {
-            Duration::ZERO
-        };
-        lp.retry_at = Some(io.now + delay);
+        lp.retry.schedule(io.now, error.is_some(), &BACKOFF);
         self.retries_pending += 1;
     }
 
@@ -177,13 +177,8 @@ impl Scenario for Urlopen {
         let now = io.now;
         let mut pending = 0;
         for l in 0..self.loops.len() {
-            match self.loops[l].retry_at {
-                Some(at) if at <= now => {
-                    self.loops[l].retry_at = None;
-                    self.open(io, l);
-                }
-                Some(_) => pending += 1,
-                None => {}
+            if self.loops[l].retry.take_due(now, &mut pending) {
+                self.open(io, l);
             }
         }
         self.retries_pending = pending;
@@ -201,10 +196,8 @@ pub fn command(
 ) -> anyhow::Result<(crate::summary::Summary, std::path::PathBuf)> {
     use crate::runner;
     let url = crate::target::Url::parse(&args.url)?;
-    let auth = match &args.credentials {
-        Some(c) => crate::target::basic_auth_line(c)?,
-        None => String::new(),
-    };
+    let keep_alive = !args.no_keepalive;
+    let request = crate::target::fixed_get(&url, args.credentials.as_deref(), keep_alive)?;
     let sha256 = args
         .sha256
         .as_deref()
@@ -213,35 +206,13 @@ pub fn command(
     let share = crate::processes::Share::from_common(&args.common)?;
     let sources = share.sources(&args.common)?;
     let loops = share.count_of(args.threads);
-    let workers = args
-        .common
-        .workers
-        .unwrap_or_else(runner::default_workers)
-        .clamp(1, loops.max(1));
-    let keep_alive = !args.no_keepalive;
-    let mut request = Vec::new();
-    crate::target::write_get(
-        &mut request,
-        &url,
-        &url.host_header(),
-        &auth,
-        None,
-        keep_alive,
-    );
+    let workers = runner::workers_for(args.common.workers, loops);
     let cfg = UrlopenConfig {
         request: request.into(),
         keep_alive,
         sha256,
     };
     let plan = runner::RunPlan {
-        scenario: "urlopen",
-        url,
-        duration: args.duration,
-        stall_timeout: args.common.stall_timeout,
-        workers,
-        sources,
-        out: share.out_dir(&args.common, "urlopen"),
-        progress: !args.common.no_progress,
         config: serde_json::json!({
             "threads": args.threads,
             "threads_this_process": loops,
@@ -251,7 +222,14 @@ pub fn command(
             "source": args.common.source,
         }),
         verification: if sha256.is_some() { "sha256" } else { "off" }.to_string(),
-        processes: 1,
+        ..share.plan(
+            "urlopen",
+            url,
+            args.duration,
+            workers,
+            &args.common,
+            sources,
+        )
     };
     runner::execute(plan, |w| {
         let n = loops / workers + usize::from(w < loops % workers);

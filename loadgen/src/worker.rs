@@ -321,25 +321,11 @@ impl Io {
                 conn.phase = Phase::Head;
                 conn.sent_at = now;
                 conn.last_progress = now;
-                if conn.want_write {
-                    conn.want_write = false;
-                    let _ = self.poll.registry().reregister(
-                        &mut conn.stream,
-                        id.token(),
-                        Interest::READABLE,
-                    );
-                }
+                want_writable(&self.poll, conn, id, false);
             }
             Ok(false) => {
                 conn.last_progress = now;
-                if !conn.want_write {
-                    conn.want_write = true;
-                    let _ = self.poll.registry().reregister(
-                        &mut conn.stream,
-                        id.token(),
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
-                }
+                want_writable(&self.poll, conn, id, true);
             }
             Err(kind) => self.fail(id, kind),
         }
@@ -351,14 +337,7 @@ impl Io {
             return;
         };
         if let Some(conn) = slot.conn.as_mut().filter(|_| slot.gen == id.gen) {
-            if conn.want_write {
-                conn.want_write = false;
-                let _ = self.poll.registry().reregister(
-                    &mut conn.stream,
-                    id.token(),
-                    Interest::READABLE,
-                );
-            }
+            want_writable(&self.poll, conn, id, false);
         }
     }
 
@@ -433,6 +412,23 @@ impl Io {
             self.take(ConnId { idx: i as u32, gen });
         }
     }
+}
+
+/// Asks for writable events as well while `want` (a request is part-written), readable ones
+/// only otherwise; re-registers only on a change.
+fn want_writable(poll: &Poll, conn: &mut Conn, id: ConnId, want: bool) {
+    if conn.want_write == want {
+        return;
+    }
+    conn.want_write = want;
+    let interest = if want {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    let _ = poll
+        .registry()
+        .reregister(&mut conn.stream, id.token(), interest);
 }
 
 /// What a worker hands back when its run ends.

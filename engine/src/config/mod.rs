@@ -1,0 +1,297 @@
+//! Server configuration: what `weir serve` runs with, and the only place that decides it.
+//!
+//! [`defaults`] holds every default; [`Settings`] is one layer of given settings (the flags with
+//! their `WEIR_*` environment variables, as the CLI parsed them, or the `--config` TOML file);
+//! [`resolve`] stacks them: flag > environment variable > TOML file > default, and checks the
+//! result.
+
+pub mod defaults;
+mod settings;
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::ensure;
+use clap::ValueEnum;
+use weir_shaper::Rate;
+
+pub use settings::{parse_duration, parse_rate_class, Settings, Size};
+
+/// Which I/O driver the workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// io_uring when the kernel offers what weir needs, epoll otherwise.
+    Auto,
+    /// io_uring only; fail to start if it is missing or refused.
+    Uring,
+    /// The readiness-based fallback driver.
+    Epoll,
+}
+
+/// Which io_uring features the uring driver may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringFeatures {
+    /// Everything the probe finds (multishot accept, provided-buffer receives, COOP_TASKRUN).
+    Full,
+    /// Only what a 5.10 kernel has: single-shot accept, poll + recv, SENDMSG, timeouts.
+    Minimal,
+}
+
+/// How large file bodies reach the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// `send`/`sendmsg` (io_uring SENDMSG) straight from the memory-mapped file.
+    Mmap,
+    /// `sendfile(2)` from the content file for pieces of 64 KiB and more.
+    Sendfile,
+}
+
+/// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
+/// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).
+pub const MIN_GRANT_RANGE: std::ops::RangeInclusive<u64> = 4 * 1024..=256 * 1024;
+
+/// Everything the server needs to run. Built by [`resolve`]; tests may build it directly.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Data directory (SQLite database, content store, secrets).
+    pub data_dir: PathBuf,
+    /// Address the download listener binds (one SO_REUSEPORT socket per worker).
+    pub listen: SocketAddr,
+    /// Worker threads (one ring and one listener each). Default: number of cores.
+    pub workers: usize,
+    pub driver: DriverChoice,
+    pub uring_features: UringFeatures,
+    /// Most open client connections per worker; past it new ones get 503 + Retry-After.
+    pub max_connections_per_worker: usize,
+    /// Time allowed for a complete request head (slowloris guard).
+    pub header_timeout: Duration,
+    /// Idle time allowed on a keep-alive connection between requests.
+    pub idle_timeout: Duration,
+    /// Time a send may make no progress before the connection is closed.
+    pub send_timeout: Duration,
+    /// On SIGTERM: how long in-flight downloads may continue before they are cut.
+    pub drain_timeout: Duration,
+    /// How long a verified password stays cached.
+    pub credential_cache_ttl: Duration,
+    /// Threads verifying passwords and reading the store (never the I/O workers).
+    pub auth_threads: usize,
+    /// Global bandwidth cap for the host.
+    pub global_rate: Rate,
+    /// Rate for users that have none of their own.
+    pub default_user_rate: Rate,
+    /// Smallest body send of a shaped connection, bytes (the shaper's minimum grant): larger
+    /// grants cost less CPU per byte and make a slow connection's bytes come in bigger, rarer
+    /// steps.
+    pub min_grant: u64,
+    /// Completed items stay downloadable for this long.
+    pub grace_period: Duration,
+    /// Completion webhook.
+    pub webhook: Option<String>,
+    /// Admin listener address and bearer token.
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    /// Disable delivered-bytes accounting (benchmarks only).
+    pub accounting: bool,
+    /// Body send path (see results/2026-11-22-send-path).
+    pub send_path: SendPath,
+    /// Rate classes signed links may name (`r=NAME`): downloads through such a link are shaped
+    /// as their own class `user/NAME` at this rate.
+    pub rate_classes: std::collections::HashMap<String, Rate>,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the data directory: the values of [`defaults`], parsed.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServeConfig {
+            data_dir,
+            listen: value(defaults::LISTEN),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            driver: choice(defaults::DRIVER),
+            uring_features: choice(defaults::URING_FEATURES),
+            max_connections_per_worker: value(defaults::MAX_CONNECTIONS),
+            header_timeout: duration(defaults::HEADER_TIMEOUT),
+            idle_timeout: duration(defaults::IDLE_TIMEOUT),
+            send_timeout: duration(defaults::SEND_TIMEOUT),
+            drain_timeout: duration(defaults::DRAIN_TIMEOUT),
+            credential_cache_ttl: duration(defaults::CREDENTIAL_CACHE_TTL),
+            auth_threads: value(defaults::AUTH_THREADS),
+            global_rate: value(defaults::GLOBAL_RATE),
+            default_user_rate: value(defaults::DEFAULT_RATE),
+            min_grant: value::<Size>(defaults::MIN_GRANT).0,
+            grace_period: duration(defaults::GRACE),
+            webhook: None,
+            admin_listen: None,
+            admin_token: None,
+            accounting: true,
+            send_path: choice(defaults::SEND_PATH),
+            rate_classes: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Overrides what `layer` sets.
+    fn apply(&mut self, layer: &Settings) {
+        fn set<T: Clone>(field: &mut T, given: &Option<T>) {
+            if let Some(v) = given {
+                *field = v.clone();
+            }
+        }
+        set(&mut self.data_dir, &layer.data_dir);
+        set(&mut self.listen, &layer.listen);
+        set(&mut self.workers, &layer.workers);
+        set(&mut self.driver, &layer.driver);
+        set(&mut self.uring_features, &layer.uring_features);
+        set(&mut self.max_connections_per_worker, &layer.max_connections);
+        set(&mut self.header_timeout, &layer.header_timeout);
+        set(&mut self.idle_timeout, &layer.idle_timeout);
+        set(&mut self.send_timeout, &layer.send_timeout);
+        set(&mut self.drain_timeout, &layer.drain_timeout);
+        set(&mut self.global_rate, &layer.global_rate);
+        set(&mut self.default_user_rate, &layer.default_rate);
+        if let Some(Size(v)) = layer.min_grant {
+            self.min_grant = v;
+        }
+        set(&mut self.grace_period, &layer.grace);
+        set(&mut self.credential_cache_ttl, &layer.credential_cache_ttl);
+        set(&mut self.auth_threads, &layer.auth_threads);
+        // Off unless some layer turns them on.
+        if let Some(url) = &layer.webhook {
+            self.webhook = Some(url.clone());
+        }
+        if let Some(addr) = layer.admin_listen {
+            self.admin_listen = Some(addr);
+        }
+        if let Some(token) = &layer.admin_token {
+            self.admin_token = Some(token.clone());
+        }
+        if let Some(off) = layer.no_accounting {
+            self.accounting = !off;
+        }
+        set(&mut self.send_path, &layer.send_path);
+        self.rate_classes
+            .extend(layer.rate_classes.iter().map(|(n, r)| (n.clone(), *r)));
+    }
+
+    /// Refuses values the server cannot run with, naming the flag.
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(self.workers > 0, "--workers must be at least 1");
+        ensure!(
+            self.max_connections_per_worker > 0,
+            "--max-connections must be at least 1"
+        );
+        ensure!(self.auth_threads > 0, "--auth-threads must be at least 1");
+        ensure!(
+            MIN_GRANT_RANGE.contains(&self.min_grant),
+            "--min-grant must be 4KiB to 256KiB, not {} bytes",
+            self.min_grant
+        );
+        for (name, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--send-timeout", self.send_timeout),
+        ] {
+            ensure!(!d.is_zero(), "{name} must be greater than zero");
+        }
+        if let Some(url) = &self.webhook {
+            ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--webhook must be an http:// or https:// URL, not {url:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The server configuration from the given flags (their environment variables included), the
+/// TOML file, and the defaults, in that order of precedence.
+pub fn resolve(flags: &Settings, file: &Settings) -> anyhow::Result<ServeConfig> {
+    let mut cfg = ServeConfig::new(data_dir(None));
+    cfg.apply(file);
+    cfg.apply(flags);
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// [`resolve`] with the TOML file at `path`, if any.
+pub fn resolve_with_file(flags: &Settings, path: Option<&Path>) -> anyhow::Result<ServeConfig> {
+    let file = match path {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    resolve(flags, &file)
+}
+
+/// The data directory of the commands that take no TOML file: the flag's, or the default.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR))
+}
+
+/// Parses a default of [`defaults`] with the parser its flag uses.
+fn value<T: FromStr>(text: &str) -> T
+where
+    T::Err: Debug,
+{
+    text.parse()
+        .unwrap_or_else(|e| panic!("default {text:?}: {e:?}"))
+}
+
+fn duration(text: &str) -> Duration {
+    parse_duration(text).unwrap_or_else(|e| panic!("default {text:?}: {e}"))
+}
+
+fn choice<T: ValueEnum>(text: &str) -> T {
+    T::from_str(text, false).unwrap_or_else(|e| panic!("default {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn min_grant_range_fits_the_shaper() {
+        let max = weir_shaper::ShaperConfig::default().max_grant_bytes;
+        assert!(*MIN_GRANT_RANGE.end() <= max);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_the_defaults() {
+        let file = Settings::from_toml(
+            "data_dir = \"/srv/weir\"\nworkers = 2\nidle_timeout = \"5s\"\nno_accounting = true\n\
+             [rate_classes]\nhd = \"4MiB\"\nsd = \"1MiB\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            workers: Some(7),
+            rate_classes: vec![("hd".into(), Rate::BytesPerSec(8 << 20))],
+            ..Settings::default()
+        };
+        let cfg = resolve(&flags, &file).unwrap();
+        assert_eq!(cfg.data_dir, Path::new("/srv/weir"));
+        assert_eq!(cfg.workers, 7);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(5));
+        assert!(!cfg.accounting);
+        assert_eq!(cfg.rate_classes["hd"], Rate::BytesPerSec(8 << 20));
+        assert_eq!(cfg.rate_classes["sd"], Rate::BytesPerSec(1 << 20));
+        let none = resolve(&Settings::default(), &Settings::default()).unwrap();
+        assert_eq!(none.data_dir, Path::new(defaults::DATA_DIR));
+        assert_eq!(none.send_timeout, duration(defaults::SEND_TIMEOUT));
+    }
+}

@@ -1,0 +1,160 @@
+//! One layer of `weir serve` settings (the flags with their environment variables, or the
+//! `--config` TOML file), and the value syntax both share: durations, sizes, rates, rate classes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Deserializer};
+use weir_shaper::Rate;
+
+use super::{DriverChoice, SendPath, UringFeatures};
+
+/// Settings given by one source; `None` (or empty) where that source says nothing. The TOML file
+/// deserializes into it directly: its keys are the long flag names with underscores, values
+/// with units written as strings (`"10s"`, `"4MiB"`), rate classes as a `[rate_classes]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "text")]
+    pub listen: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub driver: Option<DriverChoice>,
+    pub uring_features: Option<UringFeatures>,
+    pub max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub send_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "text")]
+    pub global_rate: Option<Rate>,
+    #[serde(default, deserialize_with = "text")]
+    pub default_rate: Option<Rate>,
+    #[serde(default, deserialize_with = "text")]
+    pub min_grant: Option<Size>,
+    /// Later entries win over earlier ones of the same name.
+    #[serde(default, deserialize_with = "rate_classes")]
+    pub rate_classes: Vec<(String, Rate)>,
+    #[serde(default, deserialize_with = "duration")]
+    pub grace: Option<Duration>,
+    pub webhook: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub auth_threads: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub credential_cache_ttl: Option<Duration>,
+    pub no_accounting: Option<bool>,
+    pub send_path: Option<SendPath>,
+}
+
+impl Settings {
+    /// Reads a `--config` TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// A value written as a string in the TOML file and parsed like the flag.
+struct FromText<T>(T);
+
+impl<'de, T> Deserialize<'de> for FromText<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(FromText).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration in the TOML file (`"10s"`), parsed by [`parse_duration`].
+struct TomlDuration(Duration);
+
+impl FromStr for TomlDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(TomlDuration)
+    }
+}
+
+/// A present TOML key holding a value with units, e.g. `listen = "0.0.0.0:8080"`.
+fn text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    FromText::deserialize(d).map(|v| Some(v.0))
+}
+
+/// A present TOML key holding a duration, e.g. `header_timeout = "10s"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    FromText::<TomlDuration>::deserialize(d).map(|v| Some(v.0 .0))
+}
+
+/// `[rate_classes]` in the TOML file: `name = "RATE"`.
+fn rate_classes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Rate)>, D::Error> {
+    let table = BTreeMap::<String, FromText<Rate>>::deserialize(d)?;
+    Ok(table
+        .into_iter()
+        .map(|(name, rate)| (name, rate.0))
+        .collect())
+}
+
+/// A size in bytes, written like a rate without the per-second: `32KiB`, `64KB`, `16384`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let refuse = || format!("{s:?}: expected a size such as 32KiB, 64KB or 16384");
+        if s.trim().eq_ignore_ascii_case("unlimited") || s.contains("bit") {
+            return Err(refuse());
+        }
+        match s.parse::<Rate>() {
+            Ok(Rate::BytesPerSec(b)) => Ok(Size(b)),
+            _ => Err(refuse()),
+        }
+    }
+}
+
+/// Parses `10s`, `500ms`, `10m`, `1h 30m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 10s, 10m, 1h)"))
+}
+
+/// `NAME=RATE` for `--rate-class`.
+pub fn parse_rate_class(s: &str) -> Result<(String, Rate), String> {
+    let (name, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=RATE, e.g. hd=4MiB"))?;
+    if !crate::token::valid_field(name) {
+        return Err(format!("rate class {name:?}: use letters, digits, . _ @ -"));
+    }
+    let rate = rate.parse::<Rate>().map_err(|e| e.to_string())?;
+    Ok((name.to_string(), rate))
+}
