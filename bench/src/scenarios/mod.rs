@@ -42,7 +42,7 @@ pub const ALL: [Scenario; 6] = [
 ];
 
 /// Which direction is better, and the goal for a metric if it has one.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub enum Goal {
     /// weir / nginx must be at least this.
     RatioAtLeast(f64),
@@ -208,7 +208,7 @@ const STALLED: &[MetricDef] = &[
 ];
 
 /// Sizes and durations for one invocation (`--quick` shrinks them).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Plan {
     pub runs: usize,
     pub big_bytes: u64,
