@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
     if !a.shaping_scenarios.is_empty() {
         let mut prepared = Vec::new();
         for (name, bin) in &a.builds {
-            let args = shaping::Args {
+            let mut args = shaping::Args {
                 weir: bin.clone(),
                 nginx: PathBuf::from("nginx"),
                 work_dir: m.work.join(format!("shaping-{name}")),
@@ -123,6 +123,8 @@ pub fn run(a: Args) -> Result<()> {
                 window_s: a.shaping_window_s.unwrap_or(q(2, 10)),
                 workers: crate::servers::WORKERS,
             };
+            // (b) binds: the global cap is half of what the users would take.
+            args.global_mib = ((args.users as u64 * args.user_kib) / 2048).max(1);
             let p = shaping::prepare(&args)?;
             prepared.push((name.clone(), args, p));
         }
@@ -130,10 +132,7 @@ pub fn run(a: Args) -> Result<()> {
         for run in 1..=a.runs.max(1) {
             for (name, args, p) in alternate(&prepared, run) {
                 for sc in &a.shaping_scenarios {
-                    let mut args = args.clone();
-                    // (b) binds: the global cap is half of what the users would take.
-                    args.global_mib = ((args.users as u64 * args.user_kib) / 2048).max(1);
-                    let r = shaping::measure(&args, p, sc)?;
+                    let r = shaping::measure(args, p, sc)?;
                     std::fs::write(
                         m.out.join(format!("raw/shaping-{sc}-{name}-run{run}.json")),
                         serde_json::to_string_pretty(&r)?,
@@ -153,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
                 first_args.users,
                 first_args.conns,
                 first_args.user_kib,
-                ((first_args.users as u64 * first_args.user_kib) / 2048).max(1),
+                first_args.global_mib,
                 first_args.settle_s,
                 first_args.window_s,
                 a.runs.max(1)

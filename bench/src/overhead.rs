@@ -58,8 +58,9 @@ pub struct Args {
     pub repurchase_every: Option<Duration>,
 }
 
-/// One timed run, as stored in runs.json.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// One timed run, as stored in runs.json (fields added later default when reading old runs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Run {
     pub file_mib: u64,
     pub users: usize,
@@ -270,7 +271,7 @@ fn one_run(
 /// Medians per case and side, and the cost of accounting.
 pub fn table(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | completions on (median) | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | paired by run: throughput / CPU cost, medians | completions on (median) | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut cases: Vec<(u64, usize)> = runs.iter().map(|r| (r.file_mib, r.users)).collect();
     cases.dedup();
@@ -292,8 +293,18 @@ pub fn table(runs: &[Run]) -> String {
         );
         let (c_on, c_off) = (m(&on, |r| r.cpu_s_per_gib), m(&off, |r| r.cpu_s_per_gib));
         let errs = |v: &[&Run]| v.iter().map(|r| r.errors_total).sum::<u64>();
+        // Run r with accounting against run r without: the same moment of a drifting machine.
+        let pairs: Vec<(&Run, &Run)> = on
+            .iter()
+            .filter_map(|a| off.iter().find(|b| b.run == a.run).map(|b| (*a, *b)))
+            .collect();
+        let paired = |f: fn(&Run, &Run) -> f64| {
+            median_or_nan(&pairs.iter().map(|(a, b)| f(a, b)).collect::<Vec<_>>()) * 100.0
+        };
+        let paired_tput = paired(|a, b| 1.0 - a.goodput_bytes_per_sec / b.goodput_bytes_per_sec);
+        let paired_cpu = paired(|a, b| a.cpu_s_per_gib / b.cpu_s_per_gib - 1.0);
         out += &format!(
-            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {} | {}/{} |\n",
+            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {paired_tput:+.1}% / {paired_cpu:+.1}% | {} | {}/{} |\n",
             if mib >= 1024 { format!("{} GiB", mib / 1024) } else { format!("{mib} MiB") },
             on.len(),
             off.len(),

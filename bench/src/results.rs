@@ -108,18 +108,82 @@ pub fn render_dir(dir: &Path) -> Result<Vec<(String, String)>> {
     collect(dir, &mut files)?;
     files.sort();
     let mut tables = Vec::new();
+    // Shaping rounds (`roundN[-VARIANT]/summary.json` side by side): medians across rounds
+    // per variant, and shaped against unshaped paired round by round.
+    let mut parents: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent()?.parent().map(Path::to_path_buf))
+        .collect();
+    parents.sort();
+    parents.dedup();
+    for p in parents {
+        if let Some(t) = rounds_table(&p)? {
+            let rel = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+            tables.push((format!("{rel}/round*/summary.json"), t));
+        }
+    }
+    // Send-path batches of one run directory: also all together (the README quotes the medians
+    // over both batches of 2026-11-22-send-path).
+    let mut send_path_runs: Vec<Value> = Vec::new();
+    let mut send_path_files = 0;
     for f in files {
         let text =
             std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
-        if let Some(t) = render(&v)? {
-            let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
-            tables.push((rel, t));
+        let batch = v.as_array().filter(|a| {
+            a.first()
+                .is_some_and(|r| r.get("method").is_some() && r.get("run").is_some())
+        });
+        if let Some(a) = batch {
+            send_path_runs.extend(a.iter().cloned());
+            send_path_files += 1;
+        }
+        let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        match render(&v) {
+            Ok(Some(t)) => tables.push((rel, t)),
+            Ok(None) => {}
+            Err(e) => tables.push((rel, format!("(not rendered: {e:#})\n"))),
         }
     }
+    if send_path_files > 1 {
+        let t = crate::send_path::table_from_runs(&Value::Array(send_path_runs))?;
+        tables.push((
+            format!("all {send_path_files} send-path runs.json together"),
+            t,
+        ));
+    }
     Ok(tables)
+}
+
+/// The shaping records of `dir/roundN[-VARIANT]/summary.json`, by variant ("" when none) and
+/// round, or None when `dir` holds no such rounds.
+fn rounds_table(dir: &Path) -> Result<Option<String>> {
+    let mut rounds: Vec<(String, String, Vec<Value>)> = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("round") else {
+            continue;
+        };
+        let (n, variant) = rest.split_once('-').unwrap_or((rest, ""));
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path().join("summary.json")) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text)?;
+        let recs = v.get("data").unwrap_or(&v).as_array().cloned();
+        if let Some(recs) = recs.filter(|r| r.iter().all(|x| x.get("ratio_p1").is_some())) {
+            rounds.push((variant.to_owned(), n.to_owned(), recs));
+        }
+    }
+    if rounds.len() < 2 {
+        return Ok(None);
+    }
+    rounds.sort_by_key(|(v, n, _)| (v.clone(), n.parse::<u32>().unwrap_or(0)));
+    Ok(Some(crate::shaping::rounds_table(&rounds)))
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
@@ -200,5 +264,53 @@ mod tests {
             t.contains("| curl-ranges | throughput | GB/s | 2.01 | 1.35 |"),
             "{t}"
         );
+    }
+
+    fn table_of(run: &str, file: &str) -> String {
+        let root = crate::workspace_root().join("results").join(run);
+        render_dir(&root)
+            .unwrap()
+            .into_iter()
+            .find(|(f, _)| f == file)
+            .unwrap_or_else(|| panic!("{run}: no table from {file}"))
+            .1
+    }
+
+    /// The README's send-path figures: medians over both batches.
+    #[test]
+    fn send_path_medians_match_the_readme() {
+        let t = table_of("2026-11-22-send-path", "all 2 send-path runs.json together");
+        assert!(t.contains("| uring-send | 256K | 40 | 4.90 "), "{t}");
+        assert!(t.contains("| uring-send-zc | 256K | 40 | 4.48 "), "{t}");
+        assert!(t.contains("| sendfile | 256K | 40 | 2.20 "), "{t}");
+    }
+
+    /// The README's shaping CPU row: shaped ÷ unshaped paired by round, medians.
+    #[test]
+    fn shaping_paired_rounds_match_the_readme() {
+        let t = table_of("2026-11-23-shaping-grant", "rounds/round*/summary.json");
+        assert!(t.contains("| uring-a vs uring-paced | 9 |"), "{t}");
+        assert!(t.contains("| 0.98 | 1.09 vs 4.16 |"), "{t}");
+        assert!(t.contains("| 1.03 | 2.33 vs 4.16 |"), "{t}");
+        assert!(t.contains("| 0.81 | 1.10 vs 4.46 |"), "{t}");
+    }
+
+    /// The README's accounting figures: 64 MiB +1.0% / +0.4% (paired +1.3% / +0.4%).
+    #[test]
+    fn accounting_overhead_matches_the_readme() {
+        let t = table_of("2026-11-23-accounting-overhead", "rerun-64m/runs.json");
+        assert!(
+            t.contains("| +1.0% | 0.241 | 0.240 | +0.4% | +1.3% / +0.4% |"),
+            "{t}"
+        );
+    }
+
+    /// The README's weir-load figures: 164,441 vs 199,435 req/s, 1.21×.
+    #[test]
+    fn loadgen_matches_the_readme() {
+        let t = table_of("2026-11-23-loadgen-sessions", "runs.json");
+        let row = "| nginx | 4 KiB, each at its best | wrk -t2 -c100: 164441 req/s \
+                   | weir-load urlopen --threads 100 --workers 1: 199435 req/s | 1.21× |";
+        assert!(t.contains(row), "{t}");
     }
 }

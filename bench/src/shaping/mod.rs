@@ -336,6 +336,110 @@ pub fn table(rows: &[Value]) -> String {
     out
 }
 
+/// Shaping runs repeated in rounds (`(variant, round, records)`): per variant and scenario the
+/// server CPU-s/GiB of every round and their median, the worst accuracy and the global range;
+/// then every shaped scenario against the unshaped (`DRIVER-paced`) run of the same round.
+pub fn rounds_table(rounds: &[(String, String, Vec<Value>)]) -> String {
+    use crate::util::median_or_nan;
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (variant, _, recs) in rounds {
+        for r in recs {
+            let k = (
+                variant.clone(),
+                r["scenario"].as_str().unwrap_or("").to_owned(),
+            );
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let of = |variant: &str, sc: &str| -> Vec<(&str, &Value)> {
+        rounds
+            .iter()
+            .filter(|(v, _, _)| v == variant)
+            .filter_map(|(_, n, recs)| {
+                recs.iter()
+                    .find(|r| r["scenario"] == sc)
+                    .map(|r| (n.as_str(), r))
+            })
+            .collect()
+    };
+    let mut out = String::from(
+        "| variant | scenario | rounds | server CPU-s/GiB per round | median | worst p1 | worst p99 | global ratio range |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (variant, sc) in &keys {
+        let rs = of(variant, sc);
+        let cpu: Vec<f64> = rs
+            .iter()
+            .map(|(_, r)| f(r, "server_cpu_s_per_gib"))
+            .collect();
+        let g: Vec<f64> = rs.iter().map(|(_, r)| f(r, "global_ratio")).collect();
+        out += &format!(
+            "| {variant} | {sc} | {} | {} | {:.2} | {:.4} | {:.4} | {:.4}–{:.4} |\n",
+            rs.len(),
+            join(&cpu),
+            median_or_nan(&cpu),
+            rs.iter()
+                .map(|(_, r)| f(r, "ratio_p1"))
+                .fold(f64::INFINITY, f64::min),
+            rs.iter()
+                .map(|(_, r)| f(r, "ratio_p99"))
+                .fold(f64::NEG_INFINITY, f64::max),
+            g.iter().copied().fold(f64::INFINITY, f64::min),
+            g.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    let mut paired = String::new();
+    for (variant, sc) in &keys {
+        let Some(driver) = sc
+            .strip_suffix("-a")
+            .or_else(|| sc.strip_suffix("-a-paced"))
+        else {
+            continue;
+        };
+        let unshaped: Vec<(&str, &Value)> = of(variant, &format!("{driver}-paced"));
+        let pairs: Vec<(&Value, &Value)> = of(variant, sc)
+            .into_iter()
+            .filter_map(|(n, a)| unshaped.iter().find(|(m, _)| *m == n).map(|(_, u)| (a, *u)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(a, u)| f(a, "server_cpu_s_per_gib") / f(u, "server_cpu_s_per_gib"))
+            .collect();
+        let total = |i: usize| {
+            median_or_nan(
+                &pairs
+                    .iter()
+                    .map(|p| f(if i == 0 { p.0 } else { p.1 }, "total_cpu_s_per_gib"))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        paired += &format!(
+            "| {variant} | {sc} vs {driver}-paced | {} | {} | {:.2} | {:.2} vs {:.2} |\n",
+            pairs.len(),
+            join(&ratios),
+            median_or_nan(&ratios),
+            total(0),
+            total(1),
+        );
+    }
+    if !paired.is_empty() {
+        out += "\nShaped against unshaped (the client paces) in the same round:\n\n| variant | pair | rounds | server CPU-s/GiB shaped ÷ unshaped per round | median | total CPU-s/GiB shaped vs unshaped, medians |\n|---|---|---|---|---|---|\n";
+        out += &paired;
+    }
+    out
+}
+
 /// The figures a before/after comparison reports per shaping scenario.
 pub const COMPARED: [(&str, &str); 6] = [
     ("ratio_p1", "per-user ratio p1"),
