@@ -157,46 +157,36 @@ pub fn run(args: Args) -> Result<()> {
     let header = crate::report::Header::start("send-path", Path::new(""));
     let size = args.size_mib * MIB;
 
-    let mut configs = Vec::new();
-    for chunk in [256 * KIB, MIB, 4 * MIB] {
-        for method in [
-            Method::UringSend,
-            Method::UringSendZc,
-            Method::Sendfile,
-            Method::Send,
-        ] {
-            configs.push(Config {
-                method,
-                chunk,
-                conns: 1,
-            });
-        }
-        // The pipe is 1 MiB (the unprivileged pipe-max-size), so a splice chunk cannot exceed it.
-        if chunk <= MIB {
-            for method in [Method::UringSplice, Method::Splice] {
-                configs.push(Config {
+    // Every method on one connection at three chunk sizes; splice only up to 1 MiB, the
+    // unprivileged pipe-max-size. Then the multi-connection round.
+    let sends = [
+        Method::UringSend,
+        Method::UringSendZc,
+        Method::Sendfile,
+        Method::Send,
+    ];
+    let splices = [Method::UringSplice, Method::Splice];
+    let grid = |chunks: &[usize], methods: &[Method], conns: usize| -> Vec<Config> {
+        chunks
+            .iter()
+            .flat_map(|&chunk| {
+                methods.iter().map(move |&method| Config {
                     method,
                     chunk,
-                    conns: 1,
-                });
-            }
+                    conns,
+                })
+            })
+            .collect()
+    };
+    let mut configs = Vec::new();
+    for chunk in [256 * KIB, MIB, 4 * MIB] {
+        configs.extend(grid(&[chunk], &sends, 1));
+        if chunk <= MIB {
+            configs.extend(grid(&[chunk], &splices, 1));
         }
     }
     if args.conns > 1 {
-        for chunk in [256 * KIB, MIB] {
-            for method in [
-                Method::UringSend,
-                Method::UringSendZc,
-                Method::Sendfile,
-                Method::Send,
-            ] {
-                configs.push(Config {
-                    method,
-                    chunk,
-                    conns: args.conns,
-                });
-            }
-        }
+        configs.extend(grid(&[256 * KIB, MIB], &sends, args.conns));
     }
     if let Some(only) = &args.only {
         configs.retain(|c| c.label().contains(only.as_str()));
@@ -467,15 +457,7 @@ fn run_one(map: &Mmap, file: &File, cfg: &Config, verify: bool, run: usize) -> R
 /// compared with the mapping at the slice's offset.
 fn read_all(map: &Mmap, mut conns: Vec<Slice>, verify: bool) -> Result<(Instant, f64, u64)> {
     let cpu0 = cpu_seconds(libc::RUSAGE_THREAD);
-    let ep = epoll_create()?;
-    for (i, c) in conns.iter().enumerate() {
-        epoll_add(
-            &ep,
-            c.sock.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            i as u64,
-        )?;
-    }
+    let ep = epoll_all(&conns, libc::EPOLLIN)?;
     let mut got = vec![0usize; conns.len()];
     let mut eof = vec![false; conns.len()];
     let mut buf = vec![0u8; MIB];
@@ -856,16 +838,8 @@ fn epoll_loop(
     chunk: usize,
 ) -> Result<SendStats> {
     let mut stats = SendStats::default();
-    let ep = epoll_create()?;
+    let ep = epoll_all(&conns, libc::EPOLLOUT)?;
     let mut off: Vec<usize> = conns.iter().map(|c| c.off).collect();
-    for (i, c) in conns.iter().enumerate() {
-        epoll_add(
-            &ep,
-            c.sock.as_raw_fd(),
-            (libc::EPOLLOUT | libc::EPOLLET) as u32,
-            i as u64,
-        )?;
-    }
     let mut open = conns.len();
     let mut ready: Vec<usize> = (0..conns.len()).collect();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.len()];
@@ -909,6 +883,21 @@ fn epoll_loop(
         );
     }
     Ok(stats)
+}
+
+/// An epoll instance watching every connection's socket for `events`, edge-triggered, with the
+/// connection's index as its data.
+fn epoll_all(conns: &[Slice], events: libc::c_int) -> Result<OwnedFd> {
+    let ep = epoll_create()?;
+    for (i, c) in conns.iter().enumerate() {
+        epoll_add(
+            &ep,
+            c.sock.as_raw_fd(),
+            (events | libc::EPOLLET) as u32,
+            i as u64,
+        )?;
+    }
+    Ok(ep)
 }
 
 fn epoll_create() -> Result<OwnedFd> {

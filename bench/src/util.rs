@@ -67,12 +67,7 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 
 /// Today's UTC date as YYYY-MM-DD (civil-from-days, no time-zone database needed).
 pub fn utc_date() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
+    utc_timestamp()[..10].to_owned()
 }
 
 /// UTC date and time, for the README.
