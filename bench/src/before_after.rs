@@ -25,7 +25,7 @@ pub struct Args {
     /// A small smoke run: 64 MiB file, 2 s wrk, 10 users x 4 connections for 2 s of shaping
     #[arg(long)]
     pub quick: bool,
-    /// Result directory [default: results/<date>-structure-before-after]
+    /// Result directory [default: results/DATE-structure-before-after]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Scratch directory [default: a new temp dir under /tmp]

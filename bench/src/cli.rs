@@ -38,7 +38,7 @@ pub struct FirstArgs {
     /// Measured runs per scenario and server (servers alternate; medians are reported)
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Result directory [default: results/<date>-first]
+    /// Result directory [default: results/DATE-first]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Scenarios to run, comma separated [default: all]

@@ -8,10 +8,18 @@
 //! for: micro-benchmarks of functions (criterion, beside each crate) or the load generator's
 //! own scenarios (`weir-load`).
 //!
-//! Layout: [`servers`] starts and stops weir and nginx and knows their PIDs; [`scenarios`]
-//! drive one client load against one started server and return an [`scenarios::Outcome`];
-//! [`procfs`] reads CPU and memory; [`report`] turns raw runs into `summary.json` and the
-//! README. Only PIDs this process started are ever signalled.
+//! Subcommands: `first` (weir vs nginx), `before-after` (two weir binaries, the first the
+//! baseline), `overhead` (accounting on/off), `loadgen` (weir-load vs wrk and axel), `shaping`
+//! (shaping accuracy), `send-path` (the kernel's send paths, no server) and `report` (the tables
+//! of the stored results).
+//!
+//! Layout: [`servers`] is the only place a server is started (its own session, stopped by
+//! PID); [`runner`] runs scenarios N times per target with the targets alternating;
+//! [`scenarios`] drive one client load against one started server and return an
+//! [`scenarios::Outcome`]; [`procfs`] reads CPU and memory; [`report`] writes every run's
+//! `summary.json` and README; [`results`] renders the stored ones again. [`run`] raises
+//! RLIMIT_NOFILE once for everything started below it. Only PIDs this process started are ever
+//! signalled.
 //!
 //! ```
 //! // Medians are what the summary reports; a run that failed is not among the values.

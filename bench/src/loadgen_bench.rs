@@ -225,7 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_or_else(|_| "absent".to_string(), |s| s.trim().to_string());
     table += &format!(
         "\nnginx in its own session (as `daemon on` puts it) except in the \"shared session\" rows; \
-         weir, when measured, shares the bench's session. sched_autogroup_enabled: {autogroup}.\n"
+         weir, when measured, runs in a session of its own too. sched_autogroup_enabled: {autogroup}.\n"
     );
     crate::report::write_simple(
         &args.out,

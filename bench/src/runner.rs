@@ -2,7 +2,7 @@
 //! and each server once, warms the page cache, then runs every scenario N times per target
 //! with the targets alternating run by run (odd runs in the listed order, even runs reversed),
 //! each run on a freshly started server, and keeps one raw JSON per run. The medians and
-//! ratios are [`report::summarize`]'s; the files are [`report::write`]'s.
+//! ratios are [`report::summarize`]'s; the files are [`report::write_run`]'s.
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
