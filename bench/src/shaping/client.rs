@@ -52,22 +52,25 @@ pub fn read_conn(
                 left -= n;
                 if c.state == State::Head {
                     c.head.extend_from_slice(&buf[..n]);
-                    if let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if c.head.starts_with(b"HTTP/1.1 503") {
+                    // The same head parser as every other client of the harness.
+                    if let Some(head) = crate::client::parse_head(&c.head) {
+                        let (status, end) = match head {
+                            Ok((status, _, end)) => (status, end),
+                            Err(_) => (0, c.head.len()),
+                        };
+                        if status == 503 {
                             *errors.entry("retried after 503".into()).or_default() += 1;
                             c.state = State::Retry(Instant::now() + Duration::from_secs(1));
                             c.head.clear();
                             c.readable = false;
                             return got;
                         }
-                        if !c.head.starts_with(b"HTTP/1.1 206") {
-                            let line = String::from_utf8_lossy(&c.head[..c.head.len().min(12)])
-                                .to_string();
-                            *errors.entry(format!("status {line}")).or_default() += 1;
+                        if status != 206 {
+                            *errors.entry(format!("status {status}")).or_default() += 1;
                             c.state = State::Dead;
                             return got;
                         }
-                        let extra = (c.head.len() - p - 4) as u64;
+                        let extra = (c.head.len() - end) as u64;
                         c.head = Vec::new();
                         c.state = State::Body;
                         c.body += extra;
