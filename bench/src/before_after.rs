@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
         for (name, bin) in &a.builds {
             let mut args = shaping::Args {
                 weir: bin.clone(),
-                nginx: PathBuf::from("nginx"),
+                nginx: PathBuf::from("nginx"), // not started: weir scenarios only
                 work_dir: m.work.join(format!("shaping-{name}")),
                 out: m.out.join("raw"),
                 scenarios: a.shaping_scenarios.join(","),

@@ -287,13 +287,17 @@ pub fn readme(summary: &Summary, nginx_conf: &str, raw_files: &[String]) -> Stri
     let _ = writeln!(s, "## Command\n\n```\n{}\n```\n", summary.command);
     let _ = writeln!(
         s,
-        "Started {}, finished {}. Plan: {} run(s) per server and scenario, big file {} bytes, wrk {} s, {} held connections.\n",
+        "Started {}, finished {}. Plan: {} run(s) per server and scenario, big file {} bytes, wrk {} s{}.\n",
         summary.started_utc,
         summary.finished_utc,
         summary.plan.runs,
         summary.plan.big_bytes,
         summary.plan.wrk_seconds,
-        summary.plan.conns
+        if summary.plan.conns > 0 {
+            format!(", {} held connections", summary.plan.conns)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(s, "## Results\n\n{}", table(summary));
     if let Some(sh) = &summary.shaping {

@@ -633,7 +633,8 @@ fn start_nginx(args: &Args, file: &Path, limit_rate: Option<u64>, label: &str) -
     let root = file.parent().context("file without a directory")?;
     let logs = args.work_dir.join("logs");
     fs::create_dir_all(&logs)?;
-    let setup = NginxSetup::create(&args.work_dir, root)?;
+    let mut setup = NginxSetup::create(&args.work_dir, root)?;
+    setup.bin = args.nginx.clone();
     let opts = NginxOptions {
         limit_rate,
         workers: Some(args.workers),
