@@ -23,6 +23,14 @@ pub enum Command {
     Loadgen(crate::loadgen_bench::Args),
     /// Issue 4: shaping accuracy, 200 users x 40 connections, with and without a global cap.
     Shaping(crate::shaping::Args),
+    /// Issue 2's send-path lab: io_uring SEND / SEND_ZC / SPLICE, sendfile and splice from a
+    /// mapped file over loopback, without a server (was `cargo run --example send_path`).
+    SendPath(crate::send_path::Args),
+    /// Two weir binaries in one run: full speed (1 GiB, 40 ranged curls), 4 KiB requests/s
+    /// (wrk -c100) and reduced shaping accuracy; after/before ratios of the medians.
+    BeforeAfter(crate::before_after::Args),
+    /// Renders the tables the top-level README quotes from the stored results under results/.
+    Report(crate::results::Args),
 }
 
 #[derive(Debug, Args)]
@@ -30,7 +38,7 @@ pub struct FirstArgs {
     /// Measured runs per scenario and server (servers alternate; medians are reported)
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Result directory [default: results/<date>-first]
+    /// Result directory [default: results/DATE-first]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Scenarios to run, comma separated [default: all]

@@ -39,6 +39,21 @@ impl Fixture {
     }
 }
 
+/// A file of `len` incompressible bytes at `path`, reused when one of that size is already
+/// there (scratch directories are kept between runs of the long benchmarks).
+pub fn ensure(path: &Path, len: u64, seed: u64) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == len) {
+        return Ok(());
+    }
+    let dir = path.parent().context("file path without a directory")?;
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("non-UTF-8 file name")?;
+    write_file(dir, name, len, seed).map(|_| ())
+}
+
 /// Writes `len` bytes of xorshift64* output and hashes them on the way.
 fn write_file(dir: &Path, id: &str, len: u64, seed: u64) -> Result<File> {
     let path = dir.join(id);

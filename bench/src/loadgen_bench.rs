@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::overhead::procs::{self, median, Weir};
+use crate::procfs;
+use crate::servers::nginx::{NginxSetup, Options as NginxOptions};
+use crate::servers::{weir, Session};
+use crate::util::{basic_auth, median_or_nan, parse_secs};
 
 /// `weir-bench loadgen` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,7 +48,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Length of each wrk / urlopen / forty run.
-    #[arg(long, default_value = "10s", value_parser = procs::parse_secs)]
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
     pub duration: Duration,
     /// Also run both pairs against weir (release, 2 workers), for information.
     #[arg(long)]
@@ -71,33 +74,18 @@ pub struct Args {
     #[arg(long, default_value_t = 37_000)]
     pub conns_two: usize,
     /// Length of a connection-count run.
-    #[arg(long, default_value = "30s", value_parser = procs::parse_secs)]
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
     pub conns_duration: Duration,
     /// Where axel writes the file (RAM, so the disk is not the bottleneck).
     #[arg(long, default_value = "/dev/shm/weir-bench-axel")]
     pub axel_out: PathBuf,
 }
 
-/// Where the server under test runs, for the CPU scheduler. With autogroup scheduling (Linux's
-/// default on desktops and many servers, `/proc/sys/kernel/sched_autogroup_enabled`) CPU time is
-/// shared between sessions first, then between the threads of each; systemd's per-service cgroups
-/// do the same. On two cores shared by server and client, that decides how the cores are split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Session {
-    /// Its own session: where nginx puts itself by default (`daemon on` calls `setsid`) and
-    /// where a server runs in production, apart from whoever loads it.
-    Own,
-    /// The bench's session, shared with the load tool: every thread competes on its own.
-    Shared,
-}
-
-impl Session {
-    /// The target name in runs.json and the table.
-    fn target(self) -> &'static str {
-        match self {
-            Session::Own => "nginx",
-            Session::Shared => "nginx, shared session",
-        }
+/// The target name in runs.json and the table for nginx in `session`.
+fn session_target(s: Session) -> &'static str {
+    match s {
+        Session::Own => "nginx",
+        Session::Shared => "nginx, shared session",
     }
 }
 
@@ -106,11 +94,14 @@ const F1G: u64 = 1 << 30;
 const USER: &str = "alice";
 const PASSWORD: &str = "bench-password";
 
+/// How long a stopped server may take to exit before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// A target server: its base URL, and credentials for weir.
 struct Target {
     name: &'static str,
-    /// The server's PID (its worker processes are found through /proc).
-    pid: u32,
+    /// The server's PIDs (nginx: master and workers), for CPU time.
+    pids: Vec<i32>,
     url_4k: String,
     url_1g: String,
     auth: Option<String>,
@@ -119,18 +110,29 @@ struct Target {
 /// Run the benchmark and write its results under `args.out`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.out.join("raw"))?;
-    let root = args.work.join("root");
+    let work = std::fs::canonicalize({
+        std::fs::create_dir_all(&args.work)?;
+        &args.work
+    })?;
+    let root = work.join("root");
     std::fs::create_dir_all(&root)?;
-    procs::write_env(&args.out.join("env.txt"), &args.weir, &args.weir_load)?;
-    procs::ensure_file(&root.join("f4k"), F4K)?;
-    procs::ensure_file(&root.join("f1g"), F1G)?;
-    procs::ensure_file(&root.join("f64m"), 64 << 20)?;
+    let log_dir = args.out.join("raw");
+    let header = crate::report::Header::start("loadgen", &args.weir);
+    crate::fixture::ensure(&root.join("f4k"), F4K, 0x5eed_0201)?;
+    crate::fixture::ensure(&root.join("f1g"), F1G, 0x5eed_0202)?;
+    crate::fixture::ensure(&root.join("f64m"), 64 << 20, 0x5eed_0203)?;
+    let nginx = NginxSetup::create(&work, &root)?;
+    let nginx_opts = |session| NginxOptions {
+        slow_path: true,
+        session: Some(session),
+        ..NginxOptions::default()
+    };
 
     let weir = if args.with_weir && !args.skip_pairs {
         let data = args.work.join("data");
         if !data.join(".bench-ready").exists() {
             let _ = std::fs::remove_dir_all(&data);
-            procs::weir_admin(
+            weir::admin(
                 &args.weir,
                 &data,
                 &["user", "add", USER, "--password-stdin"],
@@ -138,23 +140,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )?;
             for id in ["f4k", "f1g"] {
                 let file = root.join(id);
-                procs::weir_admin(
+                weir::admin(
                     &args.weir,
                     &data,
                     &["item", "add", id, file.to_str().context("path")?],
                     None,
                 )?;
-                procs::weir_admin(&args.weir, &data, &["cart", "add", USER, id], None)?;
+                weir::admin(&args.weir, &data, &["cart", "add", USER, id], None)?;
             }
             std::fs::write(data.join(".bench-ready"), b"")?;
         }
-        Some(Weir::start(
-            &args.weir,
-            &data,
-            2,
-            &["--grace", "24h"],
-            &args.out.join("raw/weir.log"),
-        )?)
+        let serve_args: Vec<String> = [
+            "serve",
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--grace",
+            "24h",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Some(weir::serve(&args.weir, &serve_args, &[], &log_dir, "weir")?)
     } else {
         None
     };
@@ -169,11 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if !args.skip_pairs {
         for (i, &session) in args.sessions.iter().enumerate() {
-            let mut nginx = Nginx::start(&args.work, session)?;
-            let base = format!("http://127.0.0.1:{}", nginx.port);
+            let srv = nginx.start(&nginx_opts(session), &log_dir, session_target(session))?;
+            let base = format!("http://{}", srv.addr);
             let mut targets = vec![Target {
-                name: session.target(),
-                pid: nginx.child.id(),
+                name: session_target(session),
+                pids: srv.pids(),
                 url_4k: format!("{base}/f4k"),
                 url_1g: format!("{base}/f1g"),
                 auth: None,
@@ -182,7 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if let (0, Some(w)) = (i, &weir) {
                 targets.push(Target {
                     name: "weir",
-                    pid: w.pid(),
+                    pids: w.pids(),
                     url_4k: format!("http://{}/d/f4k", w.addr),
                     url_1g: format!("http://{}/d/f1g", w.addr),
                     auth: Some(format!("{USER}:{PASSWORD}")),
@@ -193,33 +203,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     pair_round(&args, t, r, &mut runs, &save)?;
                 }
             }
-            nginx.stop()?;
+            srv.stop(STOP_GRACE)?;
         }
     }
     if let Some(w) = weir {
-        w.stop()?;
+        w.stop(STOP_GRACE)?;
     }
     if !args.skip_conns {
-        let mut nginx = Nginx::start(&args.work, Session::Own)?;
-        let base = format!("http://127.0.0.1:{}", nginx.port);
+        let srv = nginx.start(&nginx_opts(Session::Own), &log_dir, "nginx-conns")?;
+        let base = format!("http://{}", srv.addr);
         for (procs_n, conns) in [(1, args.conns_one), (2, args.conns_two)] {
             let v = hold(&args, &base, procs_n, conns)?;
             eprintln!("{v}");
             runs.push(v);
             save(&runs)?;
         }
-        nginx.stop()?;
+        srv.stop(STOP_GRACE)?;
     }
     let mut table = table(&runs);
     let autogroup = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
         .map_or_else(|_| "absent".to_string(), |s| s.trim().to_string());
     table += &format!(
         "\nnginx in its own session (as `daemon on` puts it) except in the \"shared session\" rows; \
-         weir, when measured, shares the bench's session. sched_autogroup_enabled: {autogroup}.\n"
+         weir, when measured, runs in a session of its own too. sched_autogroup_enabled: {autogroup}.\n"
     );
-    std::fs::write(args.out.join("table.md"), &table)?;
-    println!("{table}");
-    Ok(())
+    crate::report::write_simple(
+        &args.out,
+        header,
+        "weir-load against the classic tools (issue 5)",
+        &table,
+        "Raw: `runs.json` (one record per tool run), wrk's output and weir-load's results in `raw/`.\n",
+        &runs,
+    )
 }
 
 /// One round of both pairs against `t`: the classic first on odd rounds, weir-load first on even
@@ -263,7 +278,7 @@ fn pair_round(
 fn record(tool: &str, target: &str, round: usize, metric: &str, value: f64, extra: Value) -> Value {
     let mut v = json!({
         "tool": tool, "target": target, "round": round, "metric": metric, "value": value,
-        "loadavg_after": procs::loadavg(),
+        "loadavg_after": procfs::loadavg(),
     });
     if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
@@ -271,21 +286,10 @@ fn record(tool: &str, target: &str, round: usize, metric: &str, value: f64, extr
     v
 }
 
+/// `Authorization: Basic ...` for `user:password`.
 fn basic(auth: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in auth.as_bytes().chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    format!("Authorization: Basic {s}")
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    format!("Authorization: {}", basic_auth(user, password))
 }
 
 fn secs(d: Duration) -> String {
@@ -302,14 +306,14 @@ fn urlopen_name(workers: usize) -> String {
 }
 
 fn wrk(args: &Args, t: &Target, r: usize, threads: usize) -> anyhow::Result<Value> {
-    let load_before = procs::loadavg();
+    let load_before = procfs::loadavg();
     let mut cmd = Command::new("wrk");
     cmd.arg(format!("-t{threads}"))
         .args(["-c100", "-d", &secs(args.duration)]);
     if let Some(a) = &t.auth {
         cmd.args(["-H", &basic(a)]);
     }
-    let cpu = Cpu::start(t.pid);
+    let cpu = Cpu::start(&t.pids);
     let out = cmd.arg(&t.url_4k).output().context("running wrk")?;
     let cpu = cpu.end();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -361,11 +365,18 @@ fn weir_load(
     if !st.success() {
         bail!("weir-load {scenario} failed: {st}");
     }
-    procs::read_summary(out)
+    read_summary(out)
+}
+
+/// weir-load's summary.json in `dir`.
+pub fn read_summary(dir: &Path) -> anyhow::Result<Value> {
+    let p = dir.join("summary.json");
+    let s = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(serde_json::from_str(&s)?)
 }
 
 fn urlopen(args: &Args, t: &Target, r: usize, workers: usize) -> anyhow::Result<Value> {
-    let load_before = procs::loadavg();
+    let load_before = procfs::loadavg();
     let out = args
         .out
         .join(format!("raw/urlopen-w{workers}-{}-{r}", t.name));
@@ -377,7 +388,7 @@ fn urlopen(args: &Args, t: &Target, r: usize, workers: usize) -> anyhow::Result<
         "--duration".into(),
         secs(args.duration),
     ];
-    let cpu = Cpu::start(t.pid);
+    let cpu = Cpu::start(&t.pids);
     let s = weir_load(args, "urlopen", &t.url_4k, &extra, t.auth.as_deref(), &out)?;
     let cpu = cpu.end();
     let mut extra = json!({"errors_total": s["errors_total"], "errors": s["errors"], "loadavg_before": load_before});
@@ -397,7 +408,7 @@ fn urlopen(args: &Args, t: &Target, r: usize, workers: usize) -> anyhow::Result<
 }
 
 fn forty(args: &Args, t: &Target, r: usize) -> anyhow::Result<Value> {
-    let load_before = procs::loadavg();
+    let load_before = procfs::loadavg();
     let out = args.out.join(format!("raw/forty-{}-{r}", t.name));
     let extra = ["--users", "1", "--connections", "40", "--duration"].map(String::from);
     let mut extra = extra.to_vec();
@@ -417,7 +428,7 @@ fn forty(args: &Args, t: &Target, r: usize) -> anyhow::Result<Value> {
 /// One axel download of the 1 GiB file into RAM; MB/s over its wall time. axel 2.17 has been
 /// seen to crash (SIGSEGV), so one retry, and the failure is recorded if the retry fails too.
 fn axel(args: &Args, t: &Target, r: usize) -> anyhow::Result<Value> {
-    let load_before = procs::loadavg();
+    let load_before = procfs::loadavg();
     let mut failures = Vec::new();
     for _try in 0..2 {
         let _ = std::fs::remove_file(&args.axel_out);
@@ -463,7 +474,7 @@ fn axel(args: &Args, t: &Target, r: usize) -> anyhow::Result<Value> {
 /// Hold as many connections as `conns` against nginx's rate-limited path; sample the kernel's
 /// TCP socket count meanwhile.
 fn hold(args: &Args, base: &str, processes: usize, conns: usize) -> anyhow::Result<Value> {
-    let load_before = procs::loadavg();
+    let load_before = procfs::loadavg();
     let out = args.out.join(format!("raw/conns-{processes}proc"));
     let users = conns.div_ceil(40);
     let stop = Arc::new(AtomicBool::new(false));
@@ -532,19 +543,23 @@ fn sockstat_tcp_inuse() -> Option<u64> {
 }
 
 /// Medians per tool and target, and weir-load / classic ratios.
-fn table(runs: &[Value]) -> String {
+pub fn table(runs: &[Value]) -> String {
     // The median of one field of a tool's runs against a target.
     let field = |tool: &str, target: &str, key: &str| {
-        median(
-            runs.iter()
+        median_or_nan(
+            &runs
+                .iter()
                 .filter(|v| v["tool"] == tool && v["target"] == target)
                 .filter_map(|v| v[key].as_f64())
-                .filter(|x| x.is_finite())
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     };
     let med = |tool: &str, target: &str| field(tool, target, "value");
-    let targets = [Session::Own.target(), Session::Shared.target(), "weir"];
+    let targets = [
+        session_target(Session::Own),
+        session_target(Session::Shared),
+        "weir",
+    ];
     let n = |tool: &str, target: &str| {
         runs.iter()
             .filter(|v| v["tool"] == tool && v["target"] == target)
@@ -624,18 +639,18 @@ fn table(runs: &[Value]) -> String {
 /// CPU used during one tool run: by the tool (this process's children that ended meanwhile: the
 /// tool and any processes it waited for) and by the server (its process and its children, e.g.
 /// nginx's workers).
-struct Cpu {
+struct Cpu<'a> {
     children: f64,
-    server_pid: u32,
+    server_pids: &'a [i32],
     server: f64,
 }
 
-impl Cpu {
-    fn start(server_pid: u32) -> Cpu {
+impl<'a> Cpu<'a> {
+    fn start(server_pids: &'a [i32]) -> Cpu<'a> {
         Cpu {
             children: ended_children_cpu(),
-            server_pid,
-            server: server_cpu(server_pid),
+            server_pids,
+            server: procfs::cpu_seconds(server_pids).unwrap_or(f64::NAN),
         }
     }
 
@@ -643,7 +658,7 @@ impl Cpu {
     fn end(self) -> CpuUsed {
         CpuUsed {
             client: ended_children_cpu() - self.children,
-            server: server_cpu(self.server_pid) - self.server,
+            server: procfs::cpu_seconds(self.server_pids).unwrap_or(f64::NAN) - self.server,
         }
     }
 }
@@ -682,113 +697,4 @@ fn ended_children_cpu() -> f64 {
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(ru.ru_utime) + secs(ru.ru_stime)
-}
-
-/// CPU seconds of a server process and its direct children (/proc/PID/task/PID/children).
-fn server_cpu(pid: u32) -> f64 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
-        .map(|p| procs::cpu_seconds(p).unwrap_or(f64::NAN))
-        .sum()
-}
-
-/// Run the child in a session of its own (as `daemon on` would), and have it sent SIGTERM if
-/// the bench dies first: outside the bench's session a Ctrl-C no longer reaches it.
-fn own_session(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only makes two system calls,
-    // setsid(2) and prctl(2), both async-signal-safe; it allocates nothing and touches no memory
-    // shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0
-                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Our own nginx: two workers, on a free loopback port, serving `work/root`.
-struct Nginx {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(work: &Path, session: Session) -> anyhow::Result<Nginx> {
-        let work = std::fs::canonicalize(work)?;
-        std::fs::create_dir_all(work.join("tmp"))?;
-        std::fs::create_dir_all(work.join("logs"))?;
-        // Free port: bind :0, note it, release it. nginx could lose a race for it; it then fails
-        // to start and we say so.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let d = work.display();
-        let conf = format!(
-            "worker_processes 2;
-worker_rlimit_nofile 20000;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 20000; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  open_file_cache max=100 inactive=60s;
-  client_body_temp_path {d}/tmp/b; proxy_temp_path {d}/tmp/p; fastcgi_temp_path {d}/tmp/f;
-  uwsgi_temp_path {d}/tmp/u; scgi_temp_path {d}/tmp/s;
-  server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
-    root {d}/root;
-    location /slow/ {{ alias {d}/root/; limit_rate 2k; }}
-  }}
-}}
-"
-        );
-        std::fs::write(work.join("nginx.conf"), conf)?;
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(&work)
-            .arg("-c")
-            .arg(work.join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null());
-        if session == Session::Own {
-            own_session(&mut cmd);
-        }
-        let mut child = cmd.spawn().context("starting nginx")?;
-        // Readiness: a successful connect (nginx prints nothing when it is ready).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            if let Some(st) = child.try_wait()? {
-                bail!("nginx exited ({st}); see {d}/error.log");
-            }
-            if Instant::now() > deadline {
-                procs::terminate(&mut child)?;
-                bail!("nginx did not listen within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Nginx { child, port })
-    }
-
-    fn stop(&mut self) -> anyhow::Result<()> {
-        procs::terminate(&mut self.child)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = procs::terminate(&mut self.child);
-    }
 }

@@ -1,10 +1,10 @@
 //! The facts a result is only meaningful with: versions of everything measured and the machine.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::util::command_output;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub hostname: String,
     pub cpu_model: String,
@@ -20,7 +20,7 @@ pub struct Machine {
     pub nofile_soft_after_raise: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versions {
     pub weir_git_rev: String,
     pub weir_git_dirty: bool,

@@ -7,15 +7,16 @@
 //! completed item stays downloadable), waits for its `listening on http://` line, samples the
 //! server's utime+stime from `/proc/PID/stat`, runs the load, samples again and stops the server
 //! with SIGTERM. Cost = 1 − on/off for goodput and on/off − 1 for CPU seconds per GiB delivered.
-//! Raw per-run JSON goes to `OUT/runs.json`, weir-load's own results to `OUT/raw/`, the table of
-//! medians to `OUT/table.md`.
+//! Raw per-run JSON goes to `OUT/runs.json`, weir-load's own results to `OUT/raw/`; the table of
+//! medians, the command and the machine to `OUT/README.md` and `OUT/summary.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use procs::{median, Weir};
+use crate::servers::weir::{admin, serve};
+use crate::util::{median_or_nan, parse_secs};
 
 /// `weir-bench overhead` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Length of one load run.
-    #[arg(long, default_value = "15s", value_parser = procs::parse_secs)]
+    #[arg(long, default_value = "15s", value_parser = parse_secs)]
     pub duration: Duration,
     /// File sizes in MiB, one case each (1024 = 1 GiB, 64).
     #[arg(long, value_delimiter = ',', default_value = "1024,64")]
@@ -53,29 +54,30 @@ pub struct Args {
     /// During each run (both sides), `weir cart add` every user's item this often, so a user who
     /// completed buys again and the next download is accounted too. Without it, a user's first
     /// completion empties the cart and the rest of the run only exercises the ignored-credit path.
-    #[arg(long, value_parser = procs::parse_secs)]
+    #[arg(long, value_parser = parse_secs)]
     pub repurchase_every: Option<Duration>,
 }
 
-/// One timed run, as stored in runs.json.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Run {
-    file_mib: u64,
-    users: usize,
-    accounting: bool,
-    run: usize,
-    goodput_bytes_per_sec: f64,
-    bytes: u64,
-    downloads_completed: u64,
-    errors_total: u64,
+/// One timed run, as stored in runs.json (fields added later default when reading old runs).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Run {
+    pub file_mib: u64,
+    pub users: usize,
+    pub accounting: bool,
+    pub run: usize,
+    pub goodput_bytes_per_sec: f64,
+    pub bytes: u64,
+    pub downloads_completed: u64,
+    pub errors_total: u64,
     /// "download completed" lines in the server's log: completions the ledger committed.
-    completions: usize,
-    repurchase_every_s: Option<f64>,
-    server_cpu_s: f64,
-    cpu_s_per_gib: f64,
-    loadavg_before: String,
-    loadavg_after: String,
-    raw: String,
+    pub completions: usize,
+    pub repurchase_every_s: Option<f64>,
+    pub server_cpu_s: f64,
+    pub cpu_s_per_gib: f64,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub raw: String,
 }
 
 /// Run the benchmark and write its results under `args.out`.
@@ -83,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let max_users = *args.users.iter().max().context("--users is empty")?;
     std::fs::create_dir_all(args.out.join("raw"))?;
     std::fs::create_dir_all(&args.work)?;
-    procs::write_env(&args.out.join("env.txt"), &args.weir, &args.weir_load)?;
+    let header = crate::report::Header::start("overhead", &args.weir);
 
     let data = args.work.join("data");
     let fresh = !data.join(".bench-ready").exists();
@@ -97,12 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for &mib in &args.files_mib {
         let id = format!("f{mib}m");
         let file = args.work.join(&id);
-        procs::ensure_file(&file, mib << 20)?;
+        crate::fixture::ensure(&file, mib << 20, 0x5eed_0100 + mib)?;
         items.push((mib, id, file));
     }
     if fresh {
         for u in &users {
-            procs::weir_admin(
+            admin(
                 &args.weir,
                 &data,
                 &["user", "add", u, "--password-stdin"],
@@ -111,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         for (_, id, file) in &items {
             let file = file.to_str().context("non-UTF-8 path")?;
-            procs::weir_admin(&args.weir, &data, &["item", "add", id, file], None)?;
+            admin(&args.weir, &data, &["item", "add", id, file], None)?;
         }
         std::fs::write(data.join(".bench-ready"), b"")?;
     }
@@ -131,8 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 for accounting in order {
                     for user in &users {
                         // Completion empties the cart; refill it so every run starts alike.
-                        let _ =
-                            procs::weir_admin(&args.weir, &data, &["cart", "add", user, id], None);
+                        let _ = admin(&args.weir, &data, &["cart", "add", user, id], None);
                     }
                     let one = one_run(&args, &data, &creds, *mib, id, &users[..u], accounting, r)?;
                     eprintln!(
@@ -151,10 +152,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let table = table(&runs);
-    std::fs::write(args.out.join("table.md"), &table)?;
-    println!("{table}");
-    Ok(())
+    crate::report::write_simple(
+        &args.out,
+        header,
+        "Accounting overhead: weir with completion accounting on vs --no-accounting (issue 3)",
+        &table(&runs),
+        "Raw: `runs.json` (one record per timed run), weir-load's own results and the server logs in `raw/`.\n",
+        &runs,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -169,9 +174,17 @@ fn one_run(
     r: usize,
 ) -> anyhow::Result<Run> {
     let users = user_names.len();
-    let mut extra = vec!["--grace", "24h"];
+    let mut serve_args: Vec<String> = ["serve", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    serve_args.push(data.to_string_lossy().into_owned());
+    for a in ["--listen", "127.0.0.1:0", "--grace", "24h", "--workers"] {
+        serve_args.push(a.to_owned());
+    }
+    serve_args.push(args.workers.to_string());
     if !accounting {
-        extra.push("--no-accounting");
+        serve_args.push("--no-accounting".to_owned());
     }
     let name = format!(
         "{mib}m-u{users}-{}-{r}",
@@ -179,16 +192,11 @@ fn one_run(
     );
     let raw = args.out.join("raw").join(&name);
     let _ = std::fs::remove_dir_all(&raw);
-    let weir = Weir::start(
-        &args.weir,
-        data,
-        args.workers,
-        &extra,
-        &raw.with_extension("log"),
-    )?;
+    let log_dir = args.out.join("raw");
+    let weir = serve(&args.weir, &serve_args, &[], &log_dir, &name)?;
     let url = format!("http://{}/d/{id}", weir.addr);
-    let load_before = procs::loadavg();
-    let cpu_before = procs::cpu_seconds(weir.pid())?;
+    let load_before = crate::procfs::loadavg();
+    let cpu_before = crate::procfs::cpu_seconds(&weir.pids())?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let buyer = args.repurchase_every.map(|every| {
         let (stop, weir_bin, data) = (stop.clone(), args.weir.clone(), data.to_path_buf());
@@ -197,7 +205,7 @@ fn one_run(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(every);
                 for u in &names {
-                    let _ = procs::weir_admin(&weir_bin, &data, &["cart", "add", u, &id], None);
+                    let _ = admin(&weir_bin, &data, &["cart", "add", u, &id], None);
                 }
             }
         })
@@ -219,24 +227,28 @@ fn one_run(
         let _ = b.join();
     }
     let status = status?;
-    let cpu_after = procs::cpu_seconds(weir.pid())?;
-    let load_after = procs::loadavg();
-    weir.stop()?;
+    let cpu_after = crate::procfs::cpu_seconds(&weir.pids())?;
+    let load_after = crate::procfs::loadavg();
+    weir.stop(Duration::from_secs(15))?;
     if !status.success() {
         bail!("weir-load forty failed ({status}) for {name}");
     }
-    let s = procs::read_summary(&raw)?;
+    let s = crate::loadgen_bench::read_summary(&raw)?;
     let bytes = s["bytes"].as_u64().unwrap_or(0);
     let errors_total = s["errors_total"].as_u64().unwrap_or(0);
     if bytes == 0 {
         bail!("{name}: no bytes delivered (errors: {})", s["errors"]);
     }
     let server_cpu_s = cpu_after - cpu_before;
-    let log = std::fs::read_to_string(raw.with_extension("log")).unwrap_or_default();
-    let completions = log
-        .lines()
-        .filter(|l| l.contains("download completed"))
-        .count();
+    let completions = ["stdout", "stderr"]
+        .iter()
+        .map(|ext| std::fs::read_to_string(raw.with_extension(ext)).unwrap_or_default())
+        .map(|log| {
+            log.lines()
+                .filter(|l| l.contains("download completed"))
+                .count()
+        })
+        .sum();
     Ok(Run {
         file_mib: mib,
         users,
@@ -257,9 +269,9 @@ fn one_run(
 }
 
 /// Medians per case and side, and the cost of accounting.
-fn table(runs: &[Run]) -> String {
+pub fn table(runs: &[Run]) -> String {
     let mut out = String::from(
-        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | completions on (median) | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| file | users × conns | runs on/off | goodput on (MB/s) | goodput off (MB/s) | throughput cost 1 − on/off | CPU-s/GiB on | CPU-s/GiB off | CPU cost on/off − 1 | paired by run: throughput / CPU cost, medians | completions on (median) | errors on/off |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut cases: Vec<(u64, usize)> = runs.iter().map(|r| (r.file_mib, r.users)).collect();
     cases.dedup();
@@ -272,15 +284,27 @@ fn table(runs: &[Run]) -> String {
                 .collect()
         };
         let (on, off) = (side(true), side(false));
-        let m = |v: &[&Run], f: fn(&Run) -> f64| median(v.iter().map(|r| f(r)).collect());
+        let m = |v: &[&Run], f: fn(&Run) -> f64| {
+            median_or_nan(&v.iter().map(|r| f(r)).collect::<Vec<_>>())
+        };
         let (g_on, g_off) = (
             m(&on, |r| r.goodput_bytes_per_sec),
             m(&off, |r| r.goodput_bytes_per_sec),
         );
         let (c_on, c_off) = (m(&on, |r| r.cpu_s_per_gib), m(&off, |r| r.cpu_s_per_gib));
         let errs = |v: &[&Run]| v.iter().map(|r| r.errors_total).sum::<u64>();
+        // Run r with accounting against run r without: the same moment of a drifting machine.
+        let pairs: Vec<(&Run, &Run)> = on
+            .iter()
+            .filter_map(|a| off.iter().find(|b| b.run == a.run).map(|b| (*a, *b)))
+            .collect();
+        let paired = |f: fn(&Run, &Run) -> f64| {
+            median_or_nan(&pairs.iter().map(|(a, b)| f(a, b)).collect::<Vec<_>>()) * 100.0
+        };
+        let paired_tput = paired(|a, b| 1.0 - a.goodput_bytes_per_sec / b.goodput_bytes_per_sec);
+        let paired_cpu = paired(|a, b| a.cpu_s_per_gib / b.cpu_s_per_gib - 1.0);
         out += &format!(
-            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {} | {}/{} |\n",
+            "| {} | {users} × 40 | {}/{} | {:.0} | {:.0} | {:+.1}% | {:.3} | {:.3} | {:+.1}% | {paired_tput:+.1}% / {paired_cpu:+.1}% | {} | {}/{} |\n",
             if mib >= 1024 { format!("{} GiB", mib / 1024) } else { format!("{mib} MiB") },
             on.len(),
             off.len(),
@@ -296,262 +320,4 @@ fn table(runs: &[Run]) -> String {
         );
     }
     out
-}
-
-/// Driving the processes a benchmark needs: weir, nginx, files, /proc samples. Shared with
-/// [`crate::loadgen_bench`].
-pub mod procs {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
-
-    use anyhow::{bail, Context as _};
-
-    /// Parse `15s`, `1.5s`, `250ms`, `2m`.
-    pub fn parse_secs(s: &str) -> Result<Duration, String> {
-        let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-            (n, 1e-3)
-        } else if let Some(n) = s.strip_suffix('s') {
-            (n, 1.0)
-        } else if let Some(n) = s.strip_suffix('m') {
-            (n, 60.0)
-        } else {
-            (s, 1.0)
-        };
-        let v: f64 = num.parse().map_err(|e| format!("{s}: {e}"))?;
-        Ok(Duration::from_secs_f64(v * mul))
-    }
-
-    /// Median of the values (mean of the middle two for an even count); NaN when empty.
-    pub fn median(mut v: Vec<f64>) -> f64 {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    }
-
-    /// Create `path` with `size` incompressible bytes (xorshift64) unless it already has that size.
-    pub fn ensure_file(path: &Path, size: u64) -> anyhow::Result<()> {
-        if std::fs::metadata(path)
-            .map(|m| m.len() == size)
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ size;
-        let mut left = size;
-        let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            for chunk in buf.chunks_exact_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes());
-            }
-            let n = left.min(buf.len() as u64) as usize;
-            f.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        f.flush()?;
-        Ok(())
-    }
-
-    /// Run `weir ARGS --data-dir DATA`, feeding `stdin` if given; fail with its stderr.
-    pub fn weir_admin(
-        weir: &Path,
-        data: &Path,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let mut child = Command::new(weir)
-            .args(args)
-            .arg("--data-dir")
-            .arg(data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", weir.display()))?;
-        {
-            let mut pipe = child.stdin.take().context("stdin")?;
-            if let Some(s) = stdin {
-                writeln!(pipe, "{s}")?;
-            }
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "weir {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    /// A `weir serve` we started; stopped with SIGTERM to its PID (and killed if dropped).
-    pub struct Weir {
-        child: Child,
-        /// The bound address, from the `listening on http://ADDR` line.
-        pub addr: String,
-    }
-
-    impl Weir {
-        /// Start `weir serve` on a free loopback port and wait for its readiness line.
-        /// Its stdout and stderr go to `log`.
-        pub fn start(
-            weir: &Path,
-            data: &Path,
-            workers: usize,
-            extra: &[&str],
-            log: &Path,
-        ) -> anyhow::Result<Weir> {
-            let err = std::fs::File::create(log)?;
-            let mut child = Command::new(weir)
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(data)
-                .args(["--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(err)
-                .spawn()
-                .context("starting weir serve")?;
-            let stdout = child.stdout.take().context("stdout")?;
-            let mut lines = BufReader::new(stdout);
-            let mut logf = std::fs::OpenOptions::new().append(true).open(log)?;
-            let mut line = String::new();
-            let addr = loop {
-                line.clear();
-                if lines.read_line(&mut line)? == 0 {
-                    let _ = child.wait();
-                    bail!("weir serve exited before listening; see {}", log.display());
-                }
-                logf.write_all(line.as_bytes())?;
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    break rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                }
-            };
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut rest = lines;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = rest.read(&mut buf) {
-                    if n == 0 || logf.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-            Ok(Weir { child, addr })
-        }
-
-        /// The server's PID.
-        pub fn pid(&self) -> u32 {
-            self.child.id()
-        }
-
-        /// SIGTERM and wait for exit.
-        pub fn stop(mut self) -> anyhow::Result<()> {
-            terminate(&mut self.child)
-        }
-    }
-
-    impl Drop for Weir {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// SIGTERM to this child's PID (never by name), then wait for it.
-    pub fn terminate(child: &mut Child) -> anyhow::Result<()> {
-        if child.try_wait()?.is_none() {
-            let pid = libc::pid_t::try_from(child.id())?;
-            // SAFETY: kill(2) takes no pointers; `pid` is our own child, not yet reaped (try_wait
-            // returned None), so the PID cannot have been reused by another process.
-            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
-        child.wait()?;
-        Ok(())
-    }
-
-    /// utime + stime of a process (all its threads), in seconds, from /proc/PID/stat.
-    pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The command name may hold spaces; fields resume after its closing parenthesis.
-        let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After ")": state is field 3 of stat(5), so utime (14) and stime (15) are at 11 and 12.
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-        // SAFETY: sysconf takes no pointers and has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Ok(ticks as f64 / hz as f64)
-    }
-
-    /// The first three fields of /proc/loadavg (what `uptime` prints).
-    pub fn loadavg() -> String {
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    }
-
-    /// weir-load's summary.json in `dir`.
-    pub fn read_summary(dir: &Path) -> anyhow::Result<serde_json::Value> {
-        let p = dir.join("summary.json");
-        let s = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        Ok(serde_json::from_str(&s)?)
-    }
-
-    /// First line of a command's stdout+stderr, or "unavailable".
-    pub fn version(cmd: &str, args: &[&str]) -> String {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| {
-                let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-                s += &String::from_utf8_lossy(&o.stderr);
-                s.lines().next().unwrap_or("").trim().to_string()
-            })
-            .unwrap_or_else(|| "unavailable".into())
-    }
-
-    /// Versions and machine, once per benchmark: env.txt beside the results.
-    pub fn write_env(path: &Path, weir: &Path, weir_load: &Path) -> anyhow::Result<()> {
-        let mem = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| m.lines().next().map(str::to_string))
-            .unwrap_or_default();
-        let exe = |p: &PathBuf| p.to_string_lossy().into_owned();
-        let text = format!(
-            "weir git rev: {}\nweir: {}\nweir-load: {}\nnginx: {}\nwrk: {}\naxel: {}\nkernel: {}\nrustc: {}\nnproc: {}\n{mem}\nloadavg at start: {}\n",
-            version("git", &["rev-parse", "HEAD"]),
-            version(&exe(&weir.to_path_buf()), &["--version"]),
-            version(&exe(&weir_load.to_path_buf()), &["--version"]),
-            version("nginx", &["-v"]),
-            version("wrk", &["-v"]),
-            version("axel", &["-V"]),
-            version("uname", &["-r"]),
-            version("rustc", &["-V"]),
-            version("nproc", &[]),
-            loadavg(),
-        );
-        std::fs::write(path, text)?;
-        Ok(())
-    }
 }

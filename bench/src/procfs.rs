@@ -4,26 +4,21 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::fs;
 
+/// A sysconf(3) value, or `default` when the system does not say.
+fn sysconf_or(name: libc::c_int, default: u64) -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions; it only reads a configuration value.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(default)
+}
+
 /// Clock ticks per second for /proc/PID/stat's utime and stime (USER_HZ, usually 100).
 pub fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions; it only reads a configuration value.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 {
-        v as u64
-    } else {
-        100
-    }
+    sysconf_or(libc::_SC_CLK_TCK, 100)
 }
 
 /// Bytes per page, the unit of /proc/net/sockstat's `mem`.
 pub fn page_size() -> u64 {
-    // SAFETY: as above, a read-only query.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 {
-        v as u64
-    } else {
-        4096
-    }
+    sysconf_or(libc::_SC_PAGESIZE, 4096)
 }
 
 /// The fields of /proc/PID/stat after the command name (which may contain spaces and ')').

@@ -1,10 +1,11 @@
-//! Small helpers: RLIMIT_NOFILE, Basic credentials, dates, free ports, hashing, medians.
+//! Small helpers: RLIMIT_NOFILE (raised once, in [`crate::run`]), Basic credentials, durations,
+//! dates, free ports, hashing, medians.
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it) and returns
 /// the new soft limit. 10,000 held connections need it; the default soft limit is often 1,024.
@@ -27,32 +28,46 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
-/// Standard base64 with padding (for `Authorization: Basic`).
-pub fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+/// The current soft RLIMIT_NOFILE (after [`raise_nofile`], the hard limit).
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, exclusively borrowed rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
     }
-    out
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on 64-bit Linux, not everywhere
+    let cur = lim.rlim_cur as u64;
+    cur
+}
+
+/// The `Authorization` header value for HTTP Basic credentials.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// Parses `15s`, `1.5s`, `250ms`, `2m` (a bare number is seconds).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok(Duration::from_secs_f64(v * mul))
 }
 
 /// Today's UTC date as YYYY-MM-DD (civil-from-days, no time-zone database needed).
 pub fn utc_date() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
+    utc_timestamp()[..10].to_owned()
 }
 
 /// UTC date and time, for the README.
@@ -121,6 +136,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// [`median`], or NaN when there is no value (for tables that print "NaN" as "no data").
+pub fn median_or_nan(values: &[f64]) -> f64 {
+    median(values).unwrap_or(f64::NAN)
+}
+
 /// Output of a command's stdout (trimmed), or a note that it could not be run.
 pub fn command_output(program: &str, args: &[&str]) -> String {
     match std::process::Command::new(program).args(args).output() {
@@ -140,19 +160,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (i, o) in cases {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
+    fn basic_credentials() {
+        // RFC 7617's example.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_secs("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_secs("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_secs("x").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub const ALL: [Scenario; 6] = [
 ];
 
 /// Which direction is better, and the goal for a metric if it has one.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub enum Goal {
     /// weir / nginx must be at least this.
     RatioAtLeast(f64),
@@ -143,6 +143,22 @@ const REQUESTS: &[MetricDef] = &[
     m("cpu_s_per_mreq", "server CPU", "s/M req", false, None),
 ];
 
+const RSS_FILE: MetricDef = m(
+    "rss_file_kib_per_conn",
+    "RssFile per conn",
+    "KiB",
+    false,
+    None,
+);
+const TCP_MEM: MetricDef = m(
+    "tcp_mem_kib_per_conn",
+    "kernel TCP mem per conn (both ends)",
+    "KiB",
+    false,
+    None,
+);
+const FDS: MetricDef = m("fds_per_conn", "server fds per conn", "", false, None);
+
 const IDLE: &[MetricDef] = &[
     m(
         "rss_anon_kib_per_conn",
@@ -151,21 +167,9 @@ const IDLE: &[MetricDef] = &[
         false,
         Some(AtMost(1.0)),
     ),
-    m(
-        "rss_file_kib_per_conn",
-        "RssFile per conn",
-        "KiB",
-        false,
-        None,
-    ),
-    m(
-        "tcp_mem_kib_per_conn",
-        "kernel TCP mem per conn (both ends)",
-        "KiB",
-        false,
-        None,
-    ),
-    m("fds_per_conn", "server fds per conn", "", false, None),
+    RSS_FILE,
+    TCP_MEM,
+    FDS,
 ];
 
 const STALLED: &[MetricDef] = &[
@@ -176,20 +180,8 @@ const STALLED: &[MetricDef] = &[
         false,
         Some(AtMost(2.0)),
     ),
-    m(
-        "rss_file_kib_per_conn",
-        "RssFile per conn",
-        "KiB",
-        false,
-        None,
-    ),
-    m(
-        "tcp_mem_kib_per_conn",
-        "kernel TCP mem per conn (both ends)",
-        "KiB",
-        false,
-        None,
-    ),
+    RSS_FILE,
+    TCP_MEM,
     m(
         "server_sendq_kib_per_conn",
         "server send queue per conn",
@@ -204,11 +196,11 @@ const STALLED: &[MetricDef] = &[
         false,
         None,
     ),
-    m("fds_per_conn", "server fds per conn", "", false, None),
+    FDS,
 ];
 
 /// Sizes and durations for one invocation (`--quick` shrinks them).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Plan {
     pub runs: usize,
     pub big_bytes: u64,

@@ -74,7 +74,7 @@ fn wrk(
     .arg(&ctx.wrk_script);
     let auth = srv.authorization.clone().unwrap_or_else(|| {
         // nginx gets a header of the same shape, which it does not check.
-        format!("Basic {}", crate::util::base64(b"alice:unused"))
+        crate::util::basic_auth("alice", "unused")
     });
     cmd.arg("-H").arg(format!("Authorization: {auth}"));
     cmd.arg(format!("http://{}{path}", srv.addr));

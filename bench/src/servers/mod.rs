@@ -1,13 +1,19 @@
 //! The servers under test: how each is set up once, started fresh for every measured run,
 //! made ready (without sleeping), identified by PID, and stopped with SIGTERM.
+//!
+//! This is the only place a server process is started: [`spawn`] runs it the way a daemon or
+//! a systemd unit would, in a session of its own (so the CPU scheduler's autogroups split the
+//! cores between server and load tool as they do in production), with the kernel asked to
+//! SIGTERM it if the harness dies. [`Running::stop`] signals that one PID, never a name.
 pub mod nginx;
 pub mod weir;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::child::signal;
@@ -21,17 +27,61 @@ pub const SEND_TIMEOUT_S: u64 = 600;
 pub const HEADER_TIMEOUT_S: u64 = 60;
 pub const WORKERS: usize = 2;
 
+/// Where a server runs for the CPU scheduler. With autogroup scheduling (Linux's default on
+/// desktops and many servers, `/proc/sys/kernel/sched_autogroup_enabled`) CPU time is shared
+/// between sessions first, then between the threads of each; systemd's per-service cgroups do
+/// the same. On two cores shared by server and client, that decides how the cores are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Session {
+    /// Its own session: where nginx puts itself by default (`daemon on` calls `setsid`) and
+    /// where a server runs in production, apart from whoever loads it.
+    Own,
+    /// The harness's session, shared with the load tool: every thread competes on its own.
+    Shared,
+}
+
+/// Starts a server process: in its own session unless `session` says otherwise, and sent
+/// SIGTERM by the kernel if the harness dies first (outside the harness's session a Ctrl-C
+/// no longer reaches it).
+pub fn spawn(cmd: &mut Command, session: Session) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let own = session == Session::Own;
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls, setsid(2) and prctl(2), both async-signal-safe; it allocates nothing and touches
+    // no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if (own && libc::setsid() < 0)
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", crate::child::render(cmd)))
+}
+
 /// A server configuration compared in a run.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub enum Target {
-    Weir { driver: String },
+    /// One weir binary (`build` names it: empty for the only one, `before`/`after` in a
+    /// before/after run) with one I/O driver.
+    Weir {
+        build: String,
+        driver: String,
+    },
     Nginx,
 }
 
 impl Target {
     pub fn name(&self) -> String {
         match self {
-            Target::Weir { driver } => format!("weir-{driver}"),
+            Target::Weir { build, driver } if build.is_empty() => format!("weir-{driver}"),
+            Target::Weir { build, driver } if driver == "uring" => build.clone(),
+            Target::Weir { build, driver } => format!("{build}-{driver}"),
             Target::Nginx => "nginx".to_owned(),
         }
     }
@@ -44,7 +94,8 @@ impl Target {
 /// What every target needs to start: the shared fixture and where logs go.
 pub struct Setup {
     pub fixture: Fixture,
-    pub weir: weir::WeirSetup,
+    /// One prepared data directory per weir binary, by build name.
+    pub weir: BTreeMap<String, weir::WeirSetup>,
     pub nginx: nginx::NginxSetup,
     pub log_dir: PathBuf,
 }
@@ -53,8 +104,18 @@ impl Setup {
     /// Starts `target` and returns once it answers; `label` names its log files.
     pub fn start(&self, target: &Target, label: &str) -> Result<Running> {
         match target {
-            Target::Weir { driver } => self.weir.start(driver, &self.log_dir, label),
-            Target::Nginx => self.nginx.start(&self.fixture, &self.log_dir, label),
+            Target::Weir { build, driver } => {
+                let w = self
+                    .weir
+                    .get(build)
+                    .with_context(|| format!("no weir build named {build:?}"))?;
+                let mut r = w.start(driver, &self.log_dir, label)?;
+                r.name = target.name();
+                Ok(r)
+            }
+            Target::Nginx => self
+                .nginx
+                .start(&nginx::Options::default(), &self.log_dir, label),
         }
     }
 }

@@ -1,29 +1,57 @@
-//! nginx: our own instance in a prefix directory, on a free loopback port, serving the
-//! fixture's root with sendfile; ready when it answers a GET and both workers exist.
-use anyhow::{bail, Context, Result};
+//! nginx: our own instance in a prefix directory, on a free loopback port, serving a document
+//! root with sendfile; ready when it answers a GET and all its workers exist. One configuration
+//! for every benchmark, with the few knobs they differ in ([`Options`]).
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Running, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS, SEND_TIMEOUT_S, WORKERS,
+    spawn, Running, Session, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS,
+    SEND_TIMEOUT_S, WORKERS,
 };
 use crate::child::render;
-use crate::fixture::{Fixture, SMALL};
 use crate::procfs::children;
+
+/// What a benchmark asks of nginx beyond the shared configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `limit_rate` (bytes/s per connection) on every path: nginx's answer to shaping.
+    pub limit_rate: Option<u64>,
+    /// Also serve the root under `/slow/` at 2 KiB/s per connection, so that downloads stay
+    /// open for a whole run (connection-count runs).
+    pub slow_path: bool,
+    /// Where it runs for the scheduler (default: its own session, as `daemon on` puts it).
+    pub session: Option<Session>,
+    /// Worker processes [default: [`WORKERS`], as many as weir's worker threads].
+    pub workers: Option<usize>,
+}
 
 pub struct NginxSetup {
     pub bin: PathBuf,
     pub prefix: PathBuf,
+    /// The document root: `/X` is `root/X`.
+    pub root: PathBuf,
 }
 
 /// The configuration, with the port filled in. `reuseport` gives each worker its own accept
 /// queue as weir's SO_REUSEPORT listeners do; `open_file_cache` keeps file descriptors open
 /// across requests as weir keeps its mappings: both are the usual tuning for this load.
-pub fn config(prefix: &Path, root: &Path, port: u16) -> String {
+pub fn config(prefix: &Path, root: &Path, port: u16, opts: &Options) -> String {
     let p = prefix.display();
+    let r = root.display();
+    let limit = opts
+        .limit_rate
+        .map(|l| format!(" limit_rate {l};"))
+        .unwrap_or_default();
+    let slow = if opts.slow_path {
+        format!("\n    location /slow/ {{ alias {r}/; limit_rate 2k; }}")
+    } else {
+        String::new()
+    };
+    let workers = opts.workers.unwrap_or(WORKERS);
     format!(
-        "worker_processes {WORKERS};
+        "worker_processes {workers};
 worker_rlimit_nofile {MAX_CONNECTIONS};
 error_log {p}/error.log;
 pid {p}/nginx.pid;
@@ -44,27 +72,31 @@ http {{
   uwsgi_temp_path {p}/tmp/uwsgi;
   scgi_temp_path {p}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port} reuseport;
-    root {root};
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    root {r};
+    location / {{{limit} }}{slow}
   }}
 }}
-",
-        root = root.display()
+"
     )
 }
 
 impl NginxSetup {
-    pub fn create(work: &Path) -> Result<NginxSetup> {
+    /// nginx from PATH, its prefix under `work`, serving `root`.
+    pub fn create(work: &Path, root: &Path) -> Result<NginxSetup> {
         let prefix = work.join("nginx");
         std::fs::create_dir_all(prefix.join("tmp"))?;
-        let bin = PathBuf::from("nginx");
-        Ok(NginxSetup { bin, prefix })
+        Ok(NginxSetup {
+            bin: PathBuf::from("nginx"),
+            prefix,
+            root: root.to_owned(),
+        })
     }
 
-    pub fn start(&self, fixture: &Fixture, log_dir: &Path, label: &str) -> Result<Running> {
+    pub fn start(&self, opts: &Options, log_dir: &Path, label: &str) -> Result<Running> {
         let port = crate::util::free_port()?;
         let conf = self.prefix.join("nginx.conf");
-        let text = config(&self.prefix, &fixture.root, port);
+        let text = config(&self.prefix, &self.root, port, opts);
         std::fs::write(&conf, &text)?;
         std::fs::write(log_dir.join("nginx.conf"), &text)?;
         let mut cmd = Command::new(&self.bin);
@@ -83,7 +115,7 @@ impl NginxSetup {
                 log_dir.join(format!("{label}.stderr")),
             )?);
         let command = render(&cmd);
-        let child = cmd.spawn().with_context(|| format!("starting {command}"))?;
+        let child = spawn(&mut cmd, opts.session.unwrap_or(Session::Own))?;
         let mut running = Running {
             name: "nginx".to_owned(),
             addr: format!("127.0.0.1:{port}").parse()?,
@@ -93,10 +125,10 @@ impl NginxSetup {
             links: Vec::new(),
             workers: Vec::new(),
         };
-        // Ready = a GET answered 200 and both workers exist. The listener is bound by the
-        // master before it forks, so a connect alone would not prove a worker is serving.
+        // Ready = a GET answered (any status: the root has no index) and all workers exist.
+        // The listener is bound by the master before it forks, so a connect alone would not
+        // prove a worker is serving.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let path = running.path(SMALL);
         loop {
             if let Some(st) = running.child.try_wait()? {
                 bail!(
@@ -105,9 +137,9 @@ impl NginxSetup {
                     self.prefix.display()
                 );
             }
-            if let Ok((200, _)) = crate::client::get(running.addr, &path, None, None) {
+            if crate::client::get(running.addr, "/", None, None).is_ok() {
                 let w = children(running.pid());
-                if w.len() == WORKERS {
+                if w.len() == opts.workers.unwrap_or(WORKERS) {
                     running.workers = w;
                     return Ok(running);
                 }
@@ -117,5 +149,27 @@ impl NginxSetup {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_land_in_the_config() {
+        let plain = config(Path::new("/p"), Path::new("/r"), 8080, &Options::default());
+        assert!(plain.contains("listen 127.0.0.1:8080 reuseport"));
+        assert!(!plain.contains("limit_rate"));
+        let o = Options {
+            limit_rate: Some(6554),
+            slow_path: true,
+            session: None,
+            workers: Some(3),
+        };
+        let shaped = config(Path::new("/p"), Path::new("/r"), 8080, &o);
+        assert!(shaped.contains("location / { limit_rate 6554; }"));
+        assert!(shaped.contains("worker_processes 3;"));
+        assert!(shaped.contains("location /slow/ { alias /r/; limit_rate 2k; }"));
     }
 }

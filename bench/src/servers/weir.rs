@@ -9,11 +9,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{
-    Running, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS, SEND_TIMEOUT_S, WORKERS,
+    spawn, Running, Session, HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS,
+    SEND_TIMEOUT_S, WORKERS,
 };
 use crate::child::render;
 use crate::fixture::Fixture;
-use crate::util::base64;
+use crate::util::basic_auth;
 
 pub const USER: &str = "alice";
 
@@ -28,9 +29,13 @@ pub struct WeirSetup {
     pub setup_commands: Vec<String>,
 }
 
-fn weir(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+/// Runs one administrative `weir` command (`user add`, `item add`, `cart add`, `token`, ...)
+/// against `data_dir`, feeding `stdin` if given; returns its stdout, or fails with its stderr.
+pub fn admin(bin: &Path, data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new(bin);
     cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -42,11 +47,7 @@ fn weir(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
         .spawn()
         .with_context(|| format!("starting {}", render(&cmd)))?;
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
+        writeln!(child.stdin.take().context("stdin")?, "{input}")?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -60,50 +61,100 @@ fn weir(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Starts `weir ARGS` (a `serve` command line) through [`super::spawn`], its stdout in
+/// `LOG_DIR/LABEL.stdout` and stderr in `LOG_DIR/LABEL.stderr`; returns once it printed
+/// `listening on http://ADDR`.
+pub fn serve(
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+    label: &str,
+) -> Result<Running> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(
+            log_dir.join(format!("{label}.stderr")),
+        )?);
+    let command = render(&cmd);
+    let mut child = spawn(&mut cmd, Session::Own)?;
+    let stdout = child.stdout.take().context("weir stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let mut log = std::fs::File::create(log_dir.join(format!("{label}.stdout")))?;
+    // Reads stdout until EOF: the first `listening on` line is the readiness signal, the
+    // rest is kept so the pipe never fills.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+            if !sent {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let mut running = Running {
+        name: "weir".to_owned(),
+        addr: "127.0.0.1:0".parse()?,
+        command,
+        child,
+        authorization: None,
+        links: Vec::new(),
+        workers: Vec::new(),
+    };
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let st = running.child.try_wait()?;
+            bail!(
+                "weir did not print `listening on` (exit: {st:?}); see {}/{label}.stderr",
+                log_dir.display()
+            );
+        }
+    };
+    running.addr = addr
+        .parse::<SocketAddr>()
+        .with_context(|| format!("weir printed listening on {addr:?}"))?;
+    Ok(running)
+}
+
 impl WeirSetup {
     /// Creates the data directory: user, items (imported into weir's content store), cart,
     /// and one signed link per item valid for a day.
     pub fn create(
         bin: &Path,
-        work: &Path,
+        data_dir: &Path,
         fixture: &Fixture,
         extra_args: Vec<String>,
     ) -> Result<WeirSetup> {
-        let data_dir = work.join("weir-data");
-        let dd = data_dir.to_string_lossy().into_owned();
+        let data_dir = data_dir.to_owned();
         let password = format!("bench-{}", std::process::id());
         let mut setup_commands = Vec::new();
         let mut run = |args: &[&str], stdin: Option<&str>| -> Result<String> {
             setup_commands.push(format!(
-                "{}{} {}",
+                "{}{} {} --data-dir {}",
                 if stdin.is_some() { "echo PASS | " } else { "" },
                 bin.display(),
-                args.join(" ")
+                args.join(" "),
+                data_dir.display()
             ));
-            weir(bin, args, stdin)
+            admin(bin, &data_dir, args, stdin)
         };
-        run(
-            &["user", "add", USER, "--password-stdin", "--data-dir", &dd],
-            Some(&format!("{password}\n")),
-        )?;
+        run(&["user", "add", USER, "--password-stdin"], Some(&password))?;
         let mut items = Vec::new();
         let mut links = Vec::new();
         for f in [&fixture.big, &fixture.small] {
             let p = f.path.to_string_lossy().into_owned();
-            run(&["item", "add", &f.id, &p, "--data-dir", &dd], None)?;
-            run(&["cart", "add", USER, &f.id, "--data-dir", &dd], None)?;
+            run(&["item", "add", &f.id, &p], None)?;
+            run(&["cart", "add", USER, &f.id], None)?;
             let link = run(
-                &[
-                    "token",
-                    "--user",
-                    USER,
-                    "--item",
-                    &f.id,
-                    "--ttl",
-                    "86400",
-                    "--data-dir",
-                    &dd,
-                ],
+                &["token", "--user", USER, "--item", &f.id, "--ttl", "86400"],
                 None,
             )?;
             if !link.starts_with('/') {
@@ -124,10 +175,7 @@ impl WeirSetup {
     }
 
     pub fn authorization(&self) -> String {
-        format!(
-            "Basic {}",
-            base64(format!("{USER}:{}", self.password).as_bytes())
-        )
+        basic_auth(USER, &self.password)
     }
 
     /// The `weir serve` arguments for one driver.
@@ -166,67 +214,13 @@ impl WeirSetup {
 
     pub fn start(&self, driver: &str, log_dir: &Path, label: &str) -> Result<Running> {
         // A completed download leaves the cart; put the items back so every run starts alike.
-        let dd = self.data_dir.to_string_lossy().into_owned();
         for id in &self.items {
-            weir(
-                &self.bin,
-                &["cart", "add", USER, id, "--data-dir", &dd],
-                None,
-            )?;
+            admin(&self.bin, &self.data_dir, &["cart", "add", USER, id], None)?;
         }
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(self.serve_args(driver))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(
-                log_dir.join(format!("{label}.stderr")),
-            )?);
-        let command = render(&cmd);
-        let mut child = cmd.spawn().with_context(|| format!("starting {command}"))?;
-        let stdout = child.stdout.take().context("weir stdout")?;
-        let (tx, rx) = mpsc::channel();
-        let mut log = std::fs::File::create(log_dir.join(format!("{label}.stdout")))?;
-        // Reads stdout until EOF: the first `listening on` line is the readiness signal, the
-        // rest is kept so the pipe never fills.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let mut running = Running {
-            name: format!("weir-{driver}"),
-            addr: "127.0.0.1:0".parse()?,
-            command,
-            child,
-            authorization: Some(self.authorization()),
-            links: self
-                .links
-                .iter()
-                .map(|(i, p)| (i.clone(), p.clone()))
-                .collect(),
-            workers: Vec::new(),
-        };
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let st = running.child.try_wait()?;
-                bail!(
-                    "weir did not print `listening on` (exit: {st:?}); see {}/{label}.stderr",
-                    log_dir.display()
-                );
-            }
-        };
-        running.addr = addr
-            .parse::<SocketAddr>()
-            .with_context(|| format!("weir printed listening on {addr:?}"))?;
+        let mut running = serve(&self.bin, &self.serve_args(driver), &[], log_dir, label)?;
+        running.name = format!("weir-{driver}");
+        running.authorization = Some(self.authorization());
+        running.links = self.links.clone();
         Ok(running)
     }
 }

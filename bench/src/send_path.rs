@@ -16,21 +16,24 @@
 //! With `--conns N` the file is cut into N equal slices, one per connection (the download-manager
 //! case); the sender drives all of them from one thread and one epoll reader thread drains them.
 //!
-//! Run: `cargo run --release -p weir --example send_path -- --out results/DATE-send-path`
+//! This is a lab measurement of the kernel's send paths, not of weir: it drives its own sockets
+//! with its own small event loops (io_uring, epoll, blocking), so it lives in the harness, not in
+//! the server crate. Its answer is what chose weir's default `--send-path mmap`.
+//!
+//! Run: `weir-bench send-path --out results/DATE-send-path` (release build)
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use memmap2::{Mmap, MmapOptions};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `IORING_SEND_ZC_REPORT_USAGE` (6.2): the notification CQE says whether the kernel copied.
 const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
@@ -40,33 +43,33 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const GIB: f64 = (1u64 << 30) as f64;
 
-#[derive(Parser, Debug)]
-#[command(about = "Measure SEND vs SEND_ZC vs splice vs sendfile on loopback")]
-struct Args {
+/// `weir-bench send-path` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
     /// File size in MiB.
     #[arg(long, default_value_t = 1024)]
-    size_mib: usize,
+    pub size_mib: usize,
     /// Timed runs per configuration (order alternates forward/backward).
     #[arg(long, default_value_t = 5)]
-    runs: usize,
+    pub runs: usize,
     /// Connection count for the multi-connection round (0 skips it).
     #[arg(long, default_value_t = 40)]
-    conns: usize,
+    pub conns: usize,
     /// Directory for the temporary file (it must have room for it).
     #[arg(long, default_value = "/tmp")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Write runs.json, runs.csv and summary.json here.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Skip the byte-for-byte verification pass.
     #[arg(long)]
-    no_verify: bool,
+    pub no_verify: bool,
     /// Only run configurations whose label contains this string.
     #[arg(long)]
-    only: Option<String>,
+    pub only: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Method {
     UringSend,
@@ -117,7 +120,7 @@ fn human(n: usize) -> String {
 }
 
 /// Counters the sender reports besides time.
-#[derive(Default, Debug, Clone, Copy, Serialize)]
+#[derive(Default, Debug, Clone, Copy, Serialize, Deserialize)]
 struct SendStats {
     /// Send/splice/sendfile operations issued (SQEs or syscalls).
     ops: u64,
@@ -129,7 +132,7 @@ struct SendStats {
     zc_copied: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunResult {
     label: String,
     method: Method,
@@ -149,50 +152,41 @@ struct RunResult {
     stats: SendStats,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+/// Runs every configuration `args` selects and writes `runs.json`, `runs.csv` and `summary.json`.
+pub fn run(args: Args) -> Result<()> {
+    let header = crate::report::Header::start("send-path", Path::new(""));
     let size = args.size_mib * MIB;
 
-    let mut configs = Vec::new();
-    for chunk in [256 * KIB, MIB, 4 * MIB] {
-        for method in [
-            Method::UringSend,
-            Method::UringSendZc,
-            Method::Sendfile,
-            Method::Send,
-        ] {
-            configs.push(Config {
-                method,
-                chunk,
-                conns: 1,
-            });
-        }
-        // The pipe is 1 MiB (the unprivileged pipe-max-size), so a splice chunk cannot exceed it.
-        if chunk <= MIB {
-            for method in [Method::UringSplice, Method::Splice] {
-                configs.push(Config {
+    // Every method on one connection at three chunk sizes; splice only up to 1 MiB, the
+    // unprivileged pipe-max-size. Then the multi-connection round.
+    let sends = [
+        Method::UringSend,
+        Method::UringSendZc,
+        Method::Sendfile,
+        Method::Send,
+    ];
+    let splices = [Method::UringSplice, Method::Splice];
+    let grid = |chunks: &[usize], methods: &[Method], conns: usize| -> Vec<Config> {
+        chunks
+            .iter()
+            .flat_map(|&chunk| {
+                methods.iter().map(move |&method| Config {
                     method,
                     chunk,
-                    conns: 1,
-                });
-            }
+                    conns,
+                })
+            })
+            .collect()
+    };
+    let mut configs = Vec::new();
+    for chunk in [256 * KIB, MIB, 4 * MIB] {
+        configs.extend(grid(&[chunk], &sends, 1));
+        if chunk <= MIB {
+            configs.extend(grid(&[chunk], &splices, 1));
         }
     }
     if args.conns > 1 {
-        for chunk in [256 * KIB, MIB] {
-            for method in [
-                Method::UringSend,
-                Method::UringSendZc,
-                Method::Sendfile,
-                Method::Send,
-            ] {
-                configs.push(Config {
-                    method,
-                    chunk,
-                    conns: args.conns,
-                });
-            }
-        }
+        configs.extend(grid(&[256 * KIB, MIB], &sends, args.conns));
     }
     if let Some(only) = &args.only {
         configs.retain(|c| c.label().contains(only.as_str()));
@@ -238,10 +232,23 @@ fn main() -> Result<()> {
     }
 
     let summary = summarize(&configs, &results);
-    print_table(&summary);
-    if let Some(out) = &args.out {
-        write_outputs(out, &results, &summary)?;
-        eprintln!("wrote {}", out.display());
+    let table = table(&summary);
+    match &args.out {
+        Some(out) => {
+            write_outputs(out, &results)?;
+            crate::report::write_simple(
+                out,
+                header,
+                "Send path: a mapped file to loopback sockets (issue 2)",
+                &table,
+                &format!(
+                    "{} MiB file, {} runs per configuration (order alternating), {} connections in the multi-connection round. CPU is getrusage of the sender thread, the reader thread and the whole process. Raw: `runs.json`, `runs.csv`.\n",
+                    args.size_mib, args.runs, args.conns
+                ),
+                &results,
+            )?;
+        }
+        None => println!("{table}"),
     }
     Ok(())
 }
@@ -351,6 +358,7 @@ fn machine_cpu() -> (f64, f64) {
     ((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / hz, f[6] / hz)
 }
 
+/// The 1-minute load average.
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -449,15 +457,7 @@ fn run_one(map: &Mmap, file: &File, cfg: &Config, verify: bool, run: usize) -> R
 /// compared with the mapping at the slice's offset.
 fn read_all(map: &Mmap, mut conns: Vec<Slice>, verify: bool) -> Result<(Instant, f64, u64)> {
     let cpu0 = cpu_seconds(libc::RUSAGE_THREAD);
-    let ep = epoll_create()?;
-    for (i, c) in conns.iter().enumerate() {
-        epoll_add(
-            &ep,
-            c.sock.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            i as u64,
-        )?;
-    }
+    let ep = epoll_all(&conns, libc::EPOLLIN)?;
     let mut got = vec![0usize; conns.len()];
     let mut eof = vec![false; conns.len()];
     let mut buf = vec![0u8; MIB];
@@ -838,16 +838,8 @@ fn epoll_loop(
     chunk: usize,
 ) -> Result<SendStats> {
     let mut stats = SendStats::default();
-    let ep = epoll_create()?;
+    let ep = epoll_all(&conns, libc::EPOLLOUT)?;
     let mut off: Vec<usize> = conns.iter().map(|c| c.off).collect();
-    for (i, c) in conns.iter().enumerate() {
-        epoll_add(
-            &ep,
-            c.sock.as_raw_fd(),
-            (libc::EPOLLOUT | libc::EPOLLET) as u32,
-            i as u64,
-        )?;
-    }
     let mut open = conns.len();
     let mut ready: Vec<usize> = (0..conns.len()).collect();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.len()];
@@ -891,6 +883,21 @@ fn epoll_loop(
         );
     }
     Ok(stats)
+}
+
+/// An epoll instance watching every connection's socket for `events`, edge-triggered, with the
+/// connection's index as its data.
+fn epoll_all(conns: &[Slice], events: libc::c_int) -> Result<OwnedFd> {
+    let ep = epoll_create()?;
+    for (i, c) in conns.iter().enumerate() {
+        epoll_add(
+            &ep,
+            c.sock.as_raw_fd(),
+            (events | libc::EPOLLET) as u32,
+            i as u64,
+        )?;
+    }
+    Ok(ep)
 }
 
 fn epoll_create() -> Result<OwnedFd> {
@@ -955,14 +962,25 @@ struct Summary {
     zc_copied_fraction: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if !n.is_multiple_of(2) {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+fn median(v: Vec<f64>) -> f64 {
+    crate::util::median_or_nan(&v)
+}
+
+/// The summary table of stored `runs.json` records (what `weir-bench report` shows).
+pub fn table_from_runs(runs: &serde_json::Value) -> Result<String> {
+    let results: Vec<RunResult> = serde_json::from_value(runs.clone())?;
+    let mut configs: Vec<Config> = Vec::new();
+    for r in &results {
+        let c = Config {
+            method: r.method,
+            chunk: r.chunk,
+            conns: r.conns,
+        };
+        if !configs.iter().any(|k| k.label() == c.label()) {
+            configs.push(c);
+        }
     }
+    Ok(table(&summarize(&configs, &results)))
 }
 
 fn summarize(configs: &[Config], results: &[RunResult]) -> Vec<Summary> {
@@ -997,15 +1015,15 @@ fn summarize(configs: &[Config], results: &[RunResult]) -> Vec<Summary> {
         .collect()
 }
 
-fn print_table(summary: &[Summary]) {
-    println!(
+/// The summary as a markdown table, one row per configuration.
+fn table(summary: &[Summary]) -> String {
+    let mut out = String::from(
         "| method | chunk | conns | median GB/s (min–max) | CPU s/GiB: sender thread | reader thread \
-         | whole process | machine busy | ops | short | ZC copied |"
+         | whole process | machine busy | ops | short | ZC copied |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for s in summary {
-        println!(
-            "| {} | {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} | {} |",
+        out += &format!(
+            "| {} | {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} | {} |\n",
             s.method.name(),
             human(s.chunk),
             s.conns,
@@ -1022,17 +1040,14 @@ fn print_table(summary: &[Summary]) {
                 .map_or("–".to_string(), |f| format!("{:.0}%", f * 100.0)),
         );
     }
+    out
 }
 
-fn write_outputs(out: &std::path::Path, results: &[RunResult], summary: &[Summary]) -> Result<()> {
+fn write_outputs(out: &std::path::Path, results: &[RunResult]) -> Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(
         out.join("runs.json"),
         serde_json::to_string_pretty(results)?,
-    )?;
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(summary)?,
     )?;
     let mut csv = String::from(
         "method,chunk,conns,run,bytes,wall_s,gb_per_s,sender_cpu_s,reader_cpu_s,process_cpu_s,machine_busy_s,machine_softirq_s,loadavg_1m,ops,short,zc_notifs,zc_copied\n",

@@ -16,19 +16,26 @@
 //!
 //! Not a timed test: it prints and stores numbers, it asserts nothing.
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::procfs;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{json, Value};
+
+use crate::procfs;
+use crate::servers::nginx::{NginxSetup, Options as NginxOptions};
+use crate::servers::weir::{admin, serve};
+use crate::servers::Running;
+use crate::util::basic_auth;
+use client::{read_conn, Conn, State};
 
 /// Command-line arguments of the benchmark.
 #[derive(clap::Parser, Debug, Clone)]
@@ -225,47 +232,282 @@ const SCENARIOS: &[Scenario] = &[
 
 /// Runs the scenarios named in `args` and writes `<out>/<scenario>.json` and `<out>/summary.json`.
 pub fn run(args: Args) -> Result<()> {
-    raise_nofile();
-    let chosen: Vec<Scenario> = if args.scenarios == "all" {
-        SCENARIOS.to_vec()
-    } else {
-        args.scenarios
-            .split(',')
-            .map(|n| {
-                SCENARIOS
-                    .iter()
-                    .find(|s| s.name == n)
-                    .copied()
-                    .with_context(|| format!("unknown scenario {n:?}"))
-            })
-            .collect::<Result<_>>()?
-    };
+    let chosen = choose(&args.scenarios)?;
     fs::create_dir_all(&args.out)?;
-    fs::create_dir_all(&args.work_dir)?;
-    let file = prepare_file(&args)?;
-    let data_dir = prepare_weir(&args, &file)?;
+    let header = crate::report::Header::start("shaping", &args.weir);
+    let prepared = prepare(&args)?;
     let mut summary = Vec::new();
     for sc in chosen {
-        eprintln!("== {} (uptime: {})", sc.name, uptime());
-        let r = run_scenario(&args, &sc, &file, &data_dir)
-            .with_context(|| format!("scenario {}", sc.name))?;
-        print_line(&r);
+        let r = measure(&args, &prepared, sc.name)?;
         fs::write(
             args.out.join(format!("{}.json", sc.name)),
             serde_json::to_string_pretty(&r)?,
         )?;
-        let mut s = r.clone();
-        if let Some(o) = s.as_object_mut() {
-            o.remove("per_user_bytes");
-            o.remove("sockstat_samples");
-        }
-        summary.push(s);
+        summary.push(brief(r));
     }
-    fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
-    Ok(())
+    crate::report::write_simple(
+        &args.out,
+        header,
+        "Shaping accuracy (issue 4)",
+        &table(&summary),
+        &format!(
+            "{} users × {} connections, users at {} KiB/s, (b): a {} MiB/s global cap; {} s settle, {} s window. Raw: one JSON per scenario (per-user bytes, sockstat samples).\n",
+            args.users, args.conns, args.user_kib, args.global_mib, args.settle_s, args.window_s
+        ),
+        &summary,
+    )
+}
+
+/// The scenarios named in a comma-separated list, or all of them.
+fn choose(names: &str) -> Result<Vec<Scenario>> {
+    if names == "all" {
+        return Ok(SCENARIOS.to_vec());
+    }
+    names
+        .split(',')
+        .map(|n| {
+            SCENARIOS
+                .iter()
+                .find(|s| s.name == n)
+                .copied()
+                .with_context(|| format!("unknown scenario {n:?}"))
+        })
+        .collect()
+}
+
+/// The served file and weir's data directory, made once per work directory.
+pub struct Prepared {
+    file: PathBuf,
+    data_dir: PathBuf,
+}
+
+/// Writes the served file and builds weir's data directory (reused when already there).
+pub fn prepare(args: &Args) -> Result<Prepared> {
+    fs::create_dir_all(&args.work_dir)?;
+    let file = prepare_file(args)?;
+    let data_dir = prepare_weir(args, &file)?;
+    Ok(Prepared { file, data_dir })
+}
+
+/// Runs the scenario called `name` once; its full record (per-user bytes included).
+pub fn measure(args: &Args, prepared: &Prepared, name: &str) -> Result<Value> {
+    let sc = choose(name)?
+        .into_iter()
+        .next()
+        .context("no scenario named")?;
+    eprintln!("== {} (load: {})", sc.name, procfs::loadavg());
+    let r = run_scenario(args, &sc, &prepared.file, &prepared.data_dir)
+        .with_context(|| format!("scenario {}", sc.name))?;
+    print_line(&r);
+    Ok(r)
+}
+
+/// A record without its long per-user and per-sample arrays (what summaries keep).
+pub fn brief(mut r: Value) -> Value {
+    if let Some(o) = r.as_object_mut() {
+        o.remove("per_user_bytes");
+        o.remove("sockstat_samples");
+    }
+    r
+}
+
+/// One row per scenario: the accuracy figures and the server's costs.
+pub fn table(rows: &[Value]) -> String {
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let mut out = String::from(
+        "| scenario | p1 | p50 | p99 | Jain | global | server CPU % | server CPU-s/GiB | total CPU-s/GiB | server socket KiB/conn | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.5} | {:.4} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
+            r["scenario"].as_str().unwrap_or(""),
+            f(r, "ratio_p1"),
+            f(r, "ratio_p50"),
+            f(r, "ratio_p99"),
+            f(r, "jain"),
+            f(r, "global_ratio"),
+            f(r, "server_cpu_pct"),
+            f(r, "server_cpu_s_per_gib"),
+            f(r, "total_cpu_s_per_gib"),
+            f(r, "server_sock_kib_per_conn"),
+            r["errors"].as_u64().unwrap_or(0),
+        );
+    }
+    out
+}
+
+/// Shaping runs repeated in rounds (`(variant, round, records)`): per variant and scenario the
+/// server CPU-s/GiB of every round and their median, the worst accuracy and the global range;
+/// then every shaped scenario against the unshaped (`DRIVER-paced`) run of the same round.
+pub fn rounds_table(rounds: &[(String, String, Vec<Value>)]) -> String {
+    use crate::util::median_or_nan;
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (variant, _, recs) in rounds {
+        for r in recs {
+            let k = (
+                variant.clone(),
+                r["scenario"].as_str().unwrap_or("").to_owned(),
+            );
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let of = |variant: &str, sc: &str| -> Vec<(&str, &Value)> {
+        rounds
+            .iter()
+            .filter(|(v, _, _)| v == variant)
+            .filter_map(|(_, n, recs)| {
+                recs.iter()
+                    .find(|r| r["scenario"] == sc)
+                    .map(|r| (n.as_str(), r))
+            })
+            .collect()
+    };
+    let mut out = String::from(
+        "| variant | scenario | rounds | server CPU-s/GiB per round | median | worst p1 | worst p99 | global ratio range |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (variant, sc) in &keys {
+        let rs = of(variant, sc);
+        let cpu: Vec<f64> = rs
+            .iter()
+            .map(|(_, r)| f(r, "server_cpu_s_per_gib"))
+            .collect();
+        let g: Vec<f64> = rs.iter().map(|(_, r)| f(r, "global_ratio")).collect();
+        out += &format!(
+            "| {variant} | {sc} | {} | {} | {:.2} | {:.4} | {:.4} | {:.4}–{:.4} |\n",
+            rs.len(),
+            join(&cpu),
+            median_or_nan(&cpu),
+            rs.iter()
+                .map(|(_, r)| f(r, "ratio_p1"))
+                .fold(f64::INFINITY, f64::min),
+            rs.iter()
+                .map(|(_, r)| f(r, "ratio_p99"))
+                .fold(f64::NEG_INFINITY, f64::max),
+            g.iter().copied().fold(f64::INFINITY, f64::min),
+            g.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    let mut paired = String::new();
+    for (variant, sc) in &keys {
+        let Some(driver) = sc
+            .strip_suffix("-a")
+            .or_else(|| sc.strip_suffix("-a-paced"))
+        else {
+            continue;
+        };
+        let unshaped: Vec<(&str, &Value)> = of(variant, &format!("{driver}-paced"));
+        let pairs: Vec<(&Value, &Value)> = of(variant, sc)
+            .into_iter()
+            .filter_map(|(n, a)| unshaped.iter().find(|(m, _)| *m == n).map(|(_, u)| (a, *u)))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(a, u)| f(a, "server_cpu_s_per_gib") / f(u, "server_cpu_s_per_gib"))
+            .collect();
+        let total = |i: usize| {
+            median_or_nan(
+                &pairs
+                    .iter()
+                    .map(|p| f(if i == 0 { p.0 } else { p.1 }, "total_cpu_s_per_gib"))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        paired += &format!(
+            "| {variant} | {sc} vs {driver}-paced | {} | {} | {:.2} | {:.2} vs {:.2} |\n",
+            pairs.len(),
+            join(&ratios),
+            median_or_nan(&ratios),
+            total(0),
+            total(1),
+        );
+    }
+    if !paired.is_empty() {
+        out += "\nShaped against unshaped (the client paces) in the same round:\n\n| variant | pair | rounds | server CPU-s/GiB shaped ÷ unshaped per round | median | total CPU-s/GiB shaped vs unshaped, medians |\n|---|---|---|---|---|---|\n";
+        out += &paired;
+    }
+    out
+}
+
+/// The figures a before/after comparison reports per shaping scenario.
+pub const COMPARED: [(&str, &str); 6] = [
+    ("ratio_p1", "per-user ratio p1"),
+    ("ratio_p50", "per-user ratio p50"),
+    ("ratio_p99", "per-user ratio p99"),
+    ("jain", "Jain index"),
+    ("global_ratio", "global ratio"),
+    ("server_cpu_s_per_gib", "server CPU-s/GiB"),
+];
+
+/// Several weir builds on the same shaping scenarios, alternating run by run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Comparison {
+    /// Build names, the baseline first.
+    pub builds: Vec<String>,
+    /// Users, connections, rates, window: the reduced size that ran.
+    pub size: String,
+    pub scenarios: Vec<String>,
+    /// One brief record per run, with `build` and `run` added.
+    pub runs: Vec<Value>,
+}
+
+impl Comparison {
+    /// Medians per build and scenario, and each build's median / the baseline's.
+    pub fn table(&self) -> String {
+        let Some(base) = self.builds.first() else {
+            return String::new();
+        };
+        let mut out = format!("{}\n\n| scenario | figure |", self.size);
+        for b in &self.builds {
+            out += &format!(" {b} |");
+        }
+        for b in &self.builds[1..] {
+            out += &format!(" {b} / {base} |");
+        }
+        out += " runs (all values) |\n|---|---|";
+        out += &"---:|".repeat(2 * self.builds.len() - 1);
+        out += "---|\n";
+        for sc in &self.scenarios {
+            for (key, label) in COMPARED {
+                let values = |b: &str| -> Vec<f64> {
+                    self.runs
+                        .iter()
+                        .filter(|r| r["build"] == b && r["scenario"] == sc.as_str())
+                        .filter_map(|r| r[key].as_f64())
+                        .collect()
+                };
+                let med = |b: &str| crate::util::median_or_nan(&values(b));
+                out += &format!("| {sc} | {label} |");
+                for b in &self.builds {
+                    out += &format!(" {:.4} |", med(b));
+                }
+                for b in &self.builds[1..] {
+                    out += &format!(" {:.3}× |", med(b) / med(base));
+                }
+                let all: Vec<String> = self
+                    .builds
+                    .iter()
+                    .map(|b| {
+                        let v: Vec<String> = values(b).iter().map(|x| format!("{x:.4}")).collect();
+                        format!("{b}: {}", v.join(", "))
+                    })
+                    .collect();
+                out += &format!(" {} |\n", all.join("; "));
+            }
+        }
+        out
+    }
 }
 
 fn print_line(r: &Value) {
@@ -286,44 +528,10 @@ fn print_line(r: &Value) {
     );
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit (8,000 client sockets need it).
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit read from the kernel just above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    }
-}
-
 /// The served file: `file_mib` MiB of pseudo-random bytes, written once.
 fn prepare_file(args: &Args) -> Result<PathBuf> {
     let path = args.work_dir.join("www").join("big");
-    let size = args.file_mib << 20;
-    if fs::metadata(&path)
-        .map(|m| m.len() == size)
-        .unwrap_or(false)
-    {
-        return Ok(path);
-    }
-    fs::create_dir_all(path.parent().unwrap())?;
-    let mut f = std::io::BufWriter::new(fs::File::create(&path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..args.file_mib {
-        for c in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&buf)?;
-    }
-    f.flush()?;
+    crate::fixture::ensure(&path, args.file_mib << 20, 0x5eed_0300)?;
     Ok(path)
 }
 
@@ -349,60 +557,22 @@ fn prepare_weir(args: &Args, file: &Path) -> Result<PathBuf> {
     let _ = fs::remove_file(&marker);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let d = dir.to_str().context("data dir path")?;
-    weir_cmd(
-        args,
-        &[
-            "item",
-            "add",
-            "big",
-            file.to_str().unwrap(),
-            "--data-dir",
-            d,
-        ],
-        None,
-    )?;
+    let file = file.to_str().context("non-UTF-8 file path")?;
+    admin(&args.weir, &dir, &["item", "add", "big", file], None)?;
     let rate = format!("{}KiB", args.user_kib);
     for i in 0..args.users {
         let u = user_name(i);
-        weir_cmd(
-            args,
-            &[
-                "user",
-                "add",
-                &u,
-                "--password-stdin",
-                "--rate",
-                &rate,
-                "--data-dir",
-                d,
-            ],
+        admin(
+            &args.weir,
+            &dir,
+            &["user", "add", &u, "--password-stdin", "--rate", &rate],
             Some(&password(i)),
         )?;
-        weir_cmd(args, &["cart", "add", &u, "big", "--data-dir", d], None)?;
+        admin(&args.weir, &dir, &["cart", "add", &u, "big"], None)?;
     }
     fs::write(&marker, users)?;
     fs::write(args.work_dir.join("weir-data.rate"), &rate)?;
     Ok(dir)
-}
-
-fn weir_cmd(args: &Args, a: &[&str], stdin: Option<&str>) -> Result<()> {
-    let mut c = Command::new(&args.weir);
-    c.args(a).stdout(Stdio::null());
-    c.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut ch = c
-        .spawn()
-        .with_context(|| format!("spawn {:?}", args.weir))?;
-    if let Some(s) = stdin {
-        writeln!(ch.stdin.take().unwrap(), "{s}")?;
-    }
-    let st = ch.wait()?;
-    ensure!(st.success(), "weir {a:?}: {st}");
-    Ok(())
 }
 
 /// Sets every user's rate (`256KiB` or `unlimited`) unless the data dir already has it.
@@ -411,19 +581,11 @@ fn set_user_rates(args: &Args, data_dir: &Path, rate: &str) -> Result<()> {
     if fs::read_to_string(&rec).ok().as_deref() == Some(rate) {
         return Ok(());
     }
-    let d = data_dir.to_str().unwrap();
     for i in 0..args.users {
-        weir_cmd(
-            args,
-            &[
-                "user",
-                "set",
-                &user_name(i),
-                "--rate",
-                rate,
-                "--data-dir",
-                d,
-            ],
+        admin(
+            &args.weir,
+            data_dir,
+            &["user", "set", &user_name(i), "--rate", rate],
             None,
         )?;
     }
@@ -431,152 +593,54 @@ fn set_user_rates(args: &Args, data_dir: &Path, rate: &str) -> Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to SIGTERM the child when this process dies, so a benchmark killed mid-run
-/// does not leave its server running (its `Drop` would not run).
-fn die_with_parent(c: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// A server process we started; SIGTERM (weir) or SIGQUIT (nginx, graceful) on drop, then wait.
-struct ServerProc {
-    child: Child,
-    stop_signal: i32,
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) with the PID of a child we spawned and have not yet reaped.
-        unsafe { libc::kill(pid, self.stop_signal) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-}
-
+/// Starts weir for one scenario: `--global-rate` when `global` is given.
 fn start_weir(
     args: &Args,
     data_dir: &Path,
     driver: &str,
     global: Option<String>,
-) -> Result<(ServerProc, SocketAddr)> {
-    let mut c = Command::new(&args.weir);
-    c.args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .args([
+    label: &str,
+) -> Result<Running> {
+    let mut a: Vec<String> = ["serve", "--data-dir"].map(String::from).to_vec();
+    a.push(data_dir.to_string_lossy().into_owned());
+    a.extend(
+        [
             "--listen",
             "127.0.0.1:0",
             "--workers",
             &args.workers.to_string(),
-        ])
-        .args([
             "--driver",
             driver,
             "--grace",
             "24h",
             "--max-connections",
             "20000",
-        ])
-        .args(["--drain-timeout", "2s"]);
+            "--drain-timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
     if let Some(g) = global {
-        c.args(["--global-rate", &g]);
+        a.extend(["--global-rate".to_owned(), g]);
     }
-    die_with_parent(&mut c);
-    let mut child = c
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let proc = ServerProc {
-        child,
-        stop_signal: libc::SIGTERM,
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().context("weir exited before listening")??;
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .parse::<SocketAddr>()?;
-        }
-    };
-    // Keep draining stdout so weir never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Ok((proc, addr))
+    let logs = args.work_dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    serve(&args.weir, &a, &[("WEIR_LOG", "warn")], &logs, label)
 }
 
-fn start_nginx(
-    args: &Args,
-    file: &Path,
-    limit_rate: Option<u64>,
-) -> Result<(ServerProc, SocketAddr)> {
-    let prefix = args.work_dir.join("nginx");
-    let _ = fs::remove_dir_all(&prefix);
-    fs::create_dir_all(prefix.join("logs"))?;
-    // A free port from the kernel; nginx cannot report a port-0 bind.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let lr = limit_rate
-        .map(|r| format!("limit_rate {r};"))
-        .unwrap_or_default();
-    let conf = format!(
-        "worker_processes {w};\nworker_rlimit_nofile 20000;\npid {p}/nginx.pid;\n\
-         error_log {p}/logs/error.log warn;\nevents {{ worker_connections 20000; }}\n\
-         http {{\n access_log off;\n sendfile on;\n keepalive_timeout 60s;\n\
-         client_body_temp_path {p}/cb; proxy_temp_path {p}/px; fastcgi_temp_path {p}/fc;\n\
-         uwsgi_temp_path {p}/uw; scgi_temp_path {p}/sc;\n\
-         server {{\n  listen 127.0.0.1:{port};\n  location / {{ root {root}; {lr} }}\n }}\n}}\n",
-        w = args.workers,
-        p = prefix.display(),
-        root = file.parent().unwrap().display(),
-    );
-    let conf_path = prefix.join("nginx.conf");
-    fs::write(&conf_path, conf)?;
-    let mut c = Command::new(&args.nginx);
-    die_with_parent(&mut c);
-    let child = c
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .spawn()?;
-    let proc = ServerProc {
-        child,
-        stop_signal: libc::SIGTERM,
+/// Starts nginx serving the file's directory, with `limit_rate` when given.
+fn start_nginx(args: &Args, file: &Path, limit_rate: Option<u64>, label: &str) -> Result<Running> {
+    let root = file.parent().context("file without a directory")?;
+    let logs = args.work_dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    let mut setup = NginxSetup::create(&args.work_dir, root)?;
+    setup.bin = args.nginx.clone();
+    let opts = NginxOptions {
+        limit_rate,
+        workers: Some(args.workers),
+        ..NginxOptions::default()
     };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    // Readiness: nginx prints nothing, so connect until the listener answers (bounded).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        ensure!(Instant::now() < deadline, "nginx did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((proc, addr))
+    setup.start(&opts, &logs, label)
 }
 
 /// CPU seconds (user + system) of the server, nginx's workers included, of this process,
@@ -609,19 +673,9 @@ impl CpuUse {
     }
 }
 
-/// `TCP: ... mem N` of /proc/net/sockstat, in bytes (N is in pages).
-fn sockstat_tcp_mem() -> u64 {
-    let s = fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("TCP:"))
-        .and_then(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.iter()
-                .position(|x| *x == "mem")
-                .and_then(|i| f.get(i + 1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 4096
+/// The kernel's TCP socket memory (/proc/net/sockstat `mem`), in bytes.
+fn sockstat_tcp_mem_bytes() -> u64 {
+    procfs::SockStat::read().map_or(0, |s| s.tcp_mem_pages * procfs::page_size())
 }
 
 /// Server-side sockets of one port, summed from `ss -tm`'s skmem.
@@ -672,112 +726,6 @@ fn ss_server_side(port: u16) -> SsSample {
     s
 }
 
-fn uptime() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut o = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                o.push('=');
-            }
-        }
-    }
-    o
-}
-
-#[derive(PartialEq)]
-enum State {
-    Connecting,
-    Head,
-    Body,
-    Dead,
-    /// Answered 503 (weir's auth queue is bounded); reconnect at this time, as a download
-    /// manager honouring `Retry-After: 1` would.
-    Retry(Instant),
-}
-
-struct Conn {
-    stream: TcpStream,
-    user: usize,
-    request: Vec<u8>,
-    state: State,
-    head: Vec<u8>,
-    body: u64,
-    /// Edge-triggered: data may be waiting until a read says WouldBlock.
-    readable: bool,
-}
-
-/// Reads what `c` has, up to `limit` bytes; returns body bytes read.
-fn read_conn(c: &mut Conn, buf: &mut [u8], limit: usize, errors: &mut HashMap<String, u64>) -> u64 {
-    let mut got = 0u64;
-    let mut left = limit;
-    while left > 0 {
-        let want = left.min(buf.len());
-        match c.stream.read(&mut buf[..want]) {
-            Ok(0) => {
-                *errors.entry("eof".into()).or_default() += 1;
-                c.state = State::Dead;
-                c.readable = false;
-                return got;
-            }
-            Ok(n) => {
-                left -= n;
-                if c.state == State::Head {
-                    c.head.extend_from_slice(&buf[..n]);
-                    if let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if c.head.starts_with(b"HTTP/1.1 503") {
-                            *errors.entry("retried after 503".into()).or_default() += 1;
-                            c.state = State::Retry(Instant::now() + Duration::from_secs(1));
-                            c.head.clear();
-                            c.readable = false;
-                            return got;
-                        }
-                        if !c.head.starts_with(b"HTTP/1.1 206") {
-                            let line = String::from_utf8_lossy(&c.head[..c.head.len().min(12)])
-                                .to_string();
-                            *errors.entry(format!("status {line}")).or_default() += 1;
-                            c.state = State::Dead;
-                            return got;
-                        }
-                        let extra = (c.head.len() - p - 4) as u64;
-                        c.head = Vec::new();
-                        c.state = State::Body;
-                        c.body += extra;
-                        got += extra;
-                    }
-                } else {
-                    c.body += n as u64;
-                    got += n as u64;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                c.readable = false;
-                return got;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                *errors.entry(format!("read {:?}", e.kind())).or_default() += 1;
-                c.state = State::Dead;
-                return got;
-            }
-        }
-    }
-    got
-}
-
 fn pct(sorted: &[f64], p: f64) -> f64 {
     // Nearest rank.
     let n = sorted.len();
@@ -796,7 +744,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
     };
     let total_conns = n_users * args.conns;
     let server_desc;
-    let (server, addr) = match sc.server {
+    let server = match sc.server {
         Server::Weir { driver } => {
             set_user_rates(
                 args,
@@ -815,7 +763,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
                     .map(|g| format!("--global-rate {g}"))
                     .unwrap_or_default()
             );
-            start_weir(args, data_dir, driver, g)?
+            start_weir(args, data_dir, driver, g, sc.name)?
         }
         Server::Nginx => {
             let lr = sc
@@ -826,12 +774,13 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
             } else {
                 server_desc = "nginx (no limit_rate)".into();
             }
-            start_nginx(args, file, lr)?
+            start_nginx(args, file, lr, sc.name)?
         }
     };
-    let pid = server.child.id() as i32;
+    let addr = server.addr;
+    let pid = server.pid();
     let softirqd = procfs::named("ksoftirqd/");
-    let base_mem = sockstat_tcp_mem();
+    let base_mem = sockstat_tcp_mem_bytes();
     let size = args.file_mib << 20;
     let slice = size / args.conns as u64;
 
@@ -843,11 +792,11 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         Server::Nginx => "/big",
     };
     for u in 0..n_users {
-        let auth = base64(&format!("{}:{}", user_name(u), password(u)));
+        let auth = basic_auth(&user_name(u), &password(u));
         for j in 0..args.conns {
             let (a, b) = (j as u64 * slice, (j as u64 + 1) * slice - 1);
             let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nRange: bytes={a}-{b}\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nRange: bytes={a}-{b}\r\n\r\n"
             )
             .into_bytes();
             let mut stream = TcpStream::connect(addr)?;
@@ -990,7 +939,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         }
         if let Some((w0, ref snap, ref cpu0)) = window {
             if now >= next_sample {
-                mem_samples.push(sockstat_tcp_mem());
+                mem_samples.push(sockstat_tcp_mem_bytes());
                 next_sample += Duration::from_secs(1);
                 if ss_sample.is_none()
                     && now.duration_since(w0) >= Duration::from_secs(args.window_s / 2)
@@ -1030,7 +979,7 @@ fn run_scenario(args: &Args, sc: &Scenario, file: &Path, data_dir: &Path) -> Res
         let _ = poll.registry().deregister(&mut c.stream);
     }
     drop(conns);
-    drop(server);
+    server.stop(Duration::from_secs(20))?;
     Ok(result)
 }
 
@@ -1121,7 +1070,7 @@ fn finish(
         "server_sock_wmem_queued_kib": per_sock_kib(ss.w),
         "server_sock_fwd_alloc_kib": per_sock_kib(ss.f),
         "server_sndbuf_kib_mean": per_sock_kib(ss.sndbuf),
-        "loadavg_end": uptime(),
+        "loadavg_end": crate::procfs::loadavg(),
         "per_user_bytes": per_user,
         "sockstat_samples": mem_samples,
     })
