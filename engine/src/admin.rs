@@ -19,7 +19,7 @@ use std::sync::Arc;
 use weir_shaper::Rate;
 
 use crate::server::stats::{self, WorkerStats};
-use crate::store::Store;
+use crate::storage::{Storage as _, Store, StoreError};
 
 /// Live rate changes, implemented by the server's shaper.
 pub trait RateControl: Send + Sync {
@@ -166,7 +166,7 @@ fn handle(
                         JSON,
                     )
                 }
-                Err(crate::store::StoreError::UnknownUser(_)) => error(404, "unknown user"),
+                Err(StoreError::UnknownUser(_)) => error(404, "unknown user"),
                 Err(e) => error(500, &e.to_string()),
             }
         }

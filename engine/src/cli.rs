@@ -24,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use weir_shaper::Rate;
 
 use crate::config::{DriverChoice, ServeConfig, UringFeatures, MIN_GRANT_RANGE};
+use crate::storage::Storage as _;
 use crate::store::{valid_id, ItemKind, Store};
 use crate::{catalog, demo, password, token};
 

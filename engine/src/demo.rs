@@ -27,7 +27,7 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use crate::catalog;
 use crate::password;
-use crate::store::{create_private_file, valid_id, Blob, ItemKind, Store};
+use crate::storage::{create_private_file, valid_id, Blob, ItemKind, Storage as _, Store};
 
 /// SHA-256 of the `demo-64m` item's bytes; a test checks the generator still produces it.
 pub const DEMO_64M_SHA256: &str =

@@ -25,6 +25,7 @@ use anyhow::Context;
 
 use crate::config::{DriverChoice, ServeConfig};
 use crate::demo::DemoInfo;
+use crate::storage::Storage as _;
 use crate::store::Store;
 
 use auth::{AuthPool, Inbox};
