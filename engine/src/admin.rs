@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use weir_shaper::Rate;
 
-use crate::server::stats::{self, WorkerStats};
 use crate::storage::{Storage as _, Store, StoreError};
 
 /// Live rate changes, implemented by the server's shaper.
@@ -33,7 +32,9 @@ pub trait RateControl: Send + Sync {
 pub struct AdminState {
     pub token: String,
     pub data_dir: PathBuf,
-    pub stats: Vec<Arc<WorkerStats>>,
+    /// Renders `GET /metrics` (the server's Prometheus text). A closure, so the admin listener
+    /// does not import the server that starts it.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     pub rates: Option<Arc<dyn RateControl>>,
     pub drain: Box<dyn Fn() + Send + Sync>,
 }
@@ -132,7 +133,7 @@ fn handle(
     use tiny_http::Method::{Get, Post, Put};
     match (&method, parts.as_slice()) {
         (Get, ["metrics"]) => {
-            let text = stats::render(&state.stats, &[]);
+            let text = (state.metrics)();
             (200, text, "text/plain; version=0.0.4")
         }
         (Get, ["users", name]) => match store.user(name) {

@@ -695,7 +695,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::completion::{ZipEntry, ZipLayout};
+    use crate::completion::zip::{ZipEntry, ZipLayout};
     use crate::storage::{now_ms, Blob, ItemKind, Store};
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;

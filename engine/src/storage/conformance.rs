@@ -8,9 +8,11 @@ use std::path::Path;
 
 use weir_shaper::Rate;
 
-use super::{
-    now_ms, Blob, Completion, ItemKind, ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
+use super::interface::{
+    idempotency_key, now_ms, webhook_payload, Completion, ItemKind, ProgressRow, ProgressWrite,
+    Storage, StoreError, UserRecord,
 };
+use crate::catalog::Blob;
 use crate::intervals::IntervalSet;
 
 /// Imports `bytes` as a blob named `name` into the backend's content store.
@@ -335,10 +337,10 @@ pub(crate) fn completion_exactly_once(s: &dyn Storage) {
     assert!(s.progress("alice", "a").unwrap().is_empty());
     let queued = s.outbox_due(now_ms(), 10).unwrap();
     assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].key, super::idempotency_key(first.history_id));
+    assert_eq!(queued[0].key, idempotency_key(first.history_id));
     assert_eq!(
         queued[0].payload,
-        super::webhook_payload("alice", "a", first.completed_at_ms, first.history_id)
+        webhook_payload("alice", "a", first.completed_at_ms, first.history_id)
     );
     assert_eq!(queued[0].attempts, 0);
 

@@ -11,7 +11,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::StoreError;
+use super::interface::StoreError;
 
 /// Version 1: users, the catalog, carts, history and events.
 const V1: &str = "

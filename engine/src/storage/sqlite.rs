@@ -13,11 +13,13 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use weir_shaper::Rate;
 
-use super::{
-    check_item, create_private_file, idempotency_key, io_err, migrations, now_ms, valid_id,
-    webhook_payload, Blob, CartEntry, Completed, Completion, HistoryEntry, Item, ItemKind,
-    JournaledPurchase, OutboxEntry, ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
+use super::interface::{
+    check_item, create_private_file, idempotency_key, io_err, now_ms, valid_id, webhook_payload,
+    CartEntry, Completed, Completion, HistoryEntry, Item, ItemKind, JournaledPurchase, OutboxEntry,
+    ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
 };
+use super::migrations;
+use crate::catalog::Blob;
 use crate::intervals::IntervalSet;
 
 /// How an ordinary commit of a connection is synced (see the [module docs](super)).
@@ -688,8 +690,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::conformance;
-    use super::super::migrations::old;
-    use super::super::SCHEMA_VERSION;
+    use super::super::migrations::{old, SCHEMA_VERSION};
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
