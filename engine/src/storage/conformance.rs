@@ -43,6 +43,18 @@ fn set(ranges: &[(u64, u64)]) -> IntervalSet {
     s
 }
 
+/// Journals `intervals` as part 0 of alice's purchase of `item` made at `cart_added_at`.
+fn journal(s: &dyn Storage, item: &str, cart_added_at: i64, intervals: &IntervalSet) {
+    let row = ProgressWrite {
+        user: "alice",
+        item,
+        cart_added_at,
+        part: 0,
+        intervals,
+    };
+    assert_eq!(s.save_progress(&[row]).unwrap(), 1);
+}
+
 fn completion<'a>(user: &'a str, item: &'a str, cart_added_at: i64) -> Completion<'a> {
     Completion {
         user,
@@ -276,11 +288,7 @@ pub(crate) fn progress_journal(s: &dyn Storage) {
     assert_eq!(s.save_progress(&rows).unwrap(), 2);
     // A part's row is replaced, not added to.
     let more = set(&[(0, 6)]);
-    let again = ProgressWrite {
-        intervals: &more,
-        ..rows[0]
-    };
-    assert_eq!(s.save_progress(&[again]).unwrap(), 1);
+    journal(s, "a", a_at, &more);
     assert_eq!(
         s.progress("alice", "a").unwrap(),
         vec![ProgressRow {
@@ -318,15 +326,7 @@ pub(crate) fn progress_journal(s: &dyn Storage) {
 pub(crate) fn completion_exactly_once(s: &dyn Storage) {
     shop(s);
     let added_at = s.cart_added_at("alice", "a").unwrap().unwrap();
-    let done = set(&[(0, 10)]);
-    s.save_progress(&[ProgressWrite {
-        user: "alice",
-        item: "a",
-        cart_added_at: added_at,
-        part: 0,
-        intervals: &done,
-    }])
-    .unwrap();
+    journal(s, "a", added_at, &set(&[(0, 10)]));
 
     let c = completion("alice", "a", added_at);
     let first = s.commit_completion(&c).unwrap().expect("recorded");
@@ -366,15 +366,7 @@ pub(crate) fn completion_exactly_once(s: &dyn Storage) {
 pub(crate) fn completion_of_an_ended_purchase(s: &dyn Storage) {
     shop(s);
     let added_at = s.cart_added_at("alice", "a").unwrap().unwrap();
-    let partial = set(&[(0, 3)]);
-    s.save_progress(&[ProgressWrite {
-        user: "alice",
-        item: "a",
-        cart_added_at: added_at,
-        part: 0,
-        intervals: &partial,
-    }])
-    .unwrap();
+    journal(s, "a", added_at, &set(&[(0, 3)]));
     // A purchase other than the one in the cart (bought again since) records nothing, and its
     // progress goes.
     let stale = completion("alice", "a", added_at - 1);

@@ -159,20 +159,20 @@ impl SqliteStore {
         )?)
     }
 
+    /// Whether the `SELECT EXISTS (...)` query `sql` is true.
+    fn exists(&self, sql: &str, params: impl rusqlite::Params) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(sql, params, |r| r.get(0))?)
+    }
+
     fn user_exists(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
+        self.exists(
             "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
             [name],
-            |r| r.get(0),
-        )?)
+        )
     }
 
     fn item_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM items WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?)
+        self.exists("SELECT EXISTS (SELECT 1 FROM items WHERE id = ?1)", [id])
     }
 
     fn part_from_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Blob> {
@@ -436,11 +436,10 @@ impl Storage for SqliteStore {
     }
 
     fn cart_contains(&self, user: &str, item: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
+        self.exists(
             "SELECT EXISTS (SELECT 1 FROM cart WHERE user = ?1 AND item = ?2)",
             params![user, item],
-            |r| r.get(0),
-        )?)
+        )
     }
 
     fn cart_added_at(&self, user: &str, item: &str) -> Result<Option<i64>, StoreError> {
@@ -490,12 +489,11 @@ impl Storage for SqliteStore {
         item: &str,
         since_ms: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
+        self.exists(
             "SELECT EXISTS (SELECT 1 FROM history
                             WHERE user = ?1 AND item = ?2 AND completed_at >= ?3)",
             params![user, item, since_ms],
-            |r| r.get(0),
-        )?)
+        )
     }
 
     fn delivered_bytes(&self, user: &str, item: &str) -> Result<u64, StoreError> {
