@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use weir_shaper::Rate;
 
-use crate::storage::{Storage as _, Store, StoreError};
+use crate::storage::{Storage, Store, StoreError};
 
 /// Live rate changes, implemented by the server's shaper.
 pub trait RateControl: Send + Sync {
@@ -121,7 +121,7 @@ fn parse_rate_body(
 
 fn handle(
     state: &AdminState,
-    store: &Store,
+    store: &dyn Storage,
     req: &mut tiny_http::Request,
 ) -> (u16, String, &'static str) {
     if !authorized(state, req) {

@@ -229,9 +229,15 @@ pub fn webhook_payload(user: &str, item: &str, completed_at_ms: u64, history_id:
 /// ledger and webhook threads (or the CLI), never from an I/O worker. One value per thread:
 /// a backend need not be `Sync`.
 pub trait Storage: Send {
-    /// The content store directory, where [`crate::catalog::import_file`] puts blobs and where
-    /// [`Storage::add_item`] checks that they are.
-    fn content_dir(&self) -> PathBuf;
+    /// The data directory, absolute: the content store, `secret`, `admin-token` and local state
+    /// such as `demo-credentials` live there, whatever the backend.
+    fn data_dir(&self) -> &Path;
+
+    /// The content store directory, `<data>/store`, where [`crate::catalog::import_file`] puts
+    /// blobs and where [`Storage::add_item`] checks that they are.
+    fn content_dir(&self) -> PathBuf {
+        self.data_dir().join("store")
+    }
 
     // --- users ---
 

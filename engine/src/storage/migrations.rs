@@ -1,6 +1,6 @@
 //! The schema, as numbered migrations tracked by `PRAGMA user_version`.
 //!
-//! [`MIGRATIONS`]`[i]` brings a database from version `i` to `i + 1`; [`migrate`] runs the
+//! [`MIGRATIONS`]`[i]` brings a database from version `i` to `i + 1`; `migrate` runs the
 //! missing ones on open, all in one immediate transaction. A new table or column is a new entry
 //! at the end; an entry is never edited once released.
 //!

@@ -110,16 +110,6 @@ impl SqliteStore {
         })
     }
 
-    /// The data directory, absolute.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// The content store directory, `<data>/store`, where [`crate::catalog::import_file`] puts blobs.
-    pub fn content_dir(&self) -> PathBuf {
-        self.data_dir.join("store")
-    }
-
     /// The signed-link key: the hex in `<data>/secret`, decoded (at least 16 bytes). The shop may
     /// replace the file with its own secret.
     pub fn secret(&self) -> Result<Vec<u8>, StoreError> {
@@ -245,8 +235,8 @@ impl SqliteStore {
 }
 
 impl Storage for SqliteStore {
-    fn content_dir(&self) -> PathBuf {
-        SqliteStore::content_dir(self)
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     fn add_user(
