@@ -7,6 +7,17 @@
 //! store for several hosts) implements the same trait and runs the same conformance suite
 //! (`storage::conformance`, instantiated for SQLite in [`sqlite`]'s tests).
 //!
+//! | file | what |
+//! |---|---|
+//! | `interface.rs` | the [`Storage`] trait, its records and errors, checks shared by backends |
+//! | `sqlite.rs` | [`SqliteStore`]: every SQL statement, the connection and durability policy |
+//! | `migrations.rs` | the schema as numbered `user_version` migrations |
+//! | `conformance.rs` | tests: the behaviour every backend must have, written once |
+//!
+//! Imports go one way: the children use `interface` (and `sqlite` uses `migrations`); this
+//! file only declares and re-exports; storage depends on [`crate::catalog`] (the `Blob` record),
+//! [`crate::intervals`] and [`crate::token`], and never on `completion` or `server`.
+//!
 //! # The data directory
 //!
 //! Created by [`SqliteStore::open`] when missing, mode 0700:
