@@ -18,8 +18,7 @@ use std::sync::Arc;
 
 use weir_shaper::Rate;
 
-use crate::server::stats::{self, WorkerStats};
-use crate::store::Store;
+use crate::storage::{Storage, Store, StoreError};
 
 /// Live rate changes, implemented by the server's shaper.
 pub trait RateControl: Send + Sync {
@@ -33,7 +32,9 @@ pub trait RateControl: Send + Sync {
 pub struct AdminState {
     pub token: String,
     pub data_dir: PathBuf,
-    pub stats: Vec<Arc<WorkerStats>>,
+    /// Renders `GET /metrics` (the server's Prometheus text). A closure, so the admin listener
+    /// does not import the server that starts it.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     pub rates: Option<Arc<dyn RateControl>>,
     pub drain: Box<dyn Fn() + Send + Sync>,
 }
@@ -120,7 +121,7 @@ fn parse_rate_body(
 
 fn handle(
     state: &AdminState,
-    store: &Store,
+    store: &dyn Storage,
     req: &mut tiny_http::Request,
 ) -> (u16, String, &'static str) {
     if !authorized(state, req) {
@@ -132,7 +133,7 @@ fn handle(
     use tiny_http::Method::{Get, Post, Put};
     match (&method, parts.as_slice()) {
         (Get, ["metrics"]) => {
-            let text = stats::render(&state.stats, &[]);
+            let text = (state.metrics)();
             (200, text, "text/plain; version=0.0.4")
         }
         (Get, ["users", name]) => match store.user(name) {
@@ -166,7 +167,7 @@ fn handle(
                         JSON,
                     )
                 }
-                Err(crate::store::StoreError::UnknownUser(_)) => error(404, "unknown user"),
+                Err(StoreError::UnknownUser(_)) => error(404, "unknown user"),
                 Err(e) => error(500, &e.to_string()),
             }
         }

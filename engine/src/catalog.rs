@@ -33,7 +33,21 @@ use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 
-use crate::store::Blob;
+/// One immutable file in the content store, as a part of an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// SHA-256 of the bytes, lowercase hex; also the file's name in the content store.
+    pub sha256: String,
+    pub size: u64,
+    /// CRC-32 (IEEE), computed at import for zip entries.
+    pub crc32: u32,
+    /// The original file name (a track's name inside an album's zip).
+    pub name: String,
+    /// The original file's modification time, unix seconds.
+    pub mtime: u64,
+    /// Absolute path in the content store.
+    pub path: PathBuf,
+}
 
 /// Size of the copy buffer.
 const CHUNK: usize = 256 * 1024;

@@ -27,7 +27,9 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use crate::catalog;
 use crate::password;
-use crate::store::{create_private_file, valid_id, Blob, ItemKind, Store};
+#[cfg(test)]
+use crate::storage::Store;
+use crate::storage::{create_private_file, valid_id, Blob, ItemKind, Storage};
 
 /// SHA-256 of the `demo-64m` item's bytes; a test checks the generator still produces it.
 pub const DEMO_64M_SHA256: &str =
@@ -158,7 +160,7 @@ fn generate(seed: u64, size: u64, out: &mut impl Write) -> io::Result<()> {
 ///   in the cart) and return its credentials.
 /// - Otherwise, no users and no items: create the demo and its credentials file, return them.
 /// - Otherwise (a real deployment): change nothing, return `None`.
-pub fn ensure_demo(store: &Store) -> anyhow::Result<Option<DemoInfo>> {
+pub fn ensure_demo(store: &dyn Storage) -> anyhow::Result<Option<DemoInfo>> {
     let creds = store.data_dir().join(CREDENTIALS_FILE);
     if !creds.exists() {
         if !(store.users()?.is_empty() && store.items()?.is_empty()) {
@@ -191,7 +193,7 @@ fn read_credentials(path: &Path) -> anyhow::Result<(String, String)> {
 }
 
 /// Creates whatever part of the demo is missing and refills the cart.
-fn repair(store: &Store, user: &str, password: &str) -> anyhow::Result<()> {
+fn repair(store: &dyn Storage, user: &str, password: &str) -> anyhow::Result<()> {
     let mut scratch: Option<Scratch> = None;
     for (id, kind, specs) in item_specs() {
         if store.item(id)?.is_some() {
@@ -235,7 +237,7 @@ fn repair(store: &Store, user: &str, password: &str) -> anyhow::Result<()> {
 }
 
 /// Generates one demo file into `dir` and imports it into the content store.
-fn make_blob(store: &Store, dir: &Path, spec: &Spec) -> anyhow::Result<Blob> {
+fn make_blob(store: &dyn Storage, dir: &Path, spec: &Spec) -> anyhow::Result<Blob> {
     let src = dir.join(spec.name);
     let file = fs::File::create(&src).with_context(|| format!("creating {}", src.display()))?;
     let mut out = BufWriter::new(file);

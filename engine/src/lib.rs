@@ -7,7 +7,9 @@
 //! Map of the crate:
 //! - [`cli`]: the `weir` command line (thin; calls into the modules below).
 //! - [`config`]: what `weir serve` runs with.
-//! - [`store`]: SQLite: users, catalog, carts, history.
+//! - [`storage`]: every table, query and migration, behind the [`storage::Storage`] trait
+//!   (users, catalog, carts, history, the ledger's journal, the webhook outbox); SQLite today.
+//! - [`intervals`]: the merged set of delivered byte intervals (shared by storage and completion).
 //! - [`catalog`]: the immutable content store files are imported into.
 //! - [`password`], [`token`]: argon2id hashes and HMAC-signed links.
 //! - [`demo`]: the embedded default catalog `weir serve` creates on a fresh machine.
@@ -34,7 +36,11 @@ pub mod completion;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod intervals;
 pub mod password;
 pub mod server;
-pub mod store;
+pub mod storage;
 pub mod token;
+
+/// The old name of [`storage`], kept so `crate::store::Store` paths still resolve.
+pub use storage as store;

@@ -1,6 +1,6 @@
 //! Signed links: the shop's web app grants a download without weir touching its database.
 //!
-//! The web app and weir share a secret (`<data>/secret`, see [`crate::store::Store::secret`]). A
+//! The web app and weir share a secret (`<data>/secret`, see [`crate::storage::SqliteStore::secret`]). A
 //! link grants one `user` one `item` until `expires` (unix seconds), optionally in a named rate
 //! class. The signature is HMAC-SHA256 over exactly this message (`\n` is a line feed; an absent
 //! rate class is the empty string):

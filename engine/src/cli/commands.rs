@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context as _};
 use super::{AlbumCommand, CartCommand, Cli, Command, ItemCommand, PasswordSource, ServeArgs};
 use super::{TokenArgs, UserCommand};
 use crate::config;
+use crate::storage::Storage as _;
 use crate::store::{valid_id, ItemKind, Store};
 use crate::{catalog, demo, password, token};
 

@@ -21,18 +21,19 @@
 //!
 //! # Completion
 //!
-//! One SQLite transaction, committed with `synchronous = FULL` (the WAL is fsynced before the
-//! commit returns): delete the cart row *with the purchase's `added_at`* (if it is gone, the
-//! purchase ended and nothing is recorded), insert a `history` row, append an `events` row
-//! (kind `completed`), insert a [`webhook`] outbox row when a webhook is
-//! configured, delete the purchase's progress rows. So a completion happens once per purchase,
+//! One call of [`Storage::commit_completion`], atomic and durable (for SQLite: one transaction
+//! committed with `synchronous = FULL`, the WAL fsynced before the commit returns): delete the
+//! cart row *with the purchase's `added_at`* (if it is gone, the purchase ended and nothing is
+//! recorded), insert a `history` row, append an `events` row (kind `completed`), queue a
+//! [`webhook`] outbox event when a webhook is configured, delete the purchase's progress. So a completion happens once per purchase,
 //! also across restarts: afterwards the cart row is gone and further credits are ignored.
 //!
 //! # Journal and durability
 //!
-//! Progress lives in `progress(user, item, cart_added_at, part, intervals)`, one row per part
-//! with the set's [`IntervalSet::to_bytes`]. Parts that changed are upserted every
-//! `flush_interval` (default 1 s) in one transaction with `synchronous = NORMAL`:
+//! Progress is journaled through [`Storage::save_progress`], one row per part (for SQLite the
+//! `progress` table, holding the set's [`IntervalSet::to_bytes`]). Parts that changed are
+//! written every `flush_interval` (default 1 s) in one transaction, on a connection opened with
+//! [`Durability::Normal`] (`synchronous = NORMAL`):
 //!
 //! - **SIGKILL** loses nothing committed: a committed WAL frame is in the OS page cache, and the
 //!   kernel writes it whatever happens to the process. At most the credits received since the
@@ -54,19 +55,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::intervals::IntervalSet;
+use super::stats::LedgerStats;
 use super::webhook::{self, Signal};
-use crate::store::Store;
+use crate::intervals::IntervalSet;
+use crate::storage::{
+    Completed, Completion, Durability, ProgressWrite, SqliteStore, Storage, StoreError,
+};
 
 /// Default for [`LedgerConfig::flush_interval`].
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -77,18 +79,6 @@ pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const EVICT_AFTER: Duration = Duration::from_secs(600);
 /// Most channel messages handled before completions are checked and the flush timer looked at.
 const MAX_ROUND: usize = 1024;
-
-/// The ledger's tables (the webhook outbox is in [`webhook`]).
-const PROGRESS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS progress (
-    user          TEXT NOT NULL,
-    item          TEXT NOT NULL,
-    cart_added_at INTEGER NOT NULL,           -- the purchase: cart.added_at when credited
-    part          INTEGER NOT NULL,           -- 0-based: 0 for a file, the track of an album
-    intervals     BLOB NOT NULL,              -- IntervalSet::to_bytes
-    PRIMARY KEY (user, item, part)
-) WITHOUT ROWID;
-";
 
 /// Content bytes of one part of an item that reached a user's client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +94,7 @@ pub struct Credit {
 /// What [`Ledger::start`] runs with.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
-    /// The data directory ([`Store::open`]).
+    /// The data directory ([`SqliteStore::open`]).
     pub data_dir: PathBuf,
     /// How often changed progress is written to the journal. Default 1 s.
     pub flush_interval: Duration,
@@ -123,33 +113,6 @@ impl LedgerConfig {
             webhook: None,
             webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
         }
-    }
-}
-
-/// Counters for metrics; read them with relaxed loads, any time.
-#[derive(Debug, Default)]
-pub struct LedgerStats {
-    /// Purchases completed (history rows written) by this process.
-    pub completions: AtomicU64,
-    /// Credits received (each one range).
-    pub credits: AtomicU64,
-    /// Credits that did not count: item not in the cart, unknown part, database error.
-    pub credits_ignored: AtomicU64,
-    /// Bytes in the credits that counted (overlaps counted each time).
-    pub bytes_credited: AtomicU64,
-    /// Bytes that counted and were not covered before: actual progress.
-    pub bytes_new: AtomicU64,
-    /// Failed journal flushes and completion transactions (each retried).
-    pub journal_errors: AtomicU64,
-    /// Webhook events acknowledged with a 2xx.
-    pub webhook_delivered: AtomicU64,
-    /// Webhook attempts that failed (each retried later).
-    pub webhook_failures: AtomicU64,
-}
-
-impl LedgerStats {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -179,25 +142,33 @@ pub struct LedgerThread {
 }
 
 impl Ledger {
-    /// Opens the data directory, creates the ledger's tables if missing, loads the journaled
-    /// progress of purchases still in a cart (dropping the rest), and spawns the ledger thread,
-    /// plus the webhook sender when `cfg.webhook` is set (queued events are sent at once).
+    /// [`Ledger::start_on`] the SQLite data directory `cfg.data_dir`, each thread with its own
+    /// connection committing with [`Durability::Normal`].
     pub fn start(cfg: LedgerConfig) -> anyhow::Result<(Ledger, LedgerThread)> {
-        let store = Store::open(&cfg.data_dir)
-            .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
-        let db = store.data_dir().join("weir.db");
-        let conn = open_connection(&db)?;
-        conn.execute_batch(PROGRESS_SCHEMA)
-            .and_then(|()| conn.execute_batch(webhook::OUTBOX_SCHEMA))
-            .context("creating the ledger tables")?;
-        let queued = webhook::queued(&conn).context("reading the webhook outbox")?;
+        let dir = cfg.data_dir.clone();
+        let open = move || -> Result<Box<dyn Storage>, StoreError> {
+            Ok(Box::new(SqliteStore::open_with(&dir, Durability::Normal)?))
+        };
+        Ledger::start_on(&cfg, open)
+            .with_context(|| format!("starting the ledger on {}", cfg.data_dir.display()))
+    }
+
+    /// Loads the journaled progress of purchases still in a cart (dropping the rest) and spawns
+    /// the ledger thread, plus the webhook sender when `cfg.webhook` is set (queued events are
+    /// sent at once). `open` gives each thread its own storage handle.
+    pub fn start_on(
+        cfg: &LedgerConfig,
+        open: impl Fn() -> Result<Box<dyn Storage>, StoreError>,
+    ) -> anyhow::Result<(Ledger, LedgerThread)> {
+        let store = open()?;
+        let queued = store.outbox_len().context("reading the webhook outbox")?;
         let stats = Arc::new(LedgerStats::default());
 
         let webhook = match &cfg.webhook {
             Some(url) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let handle =
-                    webhook::spawn(&db, url.clone(), cfg.webhook_timeout, rx, stats.clone())?;
+                    webhook::spawn(open()?, url.clone(), cfg.webhook_timeout, rx, stats.clone())?;
                 Some((tx, handle))
             }
             None => {
@@ -213,7 +184,6 @@ impl Ledger {
 
         let mut state = State::new(
             store,
-            conn,
             webhook.as_ref().map(|(tx, _)| tx.clone()),
             stats.clone(),
         );
@@ -314,22 +284,6 @@ impl Drop for LedgerThread {
     }
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A connection for the ledger's and webhook's writes: WAL (set by [`Store::open`]), waits up
-/// to 5 s for the write lock, `synchronous = NORMAL` unless a transaction raises it.
-pub(crate) fn open_connection(db: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(conn)
-}
-
 type Key = (Arc<str>, Arc<str>);
 
 /// The progress of one purchase.
@@ -374,10 +328,8 @@ impl Purchase {
 
 /// The ledger thread's state.
 struct State {
-    /// Item definitions.
-    store: Store,
-    /// Writes to `progress`, `cart`, `history`, `events`, `webhook_outbox`.
-    conn: Connection,
+    /// Item definitions, carts, the journal and completions.
+    store: Box<dyn Storage>,
     webhook: Option<Sender<Signal>>,
     stats: Arc<LedgerStats>,
     /// Part sizes by item id (items are immutable once imported).
@@ -401,14 +353,12 @@ struct Round {
 
 impl State {
     fn new(
-        store: Store,
-        conn: Connection,
+        store: Box<dyn Storage>,
         webhook: Option<Sender<Signal>>,
         stats: Arc<LedgerStats>,
     ) -> State {
         State {
             store,
-            conn,
             webhook,
             stats,
             items: HashMap::new(),
@@ -524,17 +474,12 @@ impl State {
     /// The `added_at` of the cart row (user, item), if the item is in the cart. A database
     /// error counts as "not in the cart" for this round: the credit is lost, never misapplied.
     fn cart_added_at(&self, key: &Key) -> Option<i64> {
-        let found = self
-            .conn
-            .prepare_cached("SELECT added_at FROM cart WHERE user = ?1 AND item = ?2")
-            .and_then(|mut stmt| {
-                stmt.query_row(params![&*key.0, &*key.1], |r| r.get(0))
-                    .optional()
-            });
-        found.unwrap_or_else(|e| {
-            tracing::error!(user = %key.0, item = %key.1, error = %e, "reading the cart");
-            None
-        })
+        self.store
+            .cart_added_at(&key.0, &key.1)
+            .unwrap_or_else(|e| {
+                tracing::error!(user = %key.0, item = %key.1, error = %e, "reading the cart");
+                None
+            })
     }
 
     /// Part sizes of an item, from the cache or the store.
@@ -574,22 +519,7 @@ impl State {
     /// fit the item, are deleted; the rest is kept.
     fn load(&mut self, key: &Key, added_at: i64, sizes: Arc<[u64]>) -> Purchase {
         let mut purchase = Purchase::new(added_at, sizes);
-        let rows = self
-            .conn
-            .prepare_cached(
-                "SELECT cart_added_at, part, intervals FROM progress WHERE user = ?1 AND item = ?2",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![&*key.0, &*key.1], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            });
-        let rows = match rows {
+        let rows = match self.store.progress(&key.0, &key.1) {
             Ok(rows) => rows,
             Err(e) => {
                 // Starting from nothing is safe: it can only delay a completion.
@@ -598,12 +528,11 @@ impl State {
             }
         };
         let mut rejected = false;
-        for (row_added_at, part, bytes) in rows {
-            let fits = usize::try_from(part)
+        for row in rows {
+            let fits = usize::try_from(row.part)
                 .ok()
-                .filter(|&p| row_added_at == added_at && p < purchase.parts.len());
-            let set = IntervalSet::from_bytes(&bytes).ok();
-            match (fits, set) {
+                .filter(|&p| row.cart_added_at == added_at && p < purchase.parts.len());
+            match (fits, row.intervals) {
                 (Some(p), Some(set)) if set.iter().all(|r| r.end <= purchase.sizes[p]) => {
                     purchase.parts[p] = set;
                 }
@@ -633,11 +562,7 @@ impl State {
     }
 
     fn delete_progress(&self, key: &Key) {
-        let deleted = self.conn.execute(
-            "DELETE FROM progress WHERE user = ?1 AND item = ?2",
-            params![&*key.0, &*key.1],
-        );
-        if let Err(e) = deleted {
+        if let Err(e) = self.store.delete_progress(&key.0, &key.1) {
             // Harmless: rows of another purchase are ignored (and deleted) when read.
             tracing::warn!(user = %key.0, item = %key.1, error = %e, "deleting old progress");
         }
@@ -652,13 +577,19 @@ impl State {
             debug_assert!(false, "complete() called on an incomplete purchase");
             return;
         }
-        let (added_at, size, parts) = (
-            purchase.added_at,
-            purchase.sizes.iter().sum::<u64>(),
-            purchase.sizes.len(),
-        );
-        match self.commit_completion(key, added_at, size, parts) {
-            Ok(Some((history_id, completed_at_ms))) => {
+        let completion = Completion {
+            user: &key.0,
+            item: &key.1,
+            cart_added_at: purchase.added_at,
+            size: purchase.sizes.iter().sum::<u64>(),
+            parts: purchase.sizes.len(),
+            notify: self.webhook.is_some(),
+        };
+        match self.store.commit_completion(&completion) {
+            Ok(Some(Completed {
+                history_id,
+                completed_at_ms,
+            })) => {
                 LedgerStats::add(&self.stats.completions, 1);
                 self.open.remove(key);
                 self.dirty.remove(key);
@@ -680,70 +611,6 @@ impl State {
                 tracing::error!(user = %key.0, item = %key.1, error = %e, "recording a completion failed; will retry");
             }
         }
-    }
-
-    /// The completion transaction (see the module docs), committed with `synchronous = FULL`.
-    /// `Ok(None)`: the purchase's cart row is gone, nothing was recorded but its progress was
-    /// deleted.
-    fn commit_completion(
-        &mut self,
-        key: &Key,
-        added_at: i64,
-        size: u64,
-        parts: usize,
-    ) -> rusqlite::Result<Option<(i64, u64)>> {
-        let (user, item) = (&*key.0, &*key.1);
-        let webhook = self.webhook.is_some();
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| -> rusqlite::Result<Option<(i64, u64)>> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let removed = tx.execute(
-                "DELETE FROM cart WHERE user = ?1 AND item = ?2 AND added_at = ?3",
-                params![user, item, added_at],
-            )?;
-            if removed == 0 {
-                tx.execute(
-                    "DELETE FROM progress WHERE user = ?1 AND item = ?2",
-                    params![user, item],
-                )?;
-                tx.commit()?;
-                return Ok(None);
-            }
-            let now = now_ms();
-            tx.execute(
-                "INSERT INTO history (user, item, completed_at) VALUES (?1, ?2, ?3)",
-                params![user, item, now],
-            )?;
-            let history_id = tx.last_insert_rowid();
-            let event = serde_json::json!({
-                "history_id": history_id,
-                "completed_at_ms": now,
-                "cart_added_at_ms": added_at,
-                "size": size,
-                "parts": parts,
-            });
-            tx.execute(
-                "INSERT INTO events (kind, user, item, at, payload)
-                 VALUES ('completed', ?1, ?2, ?3, ?4)",
-                params![user, item, now, event.to_string()],
-            )?;
-            if webhook {
-                let body = webhook::payload(user, item, now, history_id);
-                webhook::enqueue(&tx, history_id, &body, now)?;
-            }
-            tx.execute(
-                "DELETE FROM progress WHERE user = ?1 AND item = ?2",
-                params![user, item],
-            )?;
-            tx.commit()?;
-            Ok(Some((history_id, now)))
-        })();
-        let restored = self.conn.pragma_update(None, "synchronous", "NORMAL");
-        let outcome = result?;
-        restored?;
-        Ok(outcome)
     }
 
     /// Writes every changed part in one transaction, and retries failed completions.
@@ -770,38 +637,25 @@ impl State {
         }
     }
 
-    fn write_dirty(&mut self) -> rusqlite::Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut rows = 0;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO progress (user, item, cart_added_at, part, intervals)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (user, item, part) DO UPDATE
-                 SET cart_added_at = excluded.cart_added_at, intervals = excluded.intervals",
-            )?;
-            for key in &self.dirty {
-                let Some(p) = self.open.get(key) else {
-                    continue;
-                };
-                for (part, set) in p.parts.iter().enumerate() {
-                    if p.dirty[part] {
-                        upsert.execute(params![
-                            &*key.0,
-                            &*key.1,
-                            p.added_at,
-                            part as i64,
-                            set.to_bytes()
-                        ])?;
-                        rows += 1;
-                    }
+    fn write_dirty(&mut self) -> Result<usize, StoreError> {
+        let mut rows = Vec::new();
+        for key in &self.dirty {
+            let Some(p) = self.open.get(key) else {
+                continue;
+            };
+            for (part, set) in p.parts.iter().enumerate() {
+                if p.dirty[part] {
+                    rows.push(ProgressWrite {
+                        user: &key.0,
+                        item: &key.1,
+                        cart_added_at: p.added_at,
+                        part: part as u32,
+                        intervals: set,
+                    });
                 }
             }
         }
-        tx.commit()?;
-        Ok(rows)
+        self.store.save_progress(&rows)
     }
 
     /// Drops purchases flushed and idle for `idle` from memory.
@@ -815,36 +669,18 @@ impl State {
 
     /// On start: deletes progress of purchases no longer in a cart, loads the rest, and
     /// completes any that are whole. Returns the number of purchases loaded.
-    fn recover(&mut self) -> rusqlite::Result<usize> {
-        let stale = self.conn.execute(
-            "DELETE FROM progress WHERE NOT EXISTS (
-                 SELECT 1 FROM cart
-                 WHERE cart.user = progress.user AND cart.item = progress.item
-                   AND cart.added_at = progress.cart_added_at)",
-            [],
-        )?;
+    fn recover(&mut self) -> Result<usize, StoreError> {
+        let stale = self.store.delete_ended_progress()?;
         if stale > 0 {
             tracing::info!(
                 rows = stale,
                 "dropped progress of purchases no longer in a cart"
             );
         }
-        let purchases = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT DISTINCT user, item, cart_added_at FROM progress")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    Arc::<str>::from(r.get::<_, String>(0)?),
-                    Arc::<str>::from(r.get::<_, String>(1)?),
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
+        let purchases = self.store.journaled_purchases()?;
         let mut loaded = 0;
         for (user, item, added_at) in purchases {
-            let key: Key = (user, item);
+            let key: Key = (user.into(), item.into());
             if self.purchase(&key, added_at).is_some() {
                 loaded += 1;
                 if self.open.get(&key).is_some_and(Purchase::is_complete) {
@@ -859,13 +695,14 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::completion::{ZipEntry, ZipLayout};
-    use crate::store::{Blob, ItemKind};
+    use crate::completion::zip::{ZipEntry, ZipLayout};
+    use crate::storage::{now_ms, Blob, ItemKind, Store};
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
 
     /// Deadline of every bounded wait in these tests.
@@ -921,14 +758,6 @@ mod tests {
             Ledger::start(self.config()).unwrap()
         }
 
-        fn db(&self) -> Connection {
-            Connection::open(self.store.data_dir().join("weir.db")).unwrap()
-        }
-
-        fn count(&self, sql: &str, p: impl rusqlite::Params) -> i64 {
-            self.db().query_row(sql, p, |r| r.get(0)).unwrap()
-        }
-
         fn completions(&self, user: &str, item: &str) -> usize {
             self.store
                 .history_list(user)
@@ -939,25 +768,19 @@ mod tests {
         }
 
         fn events(&self, user: &str, item: &str) -> i64 {
-            self.count(
-                "SELECT COUNT(*) FROM events WHERE kind = 'completed' AND user = ?1 AND item = ?2",
-                [user, item],
-            )
+            self.store.test_completed_events(user, item)
         }
 
         fn progress_rows(&self) -> i64 {
-            self.count("SELECT COUNT(*) FROM progress", [])
+            self.store.test_progress_rows()
         }
 
-        fn outbox(&self) -> i64 {
-            self.count("SELECT COUNT(*) FROM webhook_outbox", [])
+        fn outbox(&self) -> u64 {
+            self.store.outbox_len().unwrap()
         }
 
         fn history_id(&self, user: &str, item: &str) -> i64 {
-            self.count(
-                "SELECT id FROM history WHERE user = ?1 AND item = ?2 ORDER BY id DESC LIMIT 1",
-                [user, item],
-            )
+            self.store.test_history_id(user, item)
         }
     }
 
@@ -1221,12 +1044,7 @@ mod tests {
         f.store.cart_add("alice", "song").unwrap();
         ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
         sync(&ledger);
-        f.db()
-            .execute(
-                "UPDATE cart SET added_at = added_at + 1 WHERE user = 'alice' AND item = 'song'",
-                [],
-            )
-            .unwrap();
+        f.store.test_rebuy("alice", "song");
         ledger.credit(vec![credit("alice", "song", 0, 200..400)]);
         sync(&ledger);
         assert_eq!(f.completions("alice", "song"), 2);
@@ -1275,11 +1093,8 @@ mod tests {
 
     /// The ledger's state driven directly, without its thread.
     fn state(f: &Fixture) -> State {
-        let store = Store::open(f.store.data_dir()).unwrap();
-        let conn = open_connection(&store.data_dir().join("weir.db")).unwrap();
-        conn.execute_batch(PROGRESS_SCHEMA).unwrap();
-        conn.execute_batch(webhook::OUTBOX_SCHEMA).unwrap();
-        State::new(store, conn, None, Arc::default())
+        let store = SqliteStore::open_with(f.store.data_dir(), Durability::Normal).unwrap();
+        State::new(Box::new(store), None, Arc::default())
     }
 
     fn apply(state: &mut State, credits: Vec<Credit>) {

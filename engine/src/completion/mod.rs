@@ -11,12 +11,18 @@
 //!   byte range of it is served from literal bytes and track file segments, and so a delivered
 //!   zip range maps onto the track bytes it contains.
 //! - [`intervals`]: the merged set of delivered byte intervals kept per (user, item or track)
-//!   ([`IntervalSet`]); the item completes when it covers `0..len`.
+//!   ([`IntervalSet`]); the item completes when it covers `0..len`. It lives at the crate root
+//!   ([`crate::intervals`]) because storage journals it too; it is re-exported here.
 //! - [`tcp_info`]: the one impure helper, [`tcp_delivery`], which reads `tcpi_bytes_acked` and
 //!   the send queue of a socket (one `getsockopt`, one `ioctl`: the module's only `unsafe`).
 //! - [`ledger`]: the [`Ledger`] thread I/O workers hand [`Credit`]s to; it keeps progress per
-//!   purchase, journals it to SQLite, and records each completion in one transaction.
-//! - [`webhook`]: the durable outbox of completion events and the thread that POSTs them.
+//!   purchase, journals it through [`crate::storage::Storage`], and records each completion with
+//!   one [`commit_completion`](crate::storage::Storage::commit_completion).
+//! - [`webhook`]: the thread that POSTs the storage's outbox of completion events.
+//! - [`stats`]: the counters both threads keep ([`LedgerStats`]).
+//!
+//! Imports go one way: `ledger` → `webhook` → `stats`, all of them → [`crate::storage`] and
+//! [`crate::intervals`]; storage never imports this module.
 //!
 //! ```
 //! use weir::completion::{IntervalSet, StreamMap};
@@ -33,14 +39,15 @@
 //! ```
 
 pub mod delivery;
-pub mod intervals;
 pub mod ledger;
+pub mod stats;
 pub mod tcp_info;
 pub mod webhook;
 pub mod zip;
 
+pub use crate::intervals::{self, IntervalSet};
 pub use delivery::StreamMap;
-pub use intervals::IntervalSet;
-pub use ledger::{Credit, Ledger, LedgerConfig, LedgerStats, LedgerThread};
+pub use ledger::{Credit, Ledger, LedgerConfig, LedgerThread};
+pub use stats::LedgerStats;
 pub use tcp_info::{tcp_acked, tcp_delivery, tcp_rtt, unsent_bytes, AckState, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};

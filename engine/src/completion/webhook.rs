@@ -1,8 +1,9 @@
-//! The completion webhook: a durable outbox in SQLite and the thread that empties it.
+//! The completion webhook: the thread that empties the storage's durable outbox.
 //!
-//! When a webhook is configured, the ledger inserts one `webhook_outbox` row in the same
-//! transaction that records a completion (see [`super::ledger`]), so a completion and its
-//! notification are committed together or not at all. This module's sender thread then POSTs
+//! When a webhook is configured, the ledger's completion commit
+//! ([`Storage::commit_completion`]) queues one outbox event with the completion (see
+//! [`super::ledger`]), so a completion and its notification are committed together or not at
+//! all. This module's sender thread then POSTs
 //! each due row to the shop:
 //!
 //! ```text
@@ -24,34 +25,24 @@
 //!   whose row delete was lost to a crash or power loss is sent again).
 //! - Rows are sent oldest first when due; a failing event does not hold back later ones.
 //!
-//! The queue lives in the database, so it survives restarts; the sender is its own thread and
+//! The queue lives in storage ([`Storage::outbox_due`], [`Storage::outbox_ack`],
+//! [`Storage::outbox_retry`]), so it survives restarts; the sender is its own thread and
 //! never runs on an I/O worker. It sleeps until the next row is due or the ledger wakes it
-//! (a wake-up signal on a channel) after committing a completion. Its own writes (deletes, retry times) use
-//! `synchronous = NORMAL`: losing one to power loss means one more delivery of the same key.
+//! (a wake-up signal on a channel) after committing a completion. Its own writes (acks, retry
+//! times) use [`Durability::Normal`](crate::storage::Durability): losing one to power loss means
+//! one more delivery of the same key.
 
 use std::io::Read;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use rusqlite::{params, Connection, Transaction};
 
-use super::ledger::{now_ms, open_connection, LedgerStats};
-
-/// The outbox table; created by the ledger on start whether or not a webhook is configured.
-pub(crate) const OUTBOX_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS webhook_outbox (
-    id              INTEGER PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,     -- weir-completion-<history id>
-    payload         TEXT NOT NULL,            -- the JSON body, exactly as POSTed
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_at_ms      INTEGER NOT NULL          -- not sent before this unix time (ms)
-);
-CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_at_ms);
-";
+use super::stats::LedgerStats;
+pub use crate::storage::{idempotency_key, webhook_payload as payload};
+use crate::storage::{now_ms, OutboxEntry, Storage, StoreError};
 
 /// First retry delay; each further failure doubles it.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -65,23 +56,6 @@ const IDLE_RECHECK: Duration = Duration::from_secs(60);
 /// Most response body bytes read (and discarded) so the connection can be reused.
 const MAX_RESPONSE_BODY: u64 = 64 * 1024;
 
-/// The `Idempotency-Key` of the completion recorded as history row `history_id`.
-pub fn idempotency_key(history_id: i64) -> String {
-    format!("weir-completion-{history_id}")
-}
-
-/// The JSON body POSTed for a completion.
-pub fn payload(user: &str, item: &str, completed_at_ms: u64, history_id: i64) -> String {
-    serde_json::json!({
-        "event": "item.completed",
-        "user": user,
-        "item": item,
-        "completed_at_ms": completed_at_ms,
-        "history_id": history_id,
-    })
-    .to_string()
-}
-
 /// How long to wait after the `attempts`-th failed attempt (1-based): 1 s doubling up to 60 s,
 /// shortened by `jitter` (clamped to `0.0..=1.0`) times 10 %.
 pub fn retry_delay(attempts: u32, jitter: f64) -> Duration {
@@ -90,40 +64,12 @@ pub fn retry_delay(attempts: u32, jitter: f64) -> Duration {
     base.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0))
 }
 
-/// Queues the notification of a completion, inside the transaction that records it. Due now.
-pub(crate) fn enqueue(
-    tx: &Transaction<'_>,
-    history_id: i64,
-    payload: &str,
-    now_ms: u64,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO webhook_outbox (idempotency_key, payload, attempts, next_at_ms)
-         VALUES (?1, ?2, 0, ?3)",
-        params![idempotency_key(history_id), payload, now_ms],
-    )?;
-    Ok(())
-}
-
-/// Number of rows waiting in the outbox.
-pub(crate) fn queued(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))
-}
-
 /// What the ledger tells the sender thread.
 pub(crate) enum Signal {
     /// A completion was committed: look at the queue now.
     Wake,
     /// Finish the POST in flight (if any) and exit.
     Stop,
-}
-
-/// One queued event, read out of the table before any network I/O.
-struct Row {
-    id: i64,
-    key: String,
-    payload: String,
-    attempts: u32,
 }
 
 /// Why a pass over the queue ended early.
@@ -138,16 +84,16 @@ enum Pass {
 
 /// The sender thread's state.
 struct Sender {
-    conn: Connection,
+    storage: Box<dyn Storage>,
     agent: ureq::Agent,
     url: String,
     signals: Receiver<Signal>,
     stats: Arc<LedgerStats>,
 }
 
-/// Checks `url` and starts the sender thread on the database at `db`.
+/// Checks `url` and starts the sender thread on `storage` (its own connection).
 pub(crate) fn spawn(
-    db: &Path,
+    storage: Box<dyn Storage>,
     url: String,
     timeout: Duration,
     signals: Receiver<Signal>,
@@ -167,9 +113,8 @@ pub(crate) fn spawn(
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         anyhow::bail!("webhook URL {url:?}: only http:// and https:// are supported");
     }
-    let conn = open_connection(db)?;
     let sender = Sender {
-        conn,
+        storage,
         agent,
         url,
         signals,
@@ -216,22 +161,8 @@ impl Sender {
     }
 
     /// Tries every row due now, up to one batch.
-    fn pass(&self) -> rusqlite::Result<Pass> {
-        let rows = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, idempotency_key, payload, attempts FROM webhook_outbox
-                 WHERE next_at_ms <= ?1 ORDER BY next_at_ms, id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms(), BATCH], |r| {
-                Ok(Row {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    payload: r.get(2)?,
-                    attempts: r.get(3)?,
-                })
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
+    fn pass(&self) -> Result<Pass, StoreError> {
+        let rows = self.storage.outbox_due(now_ms(), BATCH)?;
         let full = rows.len() == BATCH;
         for row in rows {
             if self.stop_requested() {
@@ -239,17 +170,17 @@ impl Sender {
             }
             match self.post(&row) {
                 Ok(status) => {
-                    self.conn
-                        .execute("DELETE FROM webhook_outbox WHERE id = ?1", params![row.id])?;
+                    self.storage.outbox_ack(row.id)?;
                     self.stats.webhook_delivered.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %row.key, status, "webhook delivered");
                 }
                 Err(why) => {
                     let attempts = row.attempts.saturating_add(1);
                     let delay = retry_delay(attempts, rand::random::<f64>());
-                    self.conn.execute(
-                        "UPDATE webhook_outbox SET attempts = ?2, next_at_ms = ?3 WHERE id = ?1",
-                        params![row.id, attempts, now_ms() + delay.as_millis() as u64],
+                    self.storage.outbox_retry(
+                        row.id,
+                        attempts,
+                        now_ms() + delay.as_millis() as u64,
                     )?;
                     self.stats.webhook_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -266,7 +197,7 @@ impl Sender {
     }
 
     /// POSTs one event; `Ok(status)` only for a 2xx answer.
-    fn post(&self, row: &Row) -> Result<u16, String> {
+    fn post(&self, row: &OutboxEntry) -> Result<u16, String> {
         let result = self
             .agent
             .post(&self.url)
@@ -293,13 +224,8 @@ impl Sender {
     }
 
     /// How long until the earliest queued row is due (zero if one is due now).
-    fn next_due_in(&self) -> rusqlite::Result<Duration> {
-        let next: Option<u64> =
-            self.conn
-                .query_row("SELECT MIN(next_at_ms) FROM webhook_outbox", [], |r| {
-                    r.get(0)
-                })?;
-        Ok(match next {
+    fn next_due_in(&self) -> Result<Duration, StoreError> {
+        Ok(match self.storage.outbox_next_due()? {
             None => IDLE_RECHECK,
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_RECHECK),
         })
@@ -330,22 +256,5 @@ mod tests {
                 "{a}: {d:?}"
             );
         }
-    }
-
-    #[test]
-    fn key_and_payload() {
-        assert_eq!(idempotency_key(42), "weir-completion-42");
-        let p: serde_json::Value =
-            serde_json::from_str(&payload("alice", "album-1", 1_700_000_000_000, 42)).unwrap();
-        assert_eq!(
-            p,
-            serde_json::json!({
-                "event": "item.completed",
-                "user": "alice",
-                "item": "album-1",
-                "completed_at_ms": 1_700_000_000_000u64,
-                "history_id": 42,
-            })
-        );
     }
 }

@@ -14,7 +14,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::RequestHead;
+use super::request::RequestHead;
 
 /// Validators of a representation: strong ETag and Last-Modified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ fn opaque(tag: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Method;
+    use crate::http::request::Method;
     use std::time::Duration;
 
     const LM: u64 = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::password;
+use crate::storage::Storage as _;
 use crate::store::Store;
 
 use super::resources::Resource;

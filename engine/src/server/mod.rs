@@ -25,6 +25,7 @@ use anyhow::Context;
 
 use crate::config::{DriverChoice, ServeConfig};
 use crate::demo::DemoInfo;
+use crate::storage::Storage as _;
 use crate::store::Store;
 
 use auth::{AuthPool, Inbox};
@@ -165,7 +166,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             let state = crate::admin::AdminState {
                 token,
                 data_dir: cfg.data_dir.clone(),
-                stats: worker_stats.clone(),
+                metrics: {
+                    let worker_stats = worker_stats.clone();
+                    Box::new(move || stats::render(&worker_stats, &[]))
+                },
                 rates: Some(Arc::new(ShaperControl {
                     shaper: shaper.clone(),
                     default_rate: cfg.default_user_rate,
