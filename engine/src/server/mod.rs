@@ -7,9 +7,15 @@
 
 pub mod auth;
 pub mod conn;
+pub mod credit;
+pub mod ctx;
 pub mod epoll;
 pub mod resources;
+pub mod respond;
 pub mod segment;
+pub mod send;
+pub mod shaping;
+pub mod socket;
 pub mod stats;
 pub mod sys;
 pub mod uring;
@@ -17,7 +23,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -79,7 +85,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     // Bind the first listener (port 0 picks a port), then the others on the same address.
     let first = sys::reuseport_listener(cfg.listen, 4096)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = sys::local_addr(first.as_raw_fd())?;
+    let addr = sys::local_addr(first.as_fd())?;
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(sys::reuseport_listener(addr, 4096)?);
@@ -203,9 +209,9 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         }
         None
     };
-    let credit_sink: Option<worker::CreditSink> = ledger.as_ref().map(|(l, _)| {
+    let credit_sink: Option<credit::CreditSink> = ledger.as_ref().map(|(l, _)| {
         let l = l.clone();
-        Arc::new(move |batch| l.credit(batch)) as worker::CreditSink
+        Arc::new(move |batch| l.credit(batch)) as credit::CreditSink
     });
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
