@@ -126,6 +126,13 @@ impl AuthPool {
         Ok(AuthPool { tx })
     }
 
+    /// A pool with no threads, for unit tests: its jobs wait in the returned receiver.
+    #[cfg(test)]
+    pub fn detached() -> (AuthPool, Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(16);
+        (AuthPool { tx }, rx)
+    }
+
     /// Queue a job; `false` when the pool is saturated (answer 503).
     pub fn submit(&self, job: Job) -> bool {
         match self.tx.try_send(job) {

@@ -534,3 +534,296 @@ impl<S: ConnSocket> Conn<S> {
         self.shaping.close(&mut ctx.shaping);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven over a [`FakeSocket`]: what a driver would do, step by step,
+    //! with the kernel's answers scripted.
+
+    use std::collections::HashMap;
+    use std::time::SystemTime;
+
+    use weir_shaper::{FakeClock, Rate, Shaper, ShaperConfig};
+
+    use super::*;
+    use crate::completion::AckState;
+    use crate::config::ServeConfig;
+    use crate::http::{DateCache, Limits};
+    use crate::server::auth::{AuthCache, AuthPool, Job};
+    use crate::server::credit::CreditBatch;
+    use crate::server::resources::Part;
+    use crate::server::segment::MappedFile;
+    use crate::server::shaping::{ShaperWaits, Shaping};
+    use crate::server::socket::FakeSocket;
+    use crate::store::ItemKind;
+
+    const AUTH: &str = "Basic YWxpY2U6cHc="; // alice:pw
+
+    struct Fixture {
+        ctx: Ctx,
+        clock: Arc<FakeClock>,
+        _jobs: crossbeam_channel::Receiver<Job>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A worker context serving item `song` (`len` bytes) to `alice`, whose credentials and
+    /// cart grant are already cached; `rate`: alice's shaped rate.
+    fn fixture(len: usize, rate: Rate) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("song");
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let part = Part {
+            file: Arc::new(MappedFile::open(&path, len as u64).unwrap()),
+            etag: "\"e\"".into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+            name: "song".into(),
+        };
+        let res = Arc::new(Resource {
+            id: "song".into(),
+            key: Arc::from("song"),
+            kind: ItemKind::File,
+            parts: vec![part],
+            zip: None,
+        });
+        let now = Instant::now();
+        let mut cache = AuthCache::new(
+            HashMap::from([("song".to_string(), res)]),
+            Duration::from_secs(60),
+        );
+        let alice: Arc<str> = Arc::from("alice");
+        cache
+            .creds
+            .insert(AUTH.into(), (alice, now + Duration::from_secs(3600)));
+        cache
+            .grants
+            .insert("alice\0song".into(), now + Duration::from_secs(3600));
+        let clock = Arc::new(FakeClock::new());
+        let shaper = Shaper::with_clock(
+            ShaperConfig {
+                refill_period: Duration::from_millis(100),
+                ..Default::default()
+            },
+            clock.clone(),
+        );
+        let (pool, jobs) = AuthPool::detached();
+        let ctx = Ctx {
+            id: 0,
+            cfg: Arc::new(ServeConfig::new(dir.path().into())),
+            limits: Limits::default(),
+            date: DateCache::new(),
+            secret: Arc::new(vec![1; 32]),
+            cache,
+            pool,
+            now,
+            draining: false,
+            scratch: vec![0u8; 4096].into_boxed_slice(),
+            credits: CreditBatch::new(None),
+            stats: Arc::default(),
+            shaping: Shaping::new(shaper, rate),
+        };
+        Fixture {
+            ctx,
+            clock,
+            _jobs: jobs,
+            _dir: dir,
+        }
+    }
+
+    fn get(path: &str, extra: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n{extra}\r\n")
+            .into_bytes()
+    }
+
+    /// A connection that received `request` (the driver saw it readable).
+    fn conn_with(f: &mut Fixture, request: Vec<u8>) -> (Box<Conn<FakeSocket>>, Next) {
+        let sock = FakeSocket {
+            incoming: request,
+            ..Default::default()
+        };
+        let mut c = Conn::new(sock, 1, f.ctx.now, &f.ctx);
+        let next = c.on_readable(&mut f.ctx);
+        (c, next)
+    }
+
+    /// The bytes the planned `sendmsg` would send.
+    fn planned(c: &Conn<FakeSocket>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in c.send.iov() {
+            // SAFETY: test-only read of the planned iovecs, which point into the response's
+            // head or a mapping of a test file nobody truncates (see `SendBuf`).
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        out
+    }
+
+    fn iov_len(plan: SendPlan) -> usize {
+        match plan {
+            SendPlan::Iov { len, .. } => len,
+            other => panic!("expected a sendmsg, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_partial_send_and_eagain_resume_where_the_kernel_stopped() {
+        let mut f = fixture(1000, Rate::Unlimited);
+        let (mut c, next) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(next, Next::Write);
+        let total = iov_len(c.prepare_send(&mut f.ctx));
+        let first = planned(&c);
+        assert_eq!(first.len(), total);
+        assert!(first.starts_with(b"HTTP/1.1 200 OK\r\n"), "{first:?}");
+        assert!(first.ends_with(&[7u8; 1000]));
+
+        // The kernel took 10 bytes.
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(10)), Next::Write);
+        assert_eq!(iov_len(c.prepare_send(&mut f.ctx)), total - 10);
+        assert_eq!(planned(&c), first[10..]);
+
+        // The socket is full: wait for room, then send the same bytes again.
+        let eagain = Err(io::ErrorKind::WouldBlock.into());
+        assert_eq!(c.on_sent(&mut f.ctx, eagain), Next::Write);
+        assert!(!c.writable);
+        assert_eq!(iov_len(c.prepare_send(&mut f.ctx)), total - 10);
+        assert_eq!(planned(&c), first[10..]);
+
+        // The rest goes: keep-alive, so the connection waits for the next request.
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(total - 10)), Next::Read);
+        assert!(c.is_idle());
+        let stats = &f.ctx.stats;
+        assert_eq!(
+            stats.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+            total as u64
+        );
+    }
+
+    /// A large response to a client that reads the first bytes and stops with its window shut:
+    /// when the send times out, nothing it acknowledged inside its first receive buffer counts.
+    /// The same client with its window open when the connection ends is credited its acks.
+    #[test]
+    fn a_client_that_stops_reading_is_credited_nothing_at_the_send_timeout() {
+        for (window, credited) in [(0, false), (1000, true)] {
+            let mut f = fixture(1 << 20, Rate::Unlimited);
+            let sock = FakeSocket {
+                incoming: get("/d/song", ""),
+                ack: Some(AckState {
+                    bytes_acked: 0,
+                    window: Some(64 * 1024),
+                    peer_ended: false,
+                }),
+                ..Default::default()
+            };
+            let mut c = Conn::new(sock, 1, f.ctx.now, &f.ctx);
+            assert_eq!(c.on_readable(&mut f.ctx), Next::Write);
+            let head_len = c.resp.as_deref().map_or(0, Response::head_rest);
+            let len = iov_len(c.prepare_send(&mut f.ctx));
+            assert_eq!(
+                len,
+                head_len + (1 << 20),
+                "the head and the first 1 MiB chunk"
+            );
+            // 300 KB went out, then the client stopped reading.
+            assert_eq!(c.on_sent(&mut f.ctx, Ok(300_000)), Next::Write);
+            c.sock.ack = Some(AckState {
+                bytes_acked: 100_000,
+                window: Some(window),
+                peer_ended: false,
+            });
+            let later = f.ctx.now + f.ctx.cfg.send_timeout;
+            assert_eq!(c.on_deadline(later), Some(Next::Close));
+            c.on_close(&mut f.ctx);
+            let got: u64 = f
+                .ctx
+                .credits
+                .pending()
+                .iter()
+                .map(|cr| cr.range.end - cr.range.start)
+                .sum();
+            let expect = if credited {
+                100_000 - head_len as u64
+            } else {
+                0
+            };
+            assert_eq!(got, expect, "window {window}");
+        }
+    }
+
+    #[test]
+    fn a_drain_closes_idle_connections_and_lets_a_response_finish() {
+        let mut f = fixture(1000, Rate::Unlimited);
+        let idle = Conn::new(FakeSocket::default(), 2, f.ctx.now, &f.ctx);
+        let mut idle = idle;
+        assert_eq!(idle.on_drain(), Some(Next::Close));
+
+        let (mut c, next) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(next, Next::Write);
+        f.ctx.draining = true;
+        assert_eq!(c.on_drain(), None, "busy: finishes its response");
+        let total = iov_len(c.prepare_send(&mut f.ctx));
+        // Not keep-alive any more; its bytes are not all acknowledged, so it closes its side
+        // and waits for the client's FIN, which proves the client read the tail.
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(total)), Next::Read);
+        assert!(c.sock.shut_write);
+        c.sock.ack = Some(AckState {
+            bytes_acked: total as u64 + 1,
+            window: Some(0),
+            peer_ended: true,
+        });
+        c.sock.fin = true;
+        assert_eq!(c.on_readable(&mut f.ctx), Next::Close);
+        let credits = f.ctx.credits.pending();
+        assert_eq!(credits.len(), 1);
+        assert_eq!(credits[0].range, 0..1000);
+    }
+
+    /// A shaped download: once its tokens are spent its body waits for the shaper, the
+    /// connection is parked, and the shaper's wake-up brings a grant the next send carries (no
+    /// more than the shaper's largest grant).
+    #[test]
+    fn a_shaper_wait_parks_the_connection_until_a_grant() {
+        let rate = Rate::BytesPerSec(64 * 1024);
+        let mut f = fixture(4 << 20, rate);
+        let (mut c, next) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(next, Next::Write);
+        let mut waits = ShaperWaits::default();
+        let mut parked = 0;
+        let mut body_after_park = 0;
+        for _ in 0..200 {
+            match c.prepare_send(&mut f.ctx) {
+                SendPlan::Wait(at) => {
+                    // The driver parks it; time passes; the wake-up comes.
+                    parked += 1;
+                    c.shaping.wait = Some(at);
+                    waits.park(c.token, at);
+                    let dt = at.saturating_duration_since(f.ctx.now);
+                    f.clock.advance(dt);
+                    f.ctx.now = at;
+                    let woken = waits.due(&mut f.ctx.shaping, f.ctx.now, |t, at| {
+                        t == c.token
+                            && (at.is_none() || c.shaping.wait == at)
+                            && c.shaping.wait.take().is_some()
+                    });
+                    assert_eq!(woken, vec![c.token], "woken once, at its deadline");
+                }
+                SendPlan::Iov { len, .. } => {
+                    let head = c.resp.as_deref().map_or(0, Response::head_rest);
+                    let body = len - head;
+                    assert!(body <= 256 * 1024, "no more than the largest grant: {body}");
+                    assert_eq!(c.on_sent(&mut f.ctx, Ok(len)), Next::Write);
+                    if parked > 0 && body > 0 {
+                        body_after_park = body;
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parked > 0, "a shaped download runs out of tokens and waits");
+        assert!(body_after_park > 0, "woken, it sends a grant");
+        assert!(
+            c.sock.sndbuf.is_some(),
+            "a shaped connection sizes its send buffer"
+        );
+    }
+}
