@@ -9,7 +9,7 @@
 //!
 //! The connection makes no syscall itself: it asks its [`ConnSocket`] (receive, send-buffer
 //! size, `TCP_INFO`, the unsent queue). What it delegates: building the response
-//! ([`respond`](super::respond)), planning sends ([`send`](super::send)), asking the shaper
+//! ([`respond`]), planning sends ([`send`]), asking the shaper
 //! ([`shaping`](super::shaping)) and crediting delivered bytes ([`credit`](super::credit)).
 
 use std::io;

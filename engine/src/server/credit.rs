@@ -3,7 +3,7 @@
 //!
 //! Delivered means acknowledged by the client's TCP (`tcpi_bytes_acked`, read through
 //! [`ConnSocket::acked`]), mapped back to content through a
-//! [`StreamMap`](crate::completion::StreamMap), with one guard for the client that never reads
+//! [`StreamMap`], with one guard for the client that never reads
 //! (see [`ConnCredit::account`]). Each connection that carried catalog content keeps a
 //! [`ConnCredit`]; a worker gathers the credits of one loop iteration in a [`CreditBatch`] and
 //! hands them to the ledger once (never per chunk).

@@ -4,6 +4,25 @@
 //! Nothing is shared on the request path but read-only resources (`Arc`); password checks and
 //! store reads go to the auth pool ([`auth`]). SIGTERM/SIGINT drain: workers stop accepting,
 //! idle connections close, in-flight downloads finish or are cut after `--drain-timeout`.
+//!
+//! # One request, file by file
+//! 1. accept: [`worker`] admits a socket from the listener (the connection cap and its 503,
+//!    the EMFILE back-off) and owns everything the two drivers share; [`uring`] and [`epoll`]
+//!    only submit operations and feed completions back.
+//! 2. parse and 3. authorize: [`conn`], the connection state machine, parses the head
+//!    ([`crate::http`]) and authorizes from the worker's caches or parks on the [`auth`] pool.
+//! 4. respond: [`respond`] picks the representation and writes the head and body pieces.
+//! 5. shape: [`shaping`] asks the per-user shaper how many body bytes the next send may
+//!    carry, parks the connection when none, and wakes it.
+//! 6. send: [`send`] plans the next `sendmsg`/`sendfile` from the mapped segments
+//!    ([`segment`]) and advances the response by what the kernel took.
+//! 7. account: [`credit`] turns the client's TCP acknowledgements ([`socket`]: `TCP_INFO`)
+//!    into credits, batched per loop iteration.
+//! 8. commit: the completion ledger ([`crate::completion`]) applies the credits and records a
+//!    completion in SQLite.
+//!
+//! The state machine makes no syscall itself: it asks its [`socket::ConnSocket`]; [`sys`]
+//! holds the checked syscall wrappers, [`ctx`] the per-worker context, [`stats`] the counters.
 
 pub mod auth;
 pub mod conn;
