@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::completion::{AckState, StreamMap};
+use crate::completion::{AckState, Ledger, StreamMap};
 
 use super::socket::ConnSocket;
 use super::stats::WorkerStats;
@@ -21,6 +21,11 @@ pub use crate::completion::Credit;
 
 /// Where a worker sends its credits (once per event-loop iteration, never per chunk).
 pub type CreditSink = Arc<dyn Fn(Vec<Credit>) + Send + Sync>;
+
+/// The sink that hands a worker's batches to the completion ledger.
+pub fn to_ledger(ledger: Ledger) -> CreditSink {
+    Arc::new(move |batch| ledger.credit(batch))
+}
 
 /// How often the sweep credits a response that is still being sent.
 pub const SENDING_POLL_EVERY: Duration = Duration::from_secs(1);

@@ -14,9 +14,40 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_shaper::{ConnKey, CoreShaper, Grant, Nanos, Rate, Shaper, UserHandle, UserLimits};
+use weir_shaper::{
+    ConnKey, CoreShaper, Grant, Nanos, Rate, Shaper, ShaperConfig, UserHandle, UserLimits,
+};
+
+use crate::config::ServeConfig;
 
 use super::socket::ConnSocket;
+
+/// The server's shaper, shared by every worker: `--global-rate`, `--min-grant`, and the
+/// refill period and slack the benchmarks chose.
+pub fn server_shaper(cfg: &ServeConfig) -> Arc<Shaper> {
+    Shaper::new(ShaperConfig {
+        global: cfg.global_rate,
+        // A connection's timer can fire a few milliseconds late on a busy worker: buckets keep
+        // at least 50 ms of credit (and at least a period) so that lateness delays bytes
+        // instead of losing them.
+        late_slack: Duration::from_millis(50),
+        // Each grant is one send and one TCP segment: the more a send carries, the less CPU
+        // per byte (16 KiB took a quarter of the crate's 4 KiB's sends, results/2026-11-23-
+        // shaping; 32 KiB, the default, cut CPU per GiB by another fifth, results/2026-11-23-
+        // shaping-grant). SO_SNDBUF stays at one chunk.
+        min_grant_bytes: cfg.min_grant,
+        // The allocator passes over every active user once per period, on whichever core gets
+        // there first, and each worker passes over its users' waiting connections: at 10 ms
+        // those passes were about a sixth of a shaped server's CPU samples with 200 users. 25 ms
+        // cut CPU per GiB by 16% / 9% (io_uring / epoll, results/2026-11-23-shaping-period),
+        // 100 ms by another 12% / 15% (results/2026-11-23-shaping-grant), with the per-user
+        // ratio still within 2.5% over 20 s at 128 KiB/s. A rate change, an idle user's share
+        // and late timers still settle within a period or two, well inside a second. A new
+        // download's first body bytes wait for the next allocation, up to a period.
+        refill_period: Duration::from_millis(100),
+        ..Default::default()
+    })
+}
 
 /// A signed link's rate class: shaped as its own class `user/NAME` at the class's rate.
 pub type ShapeClass = (Arc<str>, Rate);
