@@ -14,12 +14,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::http::{self, Method, Parsed, RequestError, RequestHead, Route};
-use crate::token;
 
-use super::auth::{Claim, Job, Reply, Verdict};
+use super::auth::{Decision, Job, Reply, Verdict};
 use super::credit::ConnCredit;
 use super::ctx::Ctx;
 use super::resources::Resource;
@@ -236,7 +235,10 @@ impl<S: ConnSocket> Conn<S> {
         self.error(ctx, status, false, false, extra)
     }
 
-    /// Authenticate and authorize, from the worker's caches when possible.
+    /// Route, then authenticate and authorize from the worker's caches ([`AuthCache`]), or park
+    /// and ask the auth pool.
+    ///
+    /// [`AuthCache`]: super::auth::AuthCache
     fn begin_request(&mut self, ctx: &mut Ctx, head: RequestHead) -> Next {
         self.credit.on_request();
         let item = match http::route(&head.target) {
@@ -245,46 +247,15 @@ impl<S: ConnSocket> Conn<S> {
             Route::Track { album, .. } => album,
             Route::Zip(album) => album,
         };
-        // Signed link: verified here, no store round trip.
-        let claim_user: Option<Arc<str>>;
-        let mut class: Option<ShapeClass> = None;
-        if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            match token::verify(&ctx.secret, item, q, now_unix) {
-                Ok(claims) => {
-                    if let Some(name) = &claims.rate_class {
-                        // A class the server does not know cannot be honoured: refuse the link.
-                        let Some(rate) = ctx.cfg.rate_classes.get(name) else {
-                            return self.simple(ctx, &head, 403);
-                        };
-                        class = Some((Arc::from(format!("{}/{name}", claims.user)), *rate));
-                    }
-                    claim_user = Some(Arc::from(claims.user.as_str()));
-                }
-                Err(token::TokenError::Malformed) => return self.simple(ctx, &head, 400),
-                Err(_) => return self.simple(ctx, &head, 403),
+        let (secret, classes) = (&ctx.secret, &ctx.cfg.rate_classes);
+        let decision = ctx.cache.authorize(secret, classes, &head, item, ctx.now);
+        let (claim, class) = match decision {
+            Decision::Serve { res, user, class } => {
+                return self.serve(ctx, head, &res, user, class)
             }
-        } else if let Some(auth) = head.authorization.as_deref() {
-            claim_user = ctx.cache.user_for(auth, ctx.now);
-        } else {
-            return self.simple(ctx, &head, 401);
-        }
-        if let Some(user) = &claim_user {
-            if ctx.cache.granted(user, item, ctx.now) {
-                if let Some(res) = ctx.cache.resources.get(item).cloned() {
-                    return self.serve(ctx, head, &res, user.clone(), class);
-                }
-            }
-        }
-        // Miss: park and ask the pool.
-        let claim = match claim_user {
-            Some(user) => Claim::Link {
-                user: user.to_string(),
-            },
-            None => Claim::Basic(head.authorization.clone().unwrap_or_default()),
+            Decision::Refuse(status) => return self.simple(ctx, &head, status),
+            // A cache miss: park and ask the pool.
+            Decision::Ask { claim, class } => (claim, class),
         };
         let job = Job {
             worker: ctx.id,
@@ -562,7 +533,7 @@ mod tests {
     struct Fixture {
         ctx: Ctx,
         clock: Arc<FakeClock>,
-        _jobs: crossbeam_channel::Receiver<Job>,
+        jobs: crossbeam_channel::Receiver<Job>,
         _dir: tempfile::TempDir,
     }
 
@@ -624,7 +595,7 @@ mod tests {
         Fixture {
             ctx,
             clock,
-            _jobs: jobs,
+            jobs,
             _dir: dir,
         }
     }
@@ -825,5 +796,44 @@ mod tests {
             c.sock.sndbuf.is_some(),
             "a shaped connection sizes its send buffer"
         );
+    }
+
+    #[test]
+    fn a_request_the_caches_cannot_answer_parks_until_the_pool_does() {
+        let mut f = fixture(1000, Rate::Unlimited);
+        // No credentials at all: 401 at once, and the connection stays open.
+        let (mut c, next) = conn_with(&mut f, b"GET /d/song HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+        assert_eq!(next, Next::Write);
+        let len = iov_len(c.prepare_send(&mut f.ctx));
+        assert!(planned(&c).starts_with(b"HTTP/1.1 401 "));
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(len)), Next::Read);
+
+        // Credentials the worker has not verified yet: parked, one job for the pool.
+        let bob = "GET /d/song HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Ym9iOnB3\r\n\r\n";
+        let (mut c, next) = conn_with(&mut f, bob.as_bytes().to_vec());
+        assert_eq!(next, Next::Park);
+        let job = f.jobs.try_recv().expect("a job for the auth pool");
+        assert_eq!((job.conn, job.item.as_str()), (c.token, "song"));
+        assert_eq!(
+            c.on_deadline(f.ctx.now + Duration::from_secs(3600)),
+            None,
+            "no timeout while parked"
+        );
+        let res = f.ctx.cache.resources.get("song").cloned();
+        let reply = Reply {
+            conn: c.token,
+            verdict: Verdict::Allowed,
+            user: Some(Arc::from("bob")),
+            verified_header: Some("Basic Ym9iOnB3".into()),
+            resource: res,
+            user_rate: None,
+        };
+        assert_eq!(c.on_auth(&mut f.ctx, reply), Next::Write);
+        iov_len(c.prepare_send(&mut f.ctx));
+        assert!(planned(&c).starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // The worker learnt bob: his next connection is served from the caches.
+        let (_, next) = conn_with(&mut f, bob.as_bytes().to_vec());
+        assert_eq!(next, Next::Write);
+        assert!(f.jobs.try_recv().is_err());
     }
 }
