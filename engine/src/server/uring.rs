@@ -337,13 +337,18 @@ fn quiesce(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> bool {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
             Err(_) => return false,
         }
-        let cqes: Vec<(u64, u32)> = d
+        let cqes: Vec<(u64, i32, u32)> = d
             .ring
             .completion()
-            .map(|c| (c.user_data(), c.flags()))
+            .map(|c| (c.user_data(), c.result(), c.flags()))
             .collect();
-        for (ud, flags) in cqes {
+        for (ud, res, flags) in cqes {
             let kind = ud & OP_MASK;
+            if kind == OP_ACCEPT && res >= 0 {
+                // SAFETY: a successful ACCEPT completion carries a new descriptor that nothing
+                // else owns; dropping it closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
             if matches!(kind, OP_POLL | OP_RECV | OP_SEND | OP_WPOLL) {
                 if let Some(c) = w.conns.get_mut(ud & !OP_MASK) {
                     c.in_flight = c.in_flight.saturating_sub(1);
