@@ -706,3 +706,109 @@ impl Submit for Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::ServeConfig;
+    use crate::server::auth::AuthPool;
+    use crate::server::worker::WorkerInit;
+
+    /// A SENDMSG stuck on a client that reads nothing is in flight when the loop ends: teardown
+    /// shuts the socket down and waits for its completion before anything is freed.
+    #[test]
+    fn teardown_waits_for_a_send_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _jobs) = AuthPool::detached();
+        let (_tx, inbox) = crossbeam_channel::unbounded();
+        let listener = sys::reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let mut w = Worker::new(WorkerInit {
+            id: 0,
+            cfg: Arc::new(ServeConfig::new(dir.path().into())),
+            listener,
+            wake: Arc::new(sys::eventfd().unwrap()),
+            inbox,
+            secret: Arc::new(vec![1; 32]),
+            resources: HashMap::new(),
+            pool,
+            draining: Arc::new(AtomicBool::new(false)),
+            credit_sink: None,
+            stats: Arc::default(),
+            shaper: weir_shaper::Shaper::new(Default::default()),
+            default_rate: weir_shaper::Rate::Unlimited,
+        });
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let token = w.admit(OwnedFd::from(server)).unwrap();
+
+        let mut d = Driver {
+            ring: IoUring::new(64).expect("io_uring"),
+            features: Features {
+                multishot_accept: false,
+                cheap_taskrun: false,
+                send_zc: false,
+                buf_ring: false,
+            },
+            cqes: Vec::new(),
+            bufs: None,
+            armed_wakeup: None,
+        };
+        let mut fixed = Box::new(Fixed {
+            wake_buf: 0,
+            timespec: types::Timespec::new(),
+            shape_ts: std::array::from_fn(|_| types::Timespec::new()),
+            shape_slot: 0,
+        });
+        // 64 MiB: far more than the socket buffers hold, so the send stays in flight.
+        let body = vec![5u8; 64 << 20];
+        let iov = [libc::iovec {
+            iov_base: body.as_ptr() as *mut libc::c_void,
+            iov_len: body.len(),
+        }];
+        // SAFETY: an all-zero msghdr is valid; it then points at `iov`, which outlives the
+        // send (this test waits for its completion below).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = 1;
+        let c = w.conns.get_mut(token).unwrap();
+        // Fill the socket's buffers first, so the SENDMSG finds no room and waits for some.
+        loop {
+            // SAFETY: `iov` points at the live `body`.
+            match unsafe { sys::sendmsg(c.sock.as_fd(), &iov, false) } {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let entry = opcode::SendMsg::new(types::Fd(c.sock.raw()), &msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(OP_SEND | token);
+        c.in_flight += 1;
+        // SAFETY: `msg`, `iov` and `body` live until the end of the test, after `quiesce`
+        // reaped this send's completion (asserted).
+        unsafe { d.push(entry) };
+        d.ring.submit().unwrap();
+        // The client reads nothing: the send cannot complete by itself.
+        client.write_all(b"x").unwrap();
+        assert!(
+            d.ring.completion().next().is_none(),
+            "the send waits for room"
+        );
+
+        assert!(quiesce(&mut w, &mut d, &mut fixed), "the send completed");
+        let c = w.conns.get_mut(token).unwrap();
+        assert_eq!(c.in_flight, 0);
+        assert!(c.closing);
+        drop(d);
+        drop(client);
+    }
+}
