@@ -23,10 +23,13 @@
 //! `unsafe` appears only where weir talks to the kernel, each block with a `// SAFETY:` note:
 //! - `server::segment`: mapping a content-store file (the immutability contract is documented
 //!   there: weir never reads mapped bytes itself, so a truncated file cannot SIGBUS it);
-//! - `server::uring`: submitting io_uring SQEs whose buffers (connection iovecs, the provided-
-//!   buffer ring, timespecs) outlive their completions, and the buffer ring's mmap;
-//! - `server::sys` and `server::conn`: libc calls through the `syscall!` helper, zeroed
-//!   `msghdr`s;
+//! - `server::uring`: submitting io_uring SQEs whose buffers (connection msghdrs and iovecs,
+//!   the provided-buffer pool, timespecs) outlive their completions (teardown waits for them),
+//!   the provided-buffer ring's two mmaps, and adopting accepted descriptors;
+//! - `server::epoll`: `epoll_create1`/`epoll_ctl`/`epoll_wait` and `sendmsg` of a planned send;
+//! - `server::sys`: libc calls through the `syscall!` helper (each call site states why its
+//!   pointers are valid) and the `unsafe fn sendmsg` whose iovecs the caller vouches for;
+//! - `server::send`: the zeroed `msghdr` of a connection's planned send;
 //! - `completion::tcp_info`: `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` into local structs.
 
 pub mod admin;

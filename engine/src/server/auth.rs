@@ -10,15 +10,20 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use weir_shaper::Rate;
+
+use crate::http::RequestHead;
 use crate::password;
 use crate::storage::Storage as _;
 use crate::store::Store;
+use crate::token;
 
 use super::resources::Resource;
+use super::shaping::ShapeClass;
 use super::sys;
 
 /// Who the request claims to be.
@@ -125,6 +130,13 @@ impl AuthPool {
                 })?;
         }
         Ok(AuthPool { tx })
+    }
+
+    /// A pool with no threads, for unit tests: its jobs wait in the returned receiver.
+    #[cfg(test)]
+    pub fn detached() -> (AuthPool, Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(16);
+        (AuthPool { tx }, rx)
     }
 
     /// Queue a job; `false` when the pool is saturated (answer 503).
@@ -264,6 +276,24 @@ pub fn decode_basic(header: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
+/// What a worker's caches decide for a request for `item`.
+pub enum Decision {
+    /// Serve `res` to `user`, shaped as `class` when a signed link names one.
+    Serve {
+        res: Arc<Resource>,
+        user: Arc<str>,
+        class: Option<ShapeClass>,
+    },
+    /// Answer with this status: 400 (malformed link), 401 (no credentials), 403 (a link that
+    /// does not verify, or names a rate class this server does not know).
+    Refuse(u16),
+    /// The caches cannot tell: park the request and ask the pool with this claim.
+    Ask {
+        claim: Claim,
+        class: Option<ShapeClass>,
+    },
+}
+
 /// A worker's own caches: the hit path of authorization touches no lock and no other thread.
 pub struct AuthCache {
     /// Basic header value -> (user, valid until).
@@ -302,6 +332,63 @@ impl AuthCache {
         self.key.push('\0');
         self.key.push_str(item);
         matches!(self.grants.get(self.key.as_str()), Some(until) if *until > now)
+    }
+
+    /// Authenticate and authorize a request for `item` from the caches: a signed link is
+    /// verified here (no store round trip), Basic credentials are looked up among those
+    /// verified recently, and the cart grant must be cached too.
+    pub fn authorize(
+        &mut self,
+        secret: &[u8],
+        rate_classes: &HashMap<String, Rate>,
+        head: &RequestHead,
+        item: &str,
+        now: Instant,
+    ) -> Decision {
+        let claim_user: Option<Arc<str>>;
+        let mut class: Option<ShapeClass> = None;
+        if let Some(q) = head.query.as_deref().filter(|q| token::has_signature(q)) {
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match token::verify(secret, item, q, now_unix) {
+                Ok(claims) => {
+                    if let Some(name) = &claims.rate_class {
+                        // A class the server does not know cannot be honoured: refuse the link.
+                        let Some(rate) = rate_classes.get(name) else {
+                            return Decision::Refuse(403);
+                        };
+                        class = Some((Arc::from(format!("{}/{name}", claims.user)), *rate));
+                    }
+                    claim_user = Some(Arc::from(claims.user.as_str()));
+                }
+                Err(token::TokenError::Malformed) => return Decision::Refuse(400),
+                Err(_) => return Decision::Refuse(403),
+            }
+        } else if let Some(auth) = head.authorization.as_deref() {
+            claim_user = self.user_for(auth, now);
+        } else {
+            return Decision::Refuse(401);
+        }
+        if let Some(user) = &claim_user {
+            if self.granted(user, item, now) {
+                if let Some(res) = self.resources.get(item).cloned() {
+                    return Decision::Serve {
+                        res,
+                        user: user.clone(),
+                        class,
+                    };
+                }
+            }
+        }
+        let claim = match claim_user {
+            Some(user) => Claim::Link {
+                user: user.to_string(),
+            },
+            None => Claim::Basic(head.authorization.clone().unwrap_or_default()),
+        };
+        Decision::Ask { claim, class }
     }
 
     /// Remember what a pool reply established.

@@ -4,12 +4,37 @@
 //! Nothing is shared on the request path but read-only resources (`Arc`); password checks and
 //! store reads go to the auth pool ([`auth`]). SIGTERM/SIGINT drain: workers stop accepting,
 //! idle connections close, in-flight downloads finish or are cut after `--drain-timeout`.
+//!
+//! # One request, file by file
+//! 1. accept: [`worker`] admits a socket from the listener (the connection cap and its 503,
+//!    the EMFILE back-off) and owns everything the two drivers share; [`uring`] and [`epoll`]
+//!    only submit operations and feed completions back.
+//! 2. parse and 3. authorize: [`conn`], the connection state machine, parses the head
+//!    ([`crate::http`]) and authorizes from the worker's caches or parks on the [`auth`] pool.
+//! 4. respond: [`respond`] picks the representation and writes the head and body pieces.
+//! 5. shape: [`shaping`] asks the per-user shaper how many body bytes the next send may
+//!    carry, parks the connection when none, and wakes it.
+//! 6. send: [`send`] plans the next `sendmsg`/`sendfile` from the mapped segments
+//!    ([`segment`]) and advances the response by what the kernel took.
+//! 7. account: [`credit`] turns the client's TCP acknowledgements ([`socket`]: `TCP_INFO`)
+//!    into credits, batched per loop iteration.
+//! 8. commit: the completion ledger ([`crate::completion`]) applies the credits and records a
+//!    completion in SQLite.
+//!
+//! The state machine makes no syscall itself: it asks its [`socket::ConnSocket`]; [`sys`]
+//! holds the checked syscall wrappers, [`ctx`] the per-worker context, [`stats`] the counters.
 
 pub mod auth;
 pub mod conn;
+pub mod credit;
+pub mod ctx;
 pub mod epoll;
 pub mod resources;
+pub mod respond;
 pub mod segment;
+pub mod send;
+pub mod shaping;
+pub mod socket;
 pub mod stats;
 pub mod sys;
 pub mod uring;
@@ -17,7 +42,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -80,7 +105,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     // Bind the first listener (port 0 picks a port), then the others on the same address.
     let first = sys::reuseport_listener(cfg.listen, 4096)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = sys::local_addr(first.as_raw_fd())?;
+    let addr = sys::local_addr(first.as_fd())?;
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(sys::reuseport_listener(addr, 4096)?);
@@ -108,28 +133,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         cfg.grace_period,
     )?;
 
-    let shaper = weir_shaper::Shaper::new(weir_shaper::ShaperConfig {
-        global: cfg.global_rate,
-        // A connection's timer can fire a few milliseconds late on a busy worker: buckets keep
-        // at least 50 ms of credit (and at least a period) so that lateness delays bytes
-        // instead of losing them.
-        late_slack: std::time::Duration::from_millis(50),
-        // Each grant is one send and one TCP segment: the more a send carries, the less CPU
-        // per byte (16 KiB took a quarter of the crate's 4 KiB's sends, results/2026-11-23-
-        // shaping; 32 KiB, the default, cut CPU per GiB by another fifth, results/2026-11-23-
-        // shaping-grant). SO_SNDBUF stays at one chunk.
-        min_grant_bytes: cfg.min_grant,
-        // The allocator passes over every active user once per period, on whichever core gets
-        // there first, and each worker passes over its users' waiting connections: at 10 ms
-        // those passes were about a sixth of a shaped server's CPU samples with 200 users. 25 ms
-        // cut CPU per GiB by 16% / 9% (io_uring / epoll, results/2026-11-23-shaping-period),
-        // 100 ms by another 12% / 15% (results/2026-11-23-shaping-grant), with the per-user
-        // ratio still within 2.5% over 20 s at 128 KiB/s. A rate change, an idle user's share
-        // and late timers still settle within a period or two, well inside a second. A new
-        // download's first body bytes wait for the next allocation, up to a period.
-        refill_period: std::time::Duration::from_millis(100),
-        ..Default::default()
-    });
+    let shaper = shaping::server_shaper(&cfg);
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
     let draining = Arc::new(AtomicBool::new(false));
     {
@@ -207,10 +211,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         }
         None
     };
-    let credit_sink: Option<worker::CreditSink> = ledger.as_ref().map(|(l, _)| {
-        let l = l.clone();
-        Arc::new(move |batch| l.credit(batch)) as worker::CreditSink
-    });
+    let credit_sink = ledger.as_ref().map(|(l, _)| credit::to_ledger(l.clone()));
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
     for (id, ((listener, wake), inbox)) in

@@ -9,16 +9,18 @@
 //! and `--uring-features minimal` forces the 5.10-level set so that path is tested here too.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::config::UringFeatures;
 
-use super::conn::{Conn, Next, SendPlan};
+use super::conn::{Conn, Next};
+use super::send::SendPlan;
 use super::sys;
-use super::worker::{Slab, Worker, EMFILE_BACKOFF, SWEEP_EVERY};
+use super::worker::{Slab, Submit, Worker, EMFILE_BACKOFF, SEND_BUDGET, SWEEP_EVERY};
 
 /// What this kernel lets the driver use.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +50,8 @@ impl std::fmt::Display for Features {
 fn kernel_version() -> (u32, u32) {
     // SAFETY: utsname is plain old data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if sys::syscall!(uname(&mut u)).is_err() {
+    // SAFETY: the kernel writes one `utsname` into the live local `u`.
+    if unsafe { sys::syscall!(uname(&mut u)) }.is_err() {
         return (0, 0);
     }
     let release: String = u
@@ -115,43 +118,70 @@ const RING_BUF: usize = 4096;
 
 /// A provided-buffer ring: the kernel takes a buffer when a RECV has data, weir gives it back
 /// once the bytes are parsed.
+///
+/// The buffers are shared with the kernel, which writes into any buffer it holds at any time,
+/// so they are never borrowed as a whole: weir keeps a raw pointer to the pool and forms a
+/// slice only over one buffer the kernel handed back in a completion and will not write into
+/// until [`BufRing::give_back`] returns it.
 struct BufRing {
     /// INVARIANT: `RING_ENTRIES` entries, page-aligned (mmap), registered with the ring while
     /// the driver lives; unmapped only after the ring is dropped.
     entries: *mut types::BufRingEntry,
-    /// INVARIANT: `RING_ENTRIES * RING_BUF` bytes the kernel writes into; never moved or freed
-    /// while registered.
-    bufs: Box<[u8]>,
+    /// INVARIANT: a private anonymous mapping of `POOL_BYTES` bytes (buffer `bid` at
+    /// `bid * RING_BUF`) that the kernel writes into; unmapped only after the ring is dropped.
+    bufs: NonNull<u8>,
     tail: u16,
+}
+
+/// Bytes of the ring's entries and of its buffer pool.
+const ENTRIES_BYTES: usize = RING_ENTRIES as usize * std::mem::size_of::<types::BufRingEntry>();
+const POOL_BYTES: usize = RING_ENTRIES as usize * RING_BUF;
+
+/// An anonymous private read-write mapping of `bytes` (zeroed, page-aligned).
+fn map_anonymous(bytes: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
 impl BufRing {
     fn new(ring: &IoUring) -> io::Result<BufRing> {
-        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let entries = map_anonymous(ENTRIES_BYTES)?;
+        let bufs = match map_anonymous(POOL_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: unmapping the mapping made just above, not yet shared with anyone.
+                unsafe { libc::munmap(entries.as_ptr().cast(), ENTRIES_BYTES) };
+                return Err(e);
+            }
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let mut br = BufRing {
-            entries: ptr.cast(),
-            bufs: vec![0u8; usize::from(RING_ENTRIES) * RING_BUF].into_boxed_slice(),
+            entries: entries.as_ptr().cast(),
+            bufs,
             tail: 0,
         };
         // SAFETY: `entries` is a fresh page-aligned mapping of RING_ENTRIES entries (zeroed, so
-        // the tail starts at 0) that lives until `Drop`, after the ring is gone.
+        // the tail starts at 0) that lives until `Drop`, after the ring is gone. (On error `br`
+        // drops here and unmaps both; the ring never saw them.)
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(ptr as u64, RING_ENTRIES, BGID, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                RING_ENTRIES,
+                BGID,
+                0,
+            )?;
         }
         for bid in 0..RING_ENTRIES {
             br.give_back(bid);
@@ -160,9 +190,17 @@ impl BufRing {
     }
 
     /// The bytes a completion reported in buffer `bid`.
-    fn data(&self, bid: u16, len: usize) -> &[u8] {
+    ///
+    /// # Safety
+    /// `bid` must come from a RECV completion not yet followed by `give_back(bid)`: the kernel
+    /// then owns no claim on that buffer, so nothing writes into it while the slice lives.
+    unsafe fn data(&self, bid: u16, len: usize) -> &[u8] {
+        debug_assert!(bid < RING_ENTRIES);
         let start = usize::from(bid) * RING_BUF;
-        &self.bufs[start..start + len.min(RING_BUF)]
+        // SAFETY: `start + min(len, RING_BUF)` is within the pool (`bid < RING_ENTRIES`), the
+        // pool is mapped for the ring's life (INVARIANT), and the caller guarantees the kernel
+        // handed this buffer back and does not write into it until it is given back.
+        unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(start), len.min(RING_BUF)) }
     }
 
     /// Return buffer `bid` to the kernel.
@@ -188,10 +226,11 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        let bytes = usize::from(RING_ENTRIES) * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: unmapping the mapping made in `new`; the ring that used it was dropped first.
+        // SAFETY: unmapping the two mappings made in `new`; the ring that used them was
+        // dropped first (`run` drops it before the pool), so the kernel no longer writes here.
         unsafe {
-            libc::munmap(self.entries.cast(), bytes);
+            libc::munmap(self.entries.cast(), ENTRIES_BYTES);
+            libc::munmap(self.bufs.as_ptr().cast(), POOL_BYTES);
         }
     }
 }
@@ -248,16 +287,81 @@ pub fn run(mut w: Worker, features: Features) -> io::Result<()> {
         armed_wakeup: None,
     };
     let result = event_loop(&mut w, &mut d, &mut fixed);
-    for t in w.conns.tokens() {
-        if let Some(c) = w.conns.remove(t) {
-            sys::close(c.fd);
-        }
-    }
+    // Teardown, whether the loop finished or failed: no connection (its boxed msghdr, iovecs
+    // and response buffers) is freed while the kernel may still read it for a SENDMSG.
+    let quiet = quiesce(&mut w, &mut d, &mut fixed);
     let Driver { ring, bufs, .. } = d;
     drop(ring);
-    drop(bufs);
-    drop(fixed);
+    if quiet {
+        drop(bufs);
+        drop(fixed);
+        drop(w);
+    } else {
+        // Operations still in flight after the ring is gone may yet touch these: leak them
+        // (the worker is exiting) rather than free memory the kernel could write or read.
+        tracing::error!("io_uring teardown: operations still in flight; leaking their buffers");
+        std::mem::forget(bufs);
+        std::mem::forget(fixed);
+        std::mem::forget(w);
+    }
     result
+}
+
+/// Before the ring and the connections go: shut down every connection with an operation in
+/// flight (its poll, RECV or SENDMSG then completes with an error or an end of file) and reap
+/// completions until none is left, waiting up to about two seconds. Returns false when some
+/// are still in flight.
+fn quiesce(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> bool {
+    let busy = |w: &mut Worker| {
+        w.conns
+            .tokens()
+            .into_iter()
+            .any(|t| w.conns.get_mut(t).is_some_and(|c| c.in_flight > 0))
+    };
+    for t in w.conns.tokens() {
+        if let Some(c) = w.conns.get_mut(t) {
+            if c.in_flight > 0 {
+                c.closing = true;
+                sys::shutdown(c.sock.as_fd());
+            }
+        }
+    }
+    for _ in 0..20 {
+        if !busy(w) {
+            return true;
+        }
+        // A timer bounds each wait (5.10 has no timeout argument to io_uring_enter).
+        d.arm_timer(Duration::from_millis(100), fixed);
+        match d.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(_) => return false,
+        }
+        let cqes: Vec<(u64, i32, u32)> = d
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
+            .collect();
+        for (ud, res, flags) in cqes {
+            let kind = ud & OP_MASK;
+            if kind == OP_ACCEPT && res >= 0 {
+                // SAFETY: a successful ACCEPT completion carries a new descriptor that nothing
+                // else owns; dropping it closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            if matches!(kind, OP_POLL | OP_RECV | OP_SEND | OP_WPOLL) {
+                if let Some(c) = w.conns.get_mut(ud & !OP_MASK) {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
+            }
+            if kind == OP_RECV {
+                if let (Some(b), Some(bid)) = (d.bufs.as_mut(), cqueue::buffer_select(flags)) {
+                    b.give_back(bid);
+                }
+            }
+        }
+    }
+    !busy(w)
 }
 
 impl Driver {
@@ -330,8 +434,9 @@ impl Driver {
 }
 
 fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<()> {
-    let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd()).unwrap_or(-1);
-    d.arm_accept(listen_fd);
+    if let Some(fd) = w.listen_fd() {
+        d.arm_accept(fd);
+    }
     let wake_fd = w.wake_fd();
     d.arm_wake(wake_fd, fixed);
     d.arm_timer(SWEEP_EVERY, fixed);
@@ -354,7 +459,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
             match ud & OP_MASK {
                 OP_ACCEPT => on_accept(w, d, res, flags),
                 OP_WAKE => {
-                    on_wake(w, d);
+                    w.on_wake(d);
                     if !w.ctx.draining || !w.conns.is_empty() {
                         d.arm_wake(wake_fd, fixed);
                     }
@@ -378,7 +483,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         c.readable = true;
                         c.on_readable(&mut w.ctx)
                     };
-                    drive(w, d, token, next);
+                    d.drive(w, token, next);
                 }
                 OP_RECV => {
                     let bid = cqueue::buffer_select(flags);
@@ -392,7 +497,10 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         // The peer's FIN (no buffer is taken for it).
                         (0, None, _) => c.feed(&mut w.ctx, &[]),
                         (n, Some(bid), Some(b)) if n >= 0 => {
-                            let next = c.feed(&mut w.ctx, b.data(bid, n as usize));
+                            // SAFETY: the kernel just handed `bid` back in this completion; it
+                            // is given back only after `feed` is done with the bytes.
+                            let data = unsafe { b.data(bid, n as usize) };
+                            let next = c.feed(&mut w.ctx, data);
                             b.give_back(bid);
                             next
                         }
@@ -403,7 +511,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         }
                         _ => Next::Close,
                     };
-                    drive(w, d, token, next);
+                    d.drive(w, token, next);
                 }
                 OP_SHAPE_TIMER => d.armed_wakeup = None,
                 OP_WPOLL => {
@@ -411,7 +519,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         continue;
                     };
                     let next = if res < 0 { Next::Close } else { Next::Write };
-                    drive(w, d, token, next);
+                    d.drive(w, token, next);
                 }
                 OP_SEND => {
                     let Some(c) = op_done(&mut w.conns, token) else {
@@ -423,7 +531,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                         Ok(res as usize)
                     };
                     let next = c.on_sent(&mut w.ctx, r);
-                    drive(w, d, token, next);
+                    d.drive(w, token, next);
                 }
                 _ => {}
             }
@@ -432,32 +540,15 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
         d.cqes = cqes;
         // Shaped connections whose wait is over, or whose chunk the shaper filled, send again;
         // arm the next wake-up.
-        for token in w.shaper_wakeups() {
-            if w.conns
-                .get_mut(token)
-                .is_some_and(|c| c.want == Next::Write && !c.closing)
-            {
-                drive(w, d, token, Next::Write);
-            }
-        }
+        w.wake_shaped(d);
         w.arm_shaper_poll();
         if let Some(next) = w.next_timer() {
             if d.armed_wakeup.is_none_or(|armed| next < armed) {
                 d.arm_wakeup(w.ctx.now, next, fixed);
             }
         }
-        if w.ctx.now >= w.next_sweep {
-            w.next_sweep = w.ctx.now + SWEEP_EVERY;
-            for t in w.expired() {
-                drive(w, d, t, Next::Close);
-            }
-            if w.accept_paused_until.is_some_and(|t| w.ctx.now >= t) && !w.ctx.draining {
-                w.accept_paused_until = None;
-                d.arm_accept(listen_fd);
-            }
-        }
-        w.ctx.flush_credits();
-        if w.finished() {
+        w.sweep(d);
+        if w.end_iteration() {
             return Ok(());
         }
     }
@@ -470,9 +561,8 @@ fn op_done(conns: &mut Slab, token: u64) -> Option<&mut Conn> {
     c.in_flight -= 1;
     if c.closing {
         if c.in_flight == 0 {
-            if let Some(c) = conns.remove(token) {
-                sys::close(c.fd);
-            }
+            // Its last operation is over: free it (closing its socket).
+            conns.remove(token);
         }
         return None;
     }
@@ -480,173 +570,245 @@ fn op_done(conns: &mut Slab, token: u64) -> Option<&mut Conn> {
 }
 
 fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
-    let listen_fd = w.listener.as_ref().map(|l| l.as_raw_fd());
     let rearm = !cqueue::more(flags) || !d.features.multishot_accept;
     if res < 0 {
-        let errno = -res;
-        if matches!(
-            errno,
-            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-        ) {
-            tracing::warn!(errno, "accept: out of descriptors; pausing accepts");
-            w.ctx.stats.add(&w.ctx.stats.accept_backoffs, 1);
+        if w.accept_failed(-res) {
             if cqueue::more(flags) {
-                // SAFETY: cancel passes no buffers.
-                unsafe {
-                    d.push(
-                        opcode::AsyncCancel::new(OP_ACCEPT)
-                            .build()
-                            .user_data(OP_CANCEL),
-                    )
-                };
+                d.cancel_accept();
             }
-            w.accept_paused_until = Some(w.ctx.now + EMFILE_BACKOFF);
             return;
         }
         if rearm && !w.ctx.draining {
-            if let Some(fd) = listen_fd {
+            if let Some(fd) = w.listen_fd() {
                 d.arm_accept(fd);
             }
         }
         return;
     }
-    let fd = res;
+    // SAFETY: a successful ACCEPT completion carries a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(res) };
     if rearm && !w.ctx.draining && w.accept_paused_until.is_none() {
-        if let Some(lfd) = listen_fd {
+        if let Some(lfd) = w.listen_fd() {
             d.arm_accept(lfd);
         }
     }
-    if w.ctx.draining {
-        sys::close(fd);
-        return;
+    if let Some(token) = w.admit(fd) {
+        d.drive(w, token, Next::Read);
     }
-    if w.at_capacity() {
-        w.refuse_over_cap(fd);
-        return;
-    }
-    let now = w.ctx.now;
-    let ctx = &w.ctx;
-    let token = w.conns.insert(|t| Conn::new(fd, t, now, ctx));
-    drive(w, d, token, Next::Read);
 }
 
-fn on_wake(w: &mut Worker, d: &mut Driver) {
-    while let Ok(reply) = w.inbox.try_recv() {
-        let token = reply.conn;
-        if let Some(c) = w.conns.get_mut(token) {
-            if c.closing {
-                continue;
-            }
-            let next = c.on_auth(&mut w.ctx, reply);
-            drive(w, d, token, next);
-        }
-    }
-    if w.drain_requested() {
+impl Driver {
+    fn cancel_accept(&mut self) {
         // SAFETY: cancel passes no buffers.
         unsafe {
-            d.push(
+            self.push(
                 opcode::AsyncCancel::new(OP_ACCEPT)
                     .build()
                     .user_data(OP_CANCEL),
             )
         };
-        w.listener = None;
-        for t in w.begin_drain() {
-            drive(w, d, t, Next::Close);
+    }
+}
+
+impl Submit for Driver {
+    /// Submit what a connection asked for.
+    fn drive(&mut self, w: &mut Worker, token: u64, mut next: Next) {
+        let d = self;
+        let mut budget = SEND_BUDGET;
+        loop {
+            let Some(c) = w.conns.get_mut(token) else {
+                return;
+            };
+            c.want = next;
+            match next {
+                Next::Read => {
+                    let fd = types::Fd(c.sock.raw());
+                    let entry = if d.bufs.is_some() {
+                        opcode::Recv::new(fd, std::ptr::null_mut(), RING_BUF as u32)
+                            .buf_group(BGID)
+                            .build()
+                            .flags(squeue::Flags::BUFFER_SELECT)
+                            .user_data(OP_RECV | token)
+                    } else {
+                        opcode::PollAdd::new(fd, libc::POLLIN as u32)
+                            .build()
+                            .user_data(OP_POLL | token)
+                    };
+                    c.in_flight += 1;
+                    // SAFETY: a poll passes no buffers; a buffer-select RECV writes only into
+                    // the registered pool, which outlives the ring.
+                    unsafe { d.push(entry) };
+                    return;
+                }
+                Next::Write => match c.prepare_send(&mut w.ctx) {
+                    SendPlan::Iov { more, .. } => {
+                        let mut flags = libc::MSG_NOSIGNAL as u32;
+                        if more {
+                            flags |= libc::MSG_MORE as u32;
+                        }
+                        let entry = opcode::SendMsg::new(types::Fd(c.sock.raw()), c.send.msg())
+                            .flags(flags)
+                            .build()
+                            .user_data(OP_SEND | token);
+                        c.in_flight += 1;
+                        // SAFETY: the msghdr and the iovecs it points to live in the boxed
+                        // connection, and the bytes they describe are held by its response
+                        // (see `SendBuf`'s invariant); the connection is freed only once
+                        // `in_flight` drops to zero, and teardown waits for that (`quiesce`).
+                        unsafe { d.push(entry) };
+                        return;
+                    }
+                    SendPlan::File { fd, offset, len } => {
+                        // io_uring has no sendfile: call it directly while the socket has room,
+                        // and wait for POLLOUT through the ring when it has none (or when this
+                        // connection used its turn).
+                        let res = if budget == 0 {
+                            Err(io::Error::from(io::ErrorKind::WouldBlock))
+                        } else {
+                            budget -= 1;
+                            sys::sendfile(c.sock.as_fd(), fd, offset, len)
+                        };
+                        if matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                            // The grant waits with the connection, not in a lost send.
+                            c.refund_grant(&mut w.ctx, 0);
+                            let entry =
+                                opcode::PollAdd::new(types::Fd(c.sock.raw()), libc::POLLOUT as u32)
+                                    .build()
+                                    .user_data(OP_WPOLL | token);
+                            c.in_flight += 1;
+                            // SAFETY: a poll passes no buffers.
+                            unsafe { d.push(entry) };
+                            return;
+                        }
+                        next = c.on_sent(&mut w.ctx, res);
+                    }
+                    SendPlan::Wait(at) => {
+                        w.park_shaped(token, at);
+                        return;
+                    }
+                },
+                Next::Park => return,
+                Next::Close => {
+                    w.close(token);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self, _w: &mut Worker) {
+        self.cancel_accept();
+    }
+
+    fn resume_accepting(&mut self, w: &mut Worker) {
+        if let Some(fd) = w.listen_fd() {
+            self.arm_accept(fd);
         }
     }
 }
 
-/// Sends one connection may make in a row before it yields to the others.
-const SEND_BUDGET: u32 = 8;
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
 
-/// Submit what a connection asked for.
-fn drive(w: &mut Worker, d: &mut Driver, token: u64, mut next: Next) {
-    let mut budget = SEND_BUDGET;
-    loop {
-        let Some(c) = w.conns.get_mut(token) else {
-            return;
-        };
-        c.want = next;
-        match next {
-            Next::Read => {
-                let entry = if d.bufs.is_some() {
-                    opcode::Recv::new(types::Fd(c.fd), std::ptr::null_mut(), RING_BUF as u32)
-                        .buf_group(BGID)
-                        .build()
-                        .flags(squeue::Flags::BUFFER_SELECT)
-                        .user_data(OP_RECV | token)
-                } else {
-                    opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
-                        .build()
-                        .user_data(OP_POLL | token)
-                };
-                c.in_flight += 1;
-                // SAFETY: a poll passes no buffers; a buffer-select RECV writes only into the
-                // registered pool, which outlives the ring.
-                unsafe { d.push(entry) };
-                return;
-            }
-            Next::Write => match c.prepare_send(&mut w.ctx) {
-                SendPlan::Iov { more, .. } => {
-                    let mut flags = libc::MSG_NOSIGNAL as u32;
-                    if more {
-                        flags |= libc::MSG_MORE as u32;
-                    }
-                    let entry = opcode::SendMsg::new(types::Fd(c.fd), &c.msg)
-                        .flags(flags)
-                        .build()
-                        .user_data(OP_SEND | token);
-                    c.in_flight += 1;
-                    // SAFETY: `msg` and the iovecs it points to live in the boxed connection,
-                    // and the bytes they describe are held by its response (see `Conn::iov`'s
-                    // invariant); the connection is freed only once `in_flight` drops to zero.
-                    unsafe { d.push(entry) };
-                    return;
-                }
-                SendPlan::File { fd, offset, len } => {
-                    // io_uring has no sendfile: call it directly while the socket has room,
-                    // and wait for POLLOUT through the ring when it has none (or when this
-                    // connection used its turn).
-                    let res = if budget == 0 {
-                        Err(io::Error::from(io::ErrorKind::WouldBlock))
-                    } else {
-                        budget -= 1;
-                        sys::sendfile(c.fd, fd, offset, len)
-                    };
-                    if matches!(&res, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-                        // The grant waits with the connection, not in a lost send.
-                        c.refund_grant(&mut w.ctx, 0);
-                        let entry = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLOUT as u32)
-                            .build()
-                            .user_data(OP_WPOLL | token);
-                        c.in_flight += 1;
-                        // SAFETY: a poll passes no buffers.
-                        unsafe { d.push(entry) };
-                        return;
-                    }
-                    next = c.on_sent(&mut w.ctx, res);
-                }
-                SendPlan::Wait(at) => {
-                    c.shaper_wait = Some(at);
-                    w.timers.push(std::cmp::Reverse((at, token)));
-                    return;
-                }
+    use super::*;
+    use crate::config::ServeConfig;
+    use crate::server::auth::AuthPool;
+    use crate::server::worker::WorkerInit;
+
+    /// A SENDMSG stuck on a client that reads nothing is in flight when the loop ends: teardown
+    /// shuts the socket down and waits for its completion before anything is freed.
+    #[test]
+    fn teardown_waits_for_a_send_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _jobs) = AuthPool::detached();
+        let (_tx, inbox) = crossbeam_channel::unbounded();
+        let listener = sys::reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let mut w = Worker::new(WorkerInit {
+            id: 0,
+            cfg: Arc::new(ServeConfig::new(dir.path().into())),
+            listener,
+            wake: Arc::new(sys::eventfd().unwrap()),
+            inbox,
+            secret: Arc::new(vec![1; 32]),
+            resources: HashMap::new(),
+            pool,
+            draining: Arc::new(AtomicBool::new(false)),
+            credit_sink: None,
+            stats: Arc::default(),
+            shaper: weir_shaper::Shaper::new(Default::default()),
+            default_rate: weir_shaper::Rate::Unlimited,
+        });
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let token = w.admit(OwnedFd::from(server)).unwrap();
+
+        let mut d = Driver {
+            ring: IoUring::new(64).expect("io_uring"),
+            features: Features {
+                multishot_accept: false,
+                cheap_taskrun: false,
+                send_zc: false,
+                buf_ring: false,
             },
-            Next::Park => return,
-            Next::Close => {
-                c.on_close(&mut w.ctx);
-                if c.in_flight == 0 {
-                    if let Some(c) = w.conns.remove(token) {
-                        sys::close(c.fd);
-                    }
-                } else if !c.closing {
-                    c.closing = true;
-                    // In-flight operations complete (with errors) once the socket is shut down.
-                    sys::shutdown(c.fd);
-                }
-                return;
+            cqes: Vec::new(),
+            bufs: None,
+            armed_wakeup: None,
+        };
+        let mut fixed = Box::new(Fixed {
+            wake_buf: 0,
+            timespec: types::Timespec::new(),
+            shape_ts: std::array::from_fn(|_| types::Timespec::new()),
+            shape_slot: 0,
+        });
+        // 64 MiB: far more than the socket buffers hold, so the send stays in flight.
+        let body = vec![5u8; 64 << 20];
+        let iov = [libc::iovec {
+            iov_base: body.as_ptr() as *mut libc::c_void,
+            iov_len: body.len(),
+        }];
+        // SAFETY: an all-zero msghdr is valid; it then points at `iov`, which outlives the
+        // send (this test waits for its completion below).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = 1;
+        let c = w.conns.get_mut(token).unwrap();
+        // Fill the socket's buffers first, so the SENDMSG finds no room and waits for some.
+        loop {
+            // SAFETY: `iov` points at the live `body`.
+            match unsafe { sys::sendmsg(c.sock.as_fd(), &iov, false) } {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
             }
         }
+        let entry = opcode::SendMsg::new(types::Fd(c.sock.raw()), &msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(OP_SEND | token);
+        c.in_flight += 1;
+        // SAFETY: `msg`, `iov` and `body` live until the end of the test, after `quiesce`
+        // reaped this send's completion (asserted).
+        unsafe { d.push(entry) };
+        d.ring.submit().unwrap();
+        // The client reads nothing: the send cannot complete by itself.
+        client.write_all(b"x").unwrap();
+        assert!(
+            d.ring.completion().next().is_none(),
+            "the send waits for room"
+        );
+
+        assert!(quiesce(&mut w, &mut d, &mut fixed), "the send completed");
+        let c = w.conns.get_mut(token).unwrap();
+        assert_eq!(c.in_flight, 0);
+        assert!(c.closing);
+        drop(d);
+        drop(client);
     }
 }

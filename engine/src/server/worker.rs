@@ -1,129 +1,33 @@
-//! What a worker thread owns, whichever driver runs it: its context (caches, limits, date), its
-//! connections (a slab addressed by generation-checked tokens) and its inbox.
+//! What a worker thread owns and does, whichever driver runs it: its context, its connections
+//! (a slab addressed by generation-checked tokens), its listener and inbox, and every decision
+//! the two drivers share: admitting a connection (the connection cap and its 503), the accept
+//! back-off after EMFILE/ENFILE, the send budget, wake-ups (auth replies, drain, shaper
+//! wake-ups), the expiry sweep and closing. A driver ([`uring`](super::uring),
+//! [`epoll`](super::epoll)) only submits what a connection asked for ([`Submit`]) and feeds
+//! completions back.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use weir_shaper::{CoreShaper, Nanos, Rate, Shaper, UserHandle, UserLimits};
+use weir_shaper::{Rate, Shaper};
 
 use crate::config::ServeConfig;
 use crate::http::{DateCache, Limits};
 
 use super::auth::{AuthCache, AuthPool, Reply};
 use super::conn::{Conn, Next};
+use super::credit::{CreditBatch, CreditSink};
+use super::ctx::Ctx;
 use super::resources::Resource;
+use super::shaping::{ShaperWaits, Shaping};
+use super::socket::FdSocket;
 use super::stats::WorkerStats;
 use super::sys;
-
-pub use crate::completion::Credit;
-
-/// Where a worker sends its credits (once per event-loop iteration, never per chunk).
-pub type CreditSink = Arc<dyn Fn(Vec<Credit>) + Send + Sync>;
-
-/// Per-worker context the connection state machine reads and updates.
-pub struct Ctx {
-    pub id: usize,
-    pub cfg: Arc<ServeConfig>,
-    pub limits: Limits,
-    pub date: DateCache,
-    pub secret: Arc<Vec<u8>>,
-    pub cache: AuthCache,
-    pub pool: AuthPool,
-    /// Time of the current loop iteration (one clock read per batch of events).
-    pub now: Instant,
-    pub draining: bool,
-    /// Receive buffer shared by all connections of this worker.
-    pub scratch: Box<[u8]>,
-    /// Acknowledged content not yet handed to the ledger.
-    pub credits: Vec<Credit>,
-    pub credit_sink: Option<CreditSink>,
-    pub stats: Arc<WorkerStats>,
-    pub shaping: Shaping,
-}
-
-/// This worker's side of the bandwidth shaper.
-pub struct Shaping {
-    pub shaper: Arc<Shaper>,
-    pub core: CoreShaper,
-    /// Users seen on this worker: handle and the rate it was created with.
-    pub users: HashMap<Arc<str>, UserHandle>,
-    pub default_rate: Rate,
-}
-
-impl Shaping {
-    /// The handle of `user` at `rate` (`None`: the default), updating its limits if they changed.
-    pub fn user(&mut self, user: &Arc<str>, rate: Option<Rate>) -> UserHandle {
-        let limits = UserLimits::new(rate.unwrap_or(self.default_rate));
-        match self.users.get(user) {
-            Some(h) => {
-                if self
-                    .shaper
-                    .user_stats(user)
-                    .is_some_and(|s| s.limits != limits)
-                {
-                    self.shaper.set_user_limits(user, limits);
-                }
-                h.clone()
-            }
-            None => {
-                let h = self.shaper.user(user, limits);
-                self.shaper.set_user_limits(user, limits);
-                self.users.insert(user.clone(), h.clone());
-                h
-            }
-        }
-    }
-
-    /// The shaper's clock now, and a helper to turn its deadlines into `Instant`s.
-    pub fn deadline(&self, now: Instant, at: Nanos) -> Instant {
-        let dt = at.0.saturating_sub(self.shaper.now().0);
-        now + Duration::from_nanos(dt)
-    }
-}
-
-/// Merge a batch's overlapping or adjacent ranges of the same (user, item, part): a hot small
-/// item served many times per loop iteration reaches the ledger as one credit.
-fn coalesce(credits: &mut Vec<Credit>) {
-    if credits.len() < 2 {
-        return;
-    }
-    credits.sort_unstable_by(|a, b| {
-        (&*a.user, &*a.item, a.part, a.range.start).cmp(&(
-            &*b.user,
-            &*b.item,
-            b.part,
-            b.range.start,
-        ))
-    });
-    credits.dedup_by(|next, kept| {
-        let same = kept.part == next.part && kept.user == next.user && kept.item == next.item;
-        if same && next.range.start <= kept.range.end {
-            kept.range.end = kept.range.end.max(next.range.end);
-            true
-        } else {
-            false
-        }
-    });
-}
-
-impl Ctx {
-    /// Hand the batch of credits gathered in this loop iteration to the ledger.
-    pub fn flush_credits(&mut self) {
-        if self.credits.is_empty() {
-            return;
-        }
-        coalesce(&mut self.credits);
-        let batch = std::mem::take(&mut self.credits);
-        if let Some(sink) = &self.credit_sink {
-            sink(batch);
-        }
-    }
-}
 
 /// Everything a worker thread starts with.
 pub struct WorkerInit {
@@ -257,17 +161,27 @@ pub struct Worker {
     pub next_sweep: Instant,
     /// epoll: connections that used their send turn and continue after this round.
     pub ready: Vec<u64>,
-    /// Connections waiting for the shaper, by the time they may send again (entries whose
-    /// connection was woken earlier are stale and skipped).
-    pub timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// When the shaper's background work for waiting connections is due (`CoreShaper::poll`).
-    pub shaper_poll_at: Option<Instant>,
+    /// Connections waiting for the shaper.
+    pub shaper_waits: ShaperWaits,
 }
 
 /// How often deadlines are checked.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How long accepting pauses after the process ran out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// Sends one connection may make in a row before it yields to the others.
+pub const SEND_BUDGET: u32 = 8;
+
+/// What the drivers do differently: how they carry out a connection's request.
+pub trait Submit {
+    /// Carry out what connection `token` asked for until it has to wait (or used its send
+    /// turn), closing it through [`Worker::close`] when it asks to.
+    fn drive(&mut self, w: &mut Worker, token: u64, next: Next);
+    /// Stop accepting (draining): no new connection completes on the listener after this.
+    fn stop_accepting(&mut self, w: &mut Worker);
+    /// Accept again after an [`EMFILE_BACKOFF`] pause.
+    fn resume_accepting(&mut self, w: &mut Worker);
+}
 
 impl Worker {
     pub fn new(init: WorkerInit) -> Worker {
@@ -286,15 +200,9 @@ impl Worker {
                 now,
                 draining: false,
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
-                credits: Vec::new(),
-                credit_sink: init.credit_sink,
+                credits: CreditBatch::new(init.credit_sink),
                 stats: init.stats.clone(),
-                shaping: Shaping {
-                    core: CoreShaper::new(init.shaper.clone()),
-                    shaper: init.shaper,
-                    users: HashMap::new(),
-                    default_rate: init.default_rate,
-                },
+                shaping: Shaping::new(init.shaper, init.default_rate),
             },
             conns: Slab::with_stats(init.stats),
             listener: Some(init.listener),
@@ -305,8 +213,7 @@ impl Worker {
             accept_paused_until: None,
             next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
-            timers: BinaryHeap::new(),
-            shaper_poll_at: None,
+            shaper_waits: ShaperWaits::default(),
         }
     }
 
@@ -314,13 +221,79 @@ impl Worker {
         self.wake.as_raw_fd()
     }
 
+    pub fn listen_fd(&self) -> Option<i32> {
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// A new socket from the listener: refused (503) over the connection cap or while
+    /// draining (closed), else a new connection whose token is returned, for the driver to
+    /// register and drive with `Next::Read` (most clients send the request right away).
+    pub fn admit(&mut self, fd: OwnedFd) -> Option<u64> {
+        if self.ctx.draining {
+            return None;
+        }
+        if self.conns.len() >= self.ctx.cfg.max_connections_per_worker {
+            self.ctx.stats.add(&self.ctx.stats.refused_over_cap, 1);
+            const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: weir\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            sys::send_small(fd.as_fd(), BUSY);
+            return None;
+        }
+        let now = self.ctx.now;
+        let ctx = &self.ctx;
+        Some(
+            self.conns
+                .insert(|t| Conn::new(FdSocket::new(fd), t, now, ctx)),
+        )
+    }
+
+    /// An accept failed with `errno`. Out of descriptors or memory: count it and pause accepts
+    /// for [`EMFILE_BACKOFF`] (returns true: the driver stops watching the listener; the sweep
+    /// resumes it). Anything else concerns one connection: go on.
+    pub fn accept_failed(&mut self, errno: i32) -> bool {
+        if !matches!(
+            errno,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        ) {
+            return false;
+        }
+        let e = io::Error::from_raw_os_error(errno);
+        tracing::warn!(error = %e, "accept: out of descriptors; pausing accepts");
+        self.ctx.stats.add(&self.ctx.stats.accept_backoffs, 1);
+        self.accept_paused_until = Some(self.ctx.now + EMFILE_BACKOFF);
+        self.next_sweep = self.next_sweep.min(self.ctx.now + EMFILE_BACKOFF);
+        true
+    }
+
+    /// The wake eventfd fired: answer parked requests from the auth pool's replies, and start
+    /// draining if asked. A connection already closing (waiting for its in-flight operations)
+    /// is not driven again: its reply is dropped.
+    pub fn on_wake(&mut self, d: &mut impl Submit) {
+        while let Ok(reply) = self.inbox.try_recv() {
+            let token = reply.conn;
+            if let Some(c) = self.conns.get_mut(token) {
+                if c.closing {
+                    continue;
+                }
+                let next = c.on_auth(&mut self.ctx, reply);
+                d.drive(self, token, next);
+            }
+        }
+        if self.drain_requested() {
+            d.stop_accepting(self);
+            self.listener = None;
+            for t in self.begin_drain() {
+                d.drive(self, t, Next::Close);
+            }
+        }
+    }
+
     /// Whether the server-wide drain flag was raised and this worker has not reacted yet.
-    pub fn drain_requested(&self) -> bool {
+    fn drain_requested(&self) -> bool {
         !self.ctx.draining && self.draining_flag.load(Ordering::Acquire)
     }
 
     /// Enter draining: returns the tokens of connections to close now (idle ones).
-    pub fn begin_drain(&mut self) -> Vec<u64> {
+    fn begin_drain(&mut self) -> Vec<u64> {
         self.ctx.draining = true;
         self.drain_deadline = Some(self.ctx.now + self.ctx.cfg.drain_timeout);
         tracing::info!(
@@ -339,9 +312,26 @@ impl Worker {
         close
     }
 
+    /// When the sweep is due: close connections whose deadline passed (all of them past the
+    /// drain deadline), credit what long responses delivered, and resume accepting after an
+    /// EMFILE pause.
+    pub fn sweep(&mut self, d: &mut impl Submit) {
+        if self.ctx.now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = self.ctx.now + SWEEP_EVERY;
+        for t in self.expired() {
+            d.drive(self, t, Next::Close);
+        }
+        if self.accept_paused_until.is_some_and(|t| self.ctx.now >= t) && !self.ctx.draining {
+            self.accept_paused_until = None;
+            d.resume_accepting(self);
+        }
+    }
+
     /// Tokens of connections whose deadline passed (or all of them past the drain deadline).
     /// Also credits what long responses delivered since the last sweep.
-    pub fn expired(&mut self) -> Vec<u64> {
+    fn expired(&mut self) -> Vec<u64> {
         let now = self.ctx.now;
         let cut_all = self.drain_deadline.is_some_and(|d| now >= d);
         let mut out = Vec::new();
@@ -371,116 +361,76 @@ impl Worker {
         out
     }
 
-    /// Answer a fresh socket over the connection cap with 503 and close it.
-    pub fn refuse_over_cap(&self, fd: i32) {
-        self.ctx.stats.add(&self.ctx.stats.refused_over_cap, 1);
-        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: weir\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        sys::send_small(fd, BUSY);
-        sys::close(fd);
+    /// Park connection `token` until the shaper has bytes for it (at `at` at the latest).
+    pub fn park_shaped(&mut self, token: u64, at: Instant) {
+        if let Some(c) = self.conns.get_mut(token) {
+            c.shaping.wait = Some(at);
+            self.shaper_waits.park(token, at);
+        }
     }
 
-    pub fn at_capacity(&self) -> bool {
-        self.conns.len() >= self.ctx.cfg.max_connections_per_worker
+    /// Drive the connections parked by the shaper that may send now (their wait is over, or
+    /// the shaper filled their chunk early). Closing ones are skipped.
+    pub fn wake_shaped(&mut self, d: &mut impl Submit) {
+        let conns = &mut self.conns;
+        let due =
+            self.shaper_waits
+                .due(
+                    &mut self.ctx.shaping,
+                    self.ctx.now,
+                    |token, at| match conns.get_mut(token) {
+                        Some(c) if at.is_none() || c.shaping.wait == at => {
+                            c.shaping.wait.take().is_some()
+                        }
+                        _ => false,
+                    },
+                );
+        for token in due {
+            if self
+                .conns
+                .get_mut(token)
+                .is_some_and(|c| c.want == Next::Write && !c.closing)
+            {
+                d.drive(self, token, Next::Write);
+            }
+        }
     }
 
-    /// Connections parked by the shaper that may send now: their wait is over, or the shaper
-    /// filled their chunk early (its `ready` list, after its `poll` if that is due). Each comes
-    /// once, unparked, for the driver to drive with `Next::Write`.
-    pub fn shaper_wakeups(&mut self) -> Vec<u64> {
-        let now = self.ctx.now;
-        let mut due = Vec::new();
-        while let Some(Reverse((at, token))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            if let Some(c) = self.conns.get_mut(token) {
-                if c.shaper_wait == Some(at) {
-                    c.shaper_wait = None;
-                    due.push(token);
-                }
-            }
-        }
-        if self.shaper_poll_at.is_none_or(|t| now >= t) {
-            self.poll_shaper();
-        }
-        for token in self.ctx.shaping.core.ready() {
-            if let Some(c) = self.conns.get_mut(token) {
-                if c.shaper_wait.take().is_some() {
-                    due.push(token);
-                }
-            }
-        }
-        due
-    }
-
-    /// After connections were driven: if the shaper's poll is not scheduled, schedule it
-    /// (some may have just started waiting).
+    /// After connections were driven: schedule the shaper's poll if it is not (some may have
+    /// just started waiting).
     pub fn arm_shaper_poll(&mut self) {
-        if self.shaper_poll_at.is_none() {
-            self.poll_shaper();
-        }
-    }
-
-    /// Run the core shaper's poll and note when it wants the next one. A worker with no
-    /// connection waiting on the shaper does not even read the shaper's clock.
-    fn poll_shaper(&mut self) {
-        let shaping = &mut self.ctx.shaping;
-        self.shaper_poll_at = if shaping.core.has_waiting() {
-            let at = shaping.core.poll(shaping.shaper.now());
-            at.map(|at| shaping.deadline(self.ctx.now, at))
-        } else {
-            None
-        };
+        self.shaper_waits
+            .arm_poll(&mut self.ctx.shaping, self.ctx.now);
     }
 
     /// When the next shaping wait ends or the shaper's poll is due.
     pub fn next_timer(&self) -> Option<Instant> {
-        let t = self.timers.peek().map(|Reverse((at, _))| *at);
-        match (t, self.shaper_poll_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        self.shaper_waits.next()
+    }
+
+    /// Connection `token` asked to close: credit what it delivered, release its shaper slot,
+    /// and free it (closing its socket) once no operation of the driver's is in flight on it;
+    /// until then it is marked closing and shut down, so those operations complete.
+    pub fn close(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.on_close(&mut self.ctx);
+        if c.in_flight == 0 {
+            self.conns.remove(token);
+        } else {
+            c.closing = true;
+            sys::shutdown(c.sock.as_fd());
         }
     }
 
-    /// The worker may exit: draining and nothing left.
-    pub fn finished(&self) -> bool {
+    /// End of a loop iteration: hand the credits gathered to the ledger. True when the worker
+    /// may exit (draining and no connection left).
+    pub fn end_iteration(&mut self) -> bool {
+        self.ctx.credits.flush();
         self.ctx.draining && self.conns.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(user: &str, item: &str, part: u32, r: std::ops::Range<u64>) -> Credit {
-        Credit {
-            user: Arc::from(user),
-            item: Arc::from(item),
-            part,
-            range: r,
-        }
-    }
-
-    #[test]
-    fn coalesce_merges_same_target_only() {
-        let mut v = vec![
-            c("a", "x", 0, 0..4096),
-            c("a", "x", 0, 0..4096),
-            c("b", "x", 0, 0..10),
-            c("a", "x", 0, 4096..5000),
-            c("a", "x", 1, 0..10),
-            c("a", "x", 0, 6000..7000),
-        ];
-        coalesce(&mut v);
-        assert_eq!(
-            v,
-            vec![
-                c("a", "x", 0, 0..5000),
-                c("a", "x", 0, 6000..7000),
-                c("a", "x", 1, 0..10),
-                c("b", "x", 0, 0..10),
-            ]
-        );
     }
 }

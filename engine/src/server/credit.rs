@@ -1,0 +1,386 @@
+//! The credit policy: when bytes a connection wrote count as delivered, and how credits reach
+//! the ledger.
+//!
+//! Delivered means acknowledged by the client's TCP (`tcpi_bytes_acked`, read through
+//! [`ConnSocket::acked`]), mapped back to content through a
+//! [`StreamMap`], with one guard for the client that never reads
+//! (see [`ConnCredit::account`]). Each connection that carried catalog content keeps a
+//! [`ConnCredit`]; a worker gathers the credits of one loop iteration in a [`CreditBatch`] and
+//! hands them to the ledger once (never per chunk).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::completion::{AckState, Ledger, StreamMap};
+
+use super::socket::ConnSocket;
+use super::stats::WorkerStats;
+
+pub use crate::completion::Credit;
+
+/// Where a worker sends its credits (once per event-loop iteration, never per chunk).
+pub type CreditSink = Arc<dyn Fn(Vec<Credit>) + Send + Sync>;
+
+/// The sink that hands a worker's batches to the completion ledger.
+pub fn to_ledger(ledger: Ledger) -> CreditSink {
+    Arc::new(move |batch| ledger.credit(batch))
+}
+
+/// How often the sweep credits a response that is still being sent.
+pub const SENDING_POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Body size from which a response's start samples the client's window (see
+/// [`ConnCredit::start_response`]).
+const WINDOW_SAMPLE_MIN: u64 = 64 * 1024;
+
+/// Acknowledged content not yet handed to the ledger, gathered over one loop iteration.
+pub struct CreditBatch {
+    credits: Vec<Credit>,
+    sink: Option<CreditSink>,
+}
+
+impl CreditBatch {
+    pub fn new(sink: Option<CreditSink>) -> CreditBatch {
+        CreditBatch {
+            credits: Vec::new(),
+            sink,
+        }
+    }
+
+    /// Hand the batch to the ledger.
+    pub fn flush(&mut self) {
+        if self.credits.is_empty() {
+            return;
+        }
+        coalesce(&mut self.credits);
+        let batch = std::mem::take(&mut self.credits);
+        if let Some(sink) = &self.sink {
+            sink(batch);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn pending(&self) -> &[Credit] {
+        &self.credits
+    }
+}
+
+/// Merge a batch's overlapping or adjacent ranges of the same (user, item, part): a hot small
+/// item served many times per loop iteration reaches the ledger as one credit.
+fn coalesce(credits: &mut Vec<Credit>) {
+    if credits.len() < 2 {
+        return;
+    }
+    credits.sort_unstable_by(|a, b| {
+        (&*a.user, &*a.item, a.part, a.range.start).cmp(&(
+            &*b.user,
+            &*b.item,
+            b.part,
+            b.range.start,
+        ))
+    });
+    credits.dedup_by(|next, kept| {
+        let same = kept.part == next.part && kept.user == next.user && kept.item == next.item;
+        if same && next.range.start <= kept.range.end {
+            kept.range.end = kept.range.end.max(next.range.end);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Delivered-bytes accounting for one connection.
+struct Accounting {
+    /// Which stream offsets carried which content.
+    map: StreamMap,
+    /// Tags used in `map`: (user, item, part).
+    targets: Vec<(Arc<str>, Arc<str>, u32)>,
+    /// Scratch for newly acknowledged ranges.
+    acked: Vec<(u32, Range<u64>)>,
+    /// Stream bytes the client provably read (it sent a later request).
+    read_upto: u64,
+    /// The client's receive window (`tcpi_snd_wnd`) and `tcpi_bytes_acked` when the current
+    /// large response started: its buffer then held about twice that window at most.
+    start_window: u64,
+    start_acked: u64,
+    /// When the sweep may poll this connection next while a response is still being sent.
+    next_poll: Instant,
+}
+
+impl Accounting {
+    /// Whether a `TCP_INFO` poll now could credit anything (outside a close or a proof of
+    /// reading). While all that was written fits in the client's first receive buffer, a poll
+    /// credits no more than the client provably read (see [`ConnCredit::account`]): once that
+    /// much is credited, there is nothing to learn. A slow (shaped) download spends its first
+    /// two windows there. (`+ 1`: `tcpi_bytes_acked` counts a FIN's sequence number.)
+    fn poll_can_credit(&self) -> bool {
+        let (written, acked) = (self.map.written(), self.map.acked());
+        let within_first_buffer = self.start_window > 0
+            && (written + 1).saturating_sub(self.start_acked) <= 2 * self.start_window;
+        !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
+    }
+
+    fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
+        if let Some(i) = self
+            .targets
+            .iter()
+            .position(|(u, it, p)| *p == part && u == user && it == item)
+        {
+            return i as u32;
+        }
+        self.targets.push((user.clone(), item.clone(), part));
+        (self.targets.len() - 1) as u32
+    }
+}
+
+/// One connection's credit state: nothing until it carries content that counts toward
+/// completion, then a stream map until everything written was credited.
+#[derive(Default)]
+pub struct ConnCredit {
+    acct: Option<Box<Accounting>>,
+}
+
+impl ConnCredit {
+    /// A request arrived: the client read everything before it (it sends its next request
+    /// after reading the previous response). Only marked: the sweep polls `TCP_INFO`, so
+    /// keep-alive requests cost no extra syscall.
+    pub fn on_request(&mut self) {
+        if let Some(a) = self.acct.as_deref_mut() {
+            a.read_upto = a.map.written();
+        }
+    }
+
+    /// A response whose body counts toward completion starts, `written` stream bytes into the
+    /// connection, with `body` bytes of body.
+    pub fn start_response(
+        &mut self,
+        sock: &impl ConnSocket,
+        written: u64,
+        body: u64,
+        now: Instant,
+    ) {
+        let a = self.acct.get_or_insert_with(|| {
+            let mut map = StreamMap::new();
+            map.push_overhead(written);
+            Box::new(Accounting {
+                map,
+                targets: Vec::new(),
+                acked: Vec::new(),
+                read_upto: 0,
+                start_window: 0,
+                start_acked: 0,
+                next_poll: now,
+            })
+        });
+        // The client's window now, before a large body fills its buffer: the baseline for how
+        // much acknowledged data it might not have read.
+        a.start_window = 0;
+        if body >= WINDOW_SAMPLE_MIN {
+            if let Ok(AckState {
+                bytes_acked,
+                window: Some(w),
+                ..
+            }) = sock.acked()
+            {
+                a.start_window = u64::from(w);
+                a.start_acked = bytes_acked;
+            }
+        }
+    }
+
+    /// The next `len` stream bytes written carry no content.
+    pub fn record_overhead(&mut self, len: u64) {
+        if let Some(a) = self.acct.as_deref_mut() {
+            a.map.push_overhead(len);
+        }
+    }
+
+    /// The next `len` stream bytes written are bytes `start..start + len` of `part` of `item`,
+    /// downloaded by `user`.
+    pub fn record_content(
+        &mut self,
+        user: &Arc<str>,
+        item: &Arc<str>,
+        part: u32,
+        start: u64,
+        len: u64,
+    ) {
+        if let Some(a) = self.acct.as_deref_mut() {
+            let tag = a.tag(user, item, part);
+            a.map.push_content(tag, start, len);
+        }
+    }
+
+    /// Written and not yet credited stream bytes exist.
+    pub fn in_flight(&self) -> bool {
+        self.acct.as_ref().is_some_and(|a| a.map.in_flight() > 0)
+    }
+
+    /// Credit content the client's TCP acknowledged. `proof`: the client provably read all it
+    /// acknowledged (a clean FIN); `closing`: the connection is ending now; `idle`: no response
+    /// is being sent.
+    pub fn account(
+        &mut self,
+        sock: &impl ConnSocket,
+        stats: &WorkerStats,
+        batch: &mut CreditBatch,
+        proof: bool,
+        closing: bool,
+        idle: bool,
+    ) {
+        let Some(a) = self.acct.as_deref_mut() else {
+            return;
+        };
+        if a.map.in_flight() == 0 {
+            return;
+        }
+        let Ok(AckState {
+            bytes_acked: acked,
+            window,
+            peer_ended,
+        }) = sock.acked()
+        else {
+            return;
+        };
+        // Bytes within the first receive buffer of a large response (about two windows as
+        // advertised when it started) may sit unread in the client's kernel. A poll does not
+        // credit them until the client acknowledged more than that (it must be reading), proves
+        // it read (`proof`: a clean FIN), or the connection ends with its window open or by the
+        // client's own hand. A client that holds the connection with its window shut, having
+        // acknowledged no more than that buffer, never read anything: when weir gives up on it
+        // (send timeout, drain) it is credited nothing.
+        //
+        // A client that ends the connection itself is credited what its TCP acknowledged, as
+        // delivery is defined. A download manager that re-splits a range drops the connection it
+        // shortened once it read up to the new end, with a buffer of unread bytes behind: had it
+        // read 40 KB or nothing, the server sees the same acknowledgments (the window does not
+        // reopen by less than a segment), and nobody fetches those 40 KB again.
+        let within_first_buffer =
+            a.start_window > 0 && acked.saturating_sub(a.start_acked) <= 2 * a.start_window;
+        let upto =
+            if proof || !within_first_buffer || (closing && (peer_ended || window != Some(0))) {
+                acked
+            } else {
+                a.start_acked.max(acked.min(a.read_upto))
+            };
+        a.acked.clear();
+        a.map.acknowledge_into(upto, &mut a.acked);
+        let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
+        stats.add(&stats.bytes_credited, credited);
+        for (tag, range) in a.acked.drain(..) {
+            let (user, item, part) = &a.targets[tag as usize];
+            batch.credits.push(Credit {
+                user: user.clone(),
+                item: item.clone(),
+                part: *part,
+                range,
+            });
+        }
+        if a.map.in_flight() == 0 && idle {
+            // Idle and everything sent was credited: keep no accounting state (the next
+            // response starts a new map at the current stream offset).
+            self.acct = None;
+        }
+    }
+
+    /// The sweep's periodic credit. While a response is still being sent (`sending`), at most
+    /// once per [`SENDING_POLL_EVERY`]: the ledger journals progress once a second anyway, and
+    /// 8,000 slow shaped downloads polled every sweep cost 32,000 `getsockopt` calls a second.
+    /// Once the response is all written, every sweep, so the last bytes complete the item
+    /// promptly. Not at all while the poll could credit nothing.
+    pub fn sweep(
+        &mut self,
+        sock: &impl ConnSocket,
+        stats: &WorkerStats,
+        batch: &mut CreditBatch,
+        now: Instant,
+        sending: bool,
+    ) {
+        let Some(a) = self.acct.as_deref_mut() else {
+            return;
+        };
+        if a.map.in_flight() == 0 || !a.poll_can_credit() {
+            return;
+        }
+        if sending {
+            if now < a.next_poll {
+                return;
+            }
+            a.next_poll = now + SENDING_POLL_EVERY;
+        }
+        self.account(sock, stats, batch, false, false, !sending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accounting for a response that wrote `written` stream bytes (a 300-byte head, then
+    /// content) after a client window of `window` at `start_acked`, with `acked` credited.
+    fn acct(window: u64, start_acked: u64, read_upto: u64, written: u64, acked: u64) -> Accounting {
+        let mut map = StreamMap::new();
+        map.push_overhead(300);
+        map.push_content(0, 0, written - 300);
+        map.acknowledge(acked);
+        Accounting {
+            map,
+            targets: Vec::new(),
+            acked: Vec::new(),
+            read_upto,
+            start_window: window,
+            start_acked,
+            next_poll: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn no_poll_while_it_could_credit_nothing() {
+        let w = 64 * 1024;
+        // Inside the first buffer, the start already credited: nothing to learn.
+        assert!(!acct(w, 300, 0, 100_000, 300).poll_can_credit());
+        assert!(!acct(w, 300, 0, 300 + 2 * w - 1, 300).poll_can_credit());
+        // Written past two windows: the client may have read, so poll.
+        assert!(acct(w, 300, 0, 300 + 2 * w, 300).poll_can_credit());
+        // Not yet credited up to where the response started, or to what the client provably
+        // read: poll.
+        assert!(acct(w, 300, 0, 100_000, 0).poll_can_credit());
+        assert!(acct(w, 300, 50_000, 100_000, 300).poll_can_credit());
+        assert!(!acct(w, 300, 50_000, 100_000, 50_000).poll_can_credit());
+        // No window known at the start: every poll may credit.
+        assert!(acct(0, 300, 0, 100_000, 300).poll_can_credit());
+    }
+
+    fn c(user: &str, item: &str, part: u32, r: Range<u64>) -> Credit {
+        Credit {
+            user: Arc::from(user),
+            item: Arc::from(item),
+            part,
+            range: r,
+        }
+    }
+
+    #[test]
+    fn coalesce_merges_same_target_only() {
+        let mut v = vec![
+            c("a", "x", 0, 0..4096),
+            c("a", "x", 0, 0..4096),
+            c("b", "x", 0, 0..10),
+            c("a", "x", 0, 4096..5000),
+            c("a", "x", 1, 0..10),
+            c("a", "x", 0, 6000..7000),
+        ];
+        coalesce(&mut v);
+        assert_eq!(
+            v,
+            vec![
+                c("a", "x", 0, 0..5000),
+                c("a", "x", 0, 6000..7000),
+                c("a", "x", 1, 0..10),
+                c("b", "x", 0, 0..10),
+            ]
+        );
+    }
+}

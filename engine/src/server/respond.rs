@@ -1,0 +1,314 @@
+//! Building a response: which representation a request gets (a file part or an album's zip),
+//! its head (status, validators, ranges, multipart) and its body as pieces to send.
+//!
+//! Nothing here sends: a [`Response`] is a head buffer and a list of [`BodyPiece`]s (literal
+//! bytes, or ranges of mapped content files) that [`send`](super::send) walks.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::completion::ZipSlice;
+use crate::http::{
+    self, ContentRange, DateCache, Method, Multipart, Piece as HttpPiece, Precondition,
+    RangeOutcome, RequestHead, ResponseHead, Route, Validators,
+};
+use crate::store::ItemKind;
+
+use super::resources::{Part, Resource, ZipRep};
+use super::segment::MappedFile;
+
+/// One body piece: literal bytes (multipart boundaries, zip headers) or a range of a mapped
+/// file.
+pub enum BodyPiece {
+    Literal(Vec<u8>),
+    File {
+        file: Arc<MappedFile>,
+        start: u64,
+        end: u64,
+        /// Which part of the item these bytes are (0 for a file, the track index in an album).
+        part: u32,
+    },
+}
+
+impl BodyPiece {
+    /// Its length in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            BodyPiece::Literal(b) => b.len() as u64,
+            BodyPiece::File { start, end, .. } => end - start,
+        }
+    }
+}
+
+/// The response being sent, and how far it got.
+pub struct Response {
+    /// Whose download this is, when its body is catalog content that counts toward completion.
+    pub owner: Option<(Arc<str>, Arc<str>)>,
+    pub head: Vec<u8>,
+    pub head_sent: usize,
+    pub pieces: Vec<BodyPiece>,
+    /// The piece being sent.
+    pub piece: usize,
+    /// Offset inside the current piece.
+    pub offset: u64,
+    pub keep_alive: bool,
+}
+
+impl Response {
+    /// A fresh response, or the connection's last one with its buffers kept.
+    pub fn recycle(slot: &mut Option<Box<Response>>) -> Box<Response> {
+        match slot.take() {
+            Some(mut r) => {
+                r.owner = None;
+                r.head.clear();
+                r.head_sent = 0;
+                r.pieces.clear();
+                r.piece = 0;
+                r.offset = 0;
+                r
+            }
+            None => Box::new(Response {
+                owner: None,
+                head: Vec::with_capacity(256),
+                head_sent: 0,
+                pieces: Vec::new(),
+                piece: 0,
+                offset: 0,
+                keep_alive: true,
+            }),
+        }
+    }
+
+    /// Everything was sent.
+    pub fn done(&self) -> bool {
+        self.head_sent == self.head.len() && self.piece == self.pieces.len()
+    }
+
+    /// Head bytes not yet sent.
+    pub fn head_rest(&self) -> usize {
+        self.head.len() - self.head_sent
+    }
+
+    /// The status code written in the head ("HTTP/1.1 NNN": bytes 9..12 of every head).
+    pub fn status(&self) -> u16 {
+        self.head
+            .get(9..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Body bytes in all pieces.
+    pub fn body_len(&self) -> u64 {
+        self.pieces.iter().map(BodyPiece::size).sum()
+    }
+}
+
+/// Extra headers of a short error response to a well-formed request.
+pub fn error_extra(status: u16) -> &'static [(&'static str, &'static str)] {
+    match status {
+        401 => &[(
+            "WWW-Authenticate",
+            "Basic realm=\"weir\", charset=\"UTF-8\"",
+        )],
+        _ => &[],
+    }
+}
+
+/// Write a short plain-text error response (`head_only`: for a HEAD request).
+pub fn error(
+    resp: &mut Response,
+    date: &mut DateCache,
+    status: u16,
+    head_only: bool,
+    keep_alive: bool,
+    extra: &[(&str, &str)],
+) {
+    let body = http::error_body(status);
+    http::write_head(
+        &mut resp.head,
+        &ResponseHead {
+            status,
+            content_length: body.len() as u64,
+            content_type: "text/plain; charset=utf-8",
+            keep_alive,
+            etag: None,
+            last_modified: None,
+            content_range: None,
+            accept_ranges: false,
+            extra,
+        },
+        date.now(),
+    );
+    if !head_only {
+        resp.head.extend_from_slice(body);
+    }
+    resp.keep_alive = keep_alive;
+}
+
+/// What a request is served from: one file part, or an album's zip.
+pub enum Repr<'a> {
+    Part(&'a Part, u32),
+    Zip(&'a Resource, &'a ZipRep),
+}
+
+impl Repr<'_> {
+    /// The representation `head` asks for in `res`, if it has one.
+    pub fn select<'a>(head: &RequestHead, res: &'a Resource) -> Option<Repr<'a>> {
+        match (http::route(&head.target), res.kind, &res.zip) {
+            (Route::Item(id), ItemKind::File, _) if http::zip_album(id).is_none() => {
+                res.parts.first().map(|p| Repr::Part(p, 0))
+            }
+            (Route::Track { n, .. }, ItemKind::Album, _) => {
+                let i = n as usize - 1;
+                res.parts.get(i).map(|p| Repr::Part(p, i as u32))
+            }
+            (Route::Item(_) | Route::Zip(_), ItemKind::Album, Some(z)) => Some(Repr::Zip(res, z)),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Repr::Part(p, _) => p.file.len(),
+            Repr::Zip(_, z) => z.layout.len(),
+        }
+    }
+
+    fn validators(&self) -> Validators<'_> {
+        match self {
+            Repr::Part(p, _) => Validators {
+                etag: &p.etag,
+                last_modified: p.last_modified,
+            },
+            Repr::Zip(_, z) => Validators {
+                etag: &z.etag,
+                last_modified: z.last_modified,
+            },
+        }
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self {
+            Repr::Part(..) => "application/octet-stream",
+            Repr::Zip(..) => "application/zip",
+        }
+    }
+
+    /// Append the body pieces for `range` of this representation.
+    fn emit(&self, range: Range<u64>, out: &mut Vec<BodyPiece>) {
+        if range.is_empty() {
+            return;
+        }
+        match self {
+            Repr::Part(p, part) => out.push(BodyPiece::File {
+                file: p.file.clone(),
+                start: range.start,
+                end: range.end,
+                part: *part,
+            }),
+            Repr::Zip(res, z) => {
+                for slice in z.layout.slice(range) {
+                    out.push(match slice {
+                        ZipSlice::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
+                        ZipSlice::Data { track, range } => BodyPiece::File {
+                            file: res.parts[track].file.clone(),
+                            start: range.start,
+                            end: range.end,
+                            part: track as u32,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Write the response to `head` for this representation: conditionals, then the full
+    /// body, one range, several (multipart) or none satisfiable.
+    pub fn respond(
+        &self,
+        resp: &mut Response,
+        date: &mut DateCache,
+        head: &RequestHead,
+        keep_alive: bool,
+    ) {
+        let len = self.len();
+        let head_only = head.method == Method::Head;
+        let v = self.validators();
+        let ctype = self.content_type();
+        resp.keep_alive = keep_alive;
+        let mut write_head = |resp: &mut Response,
+                              status: u16,
+                              content_length: u64,
+                              content_type: &str,
+                              content_range: Option<ContentRange>| {
+            http::write_head(
+                &mut resp.head,
+                &ResponseHead {
+                    status,
+                    content_length,
+                    content_type,
+                    keep_alive,
+                    etag: Some(v.etag),
+                    last_modified: Some(v.last_modified),
+                    content_range,
+                    accept_ranges: true,
+                    extra: &[],
+                },
+                date.now(),
+            );
+        };
+        let honor_range = match http::evaluate_preconditions(head, &v) {
+            Precondition::NotModified => {
+                write_head(resp, 304, len, ctype, None);
+                return;
+            }
+            Precondition::Proceed { honor_range } => honor_range,
+        };
+        let outcome = match head.range.as_deref() {
+            Some(r) if honor_range => http::resolve_ranges(r, len),
+            _ => RangeOutcome::Full,
+        };
+        match outcome {
+            RangeOutcome::Full => {
+                write_head(resp, 200, len, ctype, None);
+                if !head_only {
+                    self.emit(0..len, &mut resp.pieces);
+                }
+            }
+            RangeOutcome::Unsatisfiable => {
+                let body = http::error_body(416);
+                let cr = Some(ContentRange::Unsatisfiable { len });
+                let text = "text/plain; charset=utf-8";
+                write_head(resp, 416, body.len() as u64, text, cr);
+                if !head_only {
+                    resp.head.extend_from_slice(body);
+                }
+            }
+            RangeOutcome::Partial(ranges) => {
+                let ranges = ranges.as_slice();
+                if let [r] = ranges {
+                    let cr = Some(ContentRange::of(r, len));
+                    write_head(resp, 206, r.end - r.start, ctype, cr);
+                    if !head_only {
+                        self.emit(r.clone(), &mut resp.pieces);
+                    }
+                } else {
+                    let mp = Multipart::new(ranges, len, ctype, &http::boundary_for(v.etag));
+                    let mp_type = mp.content_type();
+                    write_head(resp, 206, mp.content_length(), &mp_type, None);
+                    if !head_only {
+                        for p in mp.pieces() {
+                            match p {
+                                HttpPiece::Literal(bytes) => {
+                                    resp.pieces.push(BodyPiece::Literal(bytes.clone()))
+                                }
+                                HttpPiece::File(r) => self.emit(r.clone(), &mut resp.pieces),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
