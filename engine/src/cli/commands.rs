@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _};
 
-use super::{AlbumCommand, CartCommand, Cli, Command, ItemCommand, PasswordSource, ServeArgs};
-use super::{TokenArgs, UserCommand};
+use super::args::{
+    AlbumCommand, CartCommand, Cli, Command, ItemCommand, PasswordSource, ServeArgs,
+};
+use super::args::{TokenArgs, UserCommand};
 use crate::config;
 use crate::storage::Storage as _;
 use crate::store::{valid_id, ItemKind, Store};

@@ -19,38 +19,7 @@ use clap::ValueEnum;
 use weir_shaper::Rate;
 
 pub use settings::{parse_duration, parse_rate_class, Settings, Size};
-
-/// Which I/O driver the workers use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriverChoice {
-    /// io_uring when the kernel offers what weir needs, epoll otherwise.
-    Auto,
-    /// io_uring only; fail to start if it is missing or refused.
-    Uring,
-    /// The readiness-based fallback driver.
-    Epoll,
-}
-
-/// Which io_uring features the uring driver may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UringFeatures {
-    /// Everything the probe finds (multishot accept, provided-buffer receives, COOP_TASKRUN).
-    Full,
-    /// Only what a 5.10 kernel has: single-shot accept, poll + recv, SENDMSG, timeouts.
-    Minimal,
-}
-
-/// How large file bodies reach the socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SendPath {
-    /// `send`/`sendmsg` (io_uring SENDMSG) straight from the memory-mapped file.
-    Mmap,
-    /// `sendfile(2)` from the content file for pieces of 64 KiB and more.
-    Sendfile,
-}
+pub use settings::{DriverChoice, SendPath, UringFeatures};
 
 /// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
 /// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).

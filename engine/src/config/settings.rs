@@ -11,8 +11,6 @@ use anyhow::Context as _;
 use serde::{Deserialize, Deserializer};
 use weir_shaper::Rate;
 
-use super::{DriverChoice, SendPath, UringFeatures};
-
 /// Settings given by one source; `None` (or empty) where that source says nothing. The TOML file
 /// deserializes into it directly: its keys are the long flag names with underscores, values
 /// with units written as strings (`"10s"`, `"4MiB"`), rate classes as a `[rate_classes]` table.
@@ -157,4 +155,36 @@ pub fn parse_rate_class(s: &str) -> Result<(String, Rate), String> {
     }
     let rate = rate.parse::<Rate>().map_err(|e| e.to_string())?;
     Ok((name.to_string(), rate))
+}
+
+/// Which I/O driver the workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// io_uring when the kernel offers what weir needs, epoll otherwise.
+    Auto,
+    /// io_uring only; fail to start if it is missing or refused.
+    Uring,
+    /// The readiness-based fallback driver.
+    Epoll,
+}
+
+/// Which io_uring features the uring driver may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringFeatures {
+    /// Everything the probe finds (multishot accept, provided-buffer receives, COOP_TASKRUN).
+    Full,
+    /// Only what a 5.10 kernel has: single-shot accept, poll + recv, SENDMSG, timeouts.
+    Minimal,
+}
+
+/// How large file bodies reach the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// `send`/`sendmsg` (io_uring SENDMSG) straight from the memory-mapped file.
+    Mmap,
+    /// `sendfile(2)` from the content file for pieces of 64 KiB and more.
+    Sendfile,
 }

@@ -1,14 +1,10 @@
-//! The `weir` command line: parsing and the `--help` text. What the subcommands do is in
-//! `cli/commands.rs`, whose [`run`] executes parsed arguments against any writer (so tests drive
-//! the CLI in-process); what `weir serve` runs with (defaults, `WEIR_*` variables, the `--config`
-//! TOML file, precedence) is decided by [`crate::config`]: the flags here only say what was given.
+//! The `weir` command line's arguments: the clap definitions and the `--help` text. The flags here
+//! only say what was given; what `weir serve` runs with (defaults, `WEIR_*` variables, the
+//! `--config` TOML file, precedence) is decided by [`crate::config`].
 //!
 //! Each `[default: ...]` in `--help` is taken from [`crate::config::defaults`], the same values
 //! the server starts with.
 
-mod commands;
-
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -19,8 +15,6 @@ use weir_shaper::Rate;
 
 use crate::config::{defaults, parse_duration, parse_rate_class, Settings, Size};
 use crate::config::{DriverChoice, SendPath, UringFeatures};
-
-pub use commands::run;
 
 const SERVE_AFTER_HELP: &str = "\
 Precedence: flag > environment variable > --config TOML file > default.
@@ -322,26 +316,6 @@ fn show_default(arg: Arg) -> Arg {
     };
     let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
     arg.help(format!("{help} [default: {value}]"))
-}
-
-/// Entry point of the `weir` binary: parse, set up logging, run, and exit 1 on error.
-pub fn main() {
-    let cli = Cli::parse();
-    init_tracing();
-    if let Err(e) = run(cli, &mut io::stdout()) {
-        eprintln!("weir: error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-/// Logs to stderr, filtered by `WEIR_LOG` (tracing-subscriber's EnvFilter syntax; default `info`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]
