@@ -61,6 +61,15 @@ fn journaled(data: &DataDir, want: u64) {
     );
 }
 
+/// Wait until `item` is alice's one completed purchase.
+fn completes(data: &DataDir, item: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || history(data) == [item]),
+        "{item} not completed: cart {:?}",
+        cart(data)
+    );
+}
+
 fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
     let data = DataDir::new();
     data.add_user("alice", "wonderland");
@@ -109,11 +118,7 @@ fn zip_with_axel(driver: Driver) {
             "{name:?} differs"
         );
     }
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
-        "album not completed: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "best");
     assert!(cart(&data).is_empty());
     // The grace period: the download manager's stragglers still get their ranges.
     assert_eq!(
@@ -180,11 +185,7 @@ fn album_completed_by_a_mix(driver: Driver) {
         &["-u", ALICE, "-r", &format!("{from}-")],
     );
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
-        "album not completed by the mix: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "best");
     srv.stop();
 }
 
@@ -310,11 +311,7 @@ fn resplit_connection_dropped_mid_range(driver: Driver) {
         &["-u", ALICE, "-r", &format!("{READ}-")],
     );
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
-        "not completed: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "movie");
     srv.stop();
 }
 
@@ -349,11 +346,7 @@ fn sigkill_and_resume_completes_once(driver: Driver) {
         &["-u", ALICE, "-r", &format!("{journaled}-")],
     );
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
-        "resumed download did not complete: {:?}",
-        cart(&data)
-    );
+    completes(&data, "movie");
     // Fetching again in the grace period changes nothing.
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
     srv.stop();
@@ -431,7 +424,7 @@ fn grace_period_ends(driver: Driver) {
     let (data, _) = file_fixture(10_000);
     let srv = data.serve(driver, &["--grace", "2s"]);
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
-    assert!(eventually(Duration::from_secs(10), || history(&data) == ["movie"]));
+    completes(&data, "movie");
     assert!(
         eventually(Duration::from_secs(10), || curl(
             &srv.url("/d/movie"),
