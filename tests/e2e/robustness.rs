@@ -133,7 +133,9 @@ fn timeouts(driver: Driver) {
 
 /// A content-store file truncated while it is being sent never crashes the server.
 fn truncated_mid_download_on(driver: Driver, extra: &[&str]) {
-    const SIZE: u64 = 16 << 20;
+    // More than the socket buffers can hold (up to 32 MiB receive + 4 MiB send here), so the
+    // server is still reading the file when it shrinks.
+    const SIZE: u64 = 64 << 20;
     let data = setup(SIZE as usize);
     let srv = data.serve(driver, extra);
     let dl = SlowDownload::start(&data, &srv.url("/d/big"), "4M");
@@ -235,7 +237,8 @@ fn connection_cap_503(driver: Driver) {
 
 /// SIGTERM: stop accepting, cut in-flight downloads after the drain deadline, exit 0.
 fn drain(driver: Driver) {
-    let data = setup(16 << 20);
+    // More than the socket buffers can hold, so it cannot all be sent before the drain ends.
+    let data = setup(64 << 20);
     let mut srv = data.serve(driver, &["--drain-timeout", "1s"]);
     let dl = SlowDownload::start(&data, &srv.url("/d/big"), "2M");
     dl.wait_for_bytes();
@@ -251,7 +254,7 @@ fn drain(driver: Driver) {
     );
     assert!(
         !dl.finished_ok(),
-        "a 16 MiB download at 2 MB/s cannot have finished in a 1 s drain"
+        "a 64 MiB download at 2 MB/s cannot have finished in a 1 s drain"
     );
 }
 

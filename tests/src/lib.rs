@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests: build and locate the binaries, start `weir serve` on
-//! a fresh data directory and a port the kernel picks, run the CLI, and use real clients.
+//! a fresh data directory and a port the kernel picks, on a named [`Driver`] (and
+//! [`on_every_driver!`] to run a scenario on each), run the CLI, use real clients, and wait for
+//! what the server does asynchronously ([`eventually`], [`Metrics`], socket queues).
 //!
 //! The server prints `listening on http://ADDR` once bound; tests read that line instead of
 //! sleeping. Every server a test starts is killed by PID when its handle drops.
