@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use weir_tests::{
     basic_auth, curl, eventually, get_on_raw_socket, have, on_every_driver, sha256_file,
-    wait_until_receive_buffer_full, DataDir, Driver, Metrics, ALICE,
+    wait_until_receive_buffer_full, CurlResult, DataDir, Driver, Metrics, Server, SlowDownload,
+    ALICE,
 };
 
 /// `weir cart list alice --json` as (item, delivered bytes) pairs.
@@ -47,18 +48,34 @@ fn field(line: &str, name: &str) -> Option<String> {
     Some(rest[..end].trim().to_string())
 }
 
-/// The bytes the journal holds as delivered for alice's (only) cart item, once it shows
-/// exactly `want`: the ledger has applied and flushed every credit up to there, so any
-/// completion those credits caused has been written too.
-fn journaled(data: &DataDir, want: u64) {
+/// Wait until the journal's delivered bytes for alice's (only) cart item satisfy `ok`
+/// (`what` says how, for the failure message).
+fn wait_for_progress(data: &DataDir, what: &str, ok: impl Fn(u64) -> bool) {
     assert!(
-        eventually(Duration::from_secs(10), || cart(data)
+        eventually(Duration::from_secs(20), || cart(data)
             .first()
-            .is_some_and(|c| c.1 == want)),
-        "journal never showed {want} bytes delivered: cart {:?}, history {:?}",
+            .is_some_and(|c| ok(c.1))),
+        "journal never showed {what} bytes delivered: cart {:?}, history {:?}",
         cart(data),
         history(data)
     );
+}
+
+/// Wait until the journal shows exactly `want` bytes delivered: the ledger has applied and
+/// flushed every credit up to there, so any completion those credits caused has been written
+/// too.
+fn journaled(data: &DataDir, want: u64) {
+    wait_for_progress(data, &format!("exactly {want}"), |d| d == want);
+}
+
+/// Wait until the journal shows at least `bytes` delivered (the download is under way).
+fn progress_reaches(data: &DataDir, bytes: u64) {
+    wait_for_progress(data, &format!("at least {bytes}"), |d| d >= bytes);
+}
+
+/// `GET path` as alice with `Range: bytes=range`.
+fn ranged(srv: &Server, path: &str, range: &str) -> CurlResult {
+    curl(&srv.url(path), &["-u", ALICE, "-r", range])
 }
 
 /// Wait until `item` is alice's one completed purchase.
@@ -121,10 +138,7 @@ fn zip_with_axel(driver: Driver) {
     completes(&data, "best");
     assert!(cart(&data).is_empty());
     // The grace period: the download manager's stragglers still get their ranges.
-    assert_eq!(
-        curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", "0-99"]).status,
-        206
-    );
+    assert_eq!(ranged(&srv, "/d/best.zip", "0-99").status, 206);
     srv.stop();
     assert_eq!(history(&data), ["best"], "completed once");
 }
@@ -138,11 +152,7 @@ fn album_completed_by_a_mix(driver: Driver) {
     assert_eq!(curl(&srv.url("/d/best/1"), &["-u", ALICE]).status, 200);
     let half = size(1) / 2;
     assert_eq!(
-        curl(
-            &srv.url("/d/best/2"),
-            &["-u", ALICE, "-r", &format!("0-{}", half - 1)]
-        )
-        .status,
+        ranged(&srv, "/d/best/2", &format!("0-{}", half - 1)).status,
         206
     );
     journaled(&data, size(0) + half);
@@ -150,14 +160,7 @@ fn album_completed_by_a_mix(driver: Driver) {
         history(&data).is_empty(),
         "completed by one and a half tracks"
     );
-    assert_eq!(
-        curl(
-            &srv.url("/d/best/2"),
-            &["-u", ALICE, "-r", &format!("{half}-")]
-        )
-        .status,
-        206
-    );
+    assert_eq!(ranged(&srv, "/d/best/2", &format!("{half}-")).status, 206);
     journaled(&data, size(0) + size(1));
     assert!(history(&data).is_empty(), "completed without track 3");
     // Track 3's data sits at the end of the zip, before the central directory: fetch the last
@@ -168,10 +171,7 @@ fn album_completed_by_a_mix(driver: Driver) {
         .parse()
         .unwrap();
     // Bad input: a zip range past the end is 416 like any file; a track out of range is 404.
-    let r = curl(
-        &srv.url("/d/best.zip"),
-        &["-u", ALICE, "-r", &format!("{zip_len}-")],
-    );
+    let r = ranged(&srv, "/d/best.zip", &format!("{zip_len}-"));
     assert_eq!(r.status, 416);
     assert_eq!(
         r.header("content-range"),
@@ -180,10 +180,7 @@ fn album_completed_by_a_mix(driver: Driver) {
     assert_eq!(curl(&srv.url("/d/best/4"), &["-u", ALICE]).status, 404);
     assert_eq!(curl(&srv.url("/d/best/0"), &["-u", ALICE]).status, 404);
     let from = zip_len - size(2) - 4096;
-    let r = curl(
-        &srv.url("/d/best.zip"),
-        &["-u", ALICE, "-r", &format!("{from}-")],
-    );
+    let r = ranged(&srv, "/d/best.zip", &format!("{from}-"));
     assert_eq!(r.status, 206);
     completes(&data, "best");
     srv.stop();
@@ -199,18 +196,10 @@ fn file_fixture(size: usize) -> (DataDir, std::path::PathBuf) {
 fn killed_download_never_completes(driver: Driver) {
     let (data, _) = file_fixture(32 << 20);
     let srv = data.serve(driver, &[]);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "1M", "-u", ALICE])
-        .arg(srv.url("/d/movie"))
-        .spawn()
-        .unwrap();
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/movie"), ALICE, "1M");
     // Kill it once the journal shows it under way.
-    assert!(
-        eventually(Duration::from_secs(20), || cart(&data)[0].1 > 0),
-        "no progress journaled"
-    );
-    dl.kill().unwrap();
-    dl.wait().unwrap();
+    progress_reaches(&data, 1);
+    dl.kill();
     // A clean stop flushes the journal: what was credited is all there.
     assert!(srv.stop().success());
     let delivered = cart(&data)[0].1;
@@ -307,10 +296,7 @@ fn resplit_connection_dropped_mid_range(driver: Driver) {
     wait_until_receive_buffer_full(&s);
     drop(s);
     // The other connection fetches the rest of the range.
-    let r = curl(
-        &srv.url("/d/movie"),
-        &["-u", ALICE, "-r", &format!("{READ}-")],
-    );
+    let r = ranged(&srv, "/d/movie", &format!("{READ}-"));
     assert_eq!(r.status, 206);
     completes(&data, "movie");
     srv.stop();
@@ -321,18 +307,11 @@ fn resplit_connection_dropped_mid_range(driver: Driver) {
 fn sigkill_and_resume_completes_once(driver: Driver) {
     let (data, _) = file_fixture(32 << 20);
     let srv = data.serve(driver, &[]);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "4M", "-u", ALICE])
-        .arg(srv.url("/d/movie"))
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || cart(&data)[0].1 >= 4 << 20),
-        "progress was not journaled"
-    );
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/movie"), ALICE, "4M");
+    progress_reaches(&data, 4 << 20);
     srv.signal(libc::SIGKILL);
     drop(srv);
-    let _ = dl.wait();
+    let _ = dl.finished_ok(); // cut by the crash (unless the kernel already held the rest)
     let journaled = cart(&data)[0].1;
     assert!(journaled >= 4 << 20);
     // Restart: progress recovered; fetch the rest from where the journal ends.
@@ -342,10 +321,7 @@ fn sigkill_and_resume_completes_once(driver: Driver) {
         journaled,
         "progress lost across the restart"
     );
-    let r = curl(
-        &srv.url("/d/movie"),
-        &["-u", ALICE, "-r", &format!("{journaled}-")],
-    );
+    let r = ranged(&srv, "/d/movie", &format!("{journaled}-"));
     assert_eq!(r.status, 206);
     completes(&data, "movie");
     // Fetching again in the grace period changes nothing.

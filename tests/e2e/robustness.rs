@@ -3,13 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weir_tests::{
     basic_auth, curl, eventually, get_on_raw_socket, on_every_driver,
-    wait_until_receive_buffer_full, DataDir, Driver, Metrics, Server, ALICE,
+    wait_until_receive_buffer_full, DataDir, Driver, Metrics, Server, SlowDownload, ALICE,
 };
 
 const TOKEN: &str = "t0ken";
@@ -20,40 +19,6 @@ fn setup(size: usize) -> DataDir {
     let small = data.make_file("small.bin", 4096, 4);
     data.add_item_for("small", &small, "alice");
     data
-}
-
-/// `curl --limit-rate RATE` fetching `url` as alice into a file, running in the background.
-struct SlowDownload {
-    child: Child,
-    out: PathBuf,
-}
-
-impl SlowDownload {
-    fn start(data: &DataDir, url: &str, rate: &str) -> SlowDownload {
-        let out = data.path().join("slow.out");
-        let child = Command::new("curl")
-            .args(["-s", "--limit-rate", rate, "-u", ALICE, "-o"])
-            .arg(&out)
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        SlowDownload { child, out }
-    }
-
-    /// Wait until body bytes have arrived (the download is under way on the server).
-    fn wait_for_bytes(&self) {
-        let flowing = eventually(Duration::from_secs(10), || {
-            std::fs::metadata(&self.out).is_ok_and(|m| m.len() > 0)
-        });
-        assert!(flowing, "the download never got under way");
-    }
-
-    /// Whether curl got the whole body (its exit status).
-    fn finished_ok(mut self) -> bool {
-        self.child.wait().unwrap().success()
-    }
 }
 
 /// Read until EOF/reset or `limit`; returns (bytes read, time until the server closed).
@@ -138,7 +103,7 @@ fn truncated_mid_download_on(driver: Driver, extra: &[&str]) {
     const SIZE: u64 = 64 << 20;
     let data = setup(SIZE as usize);
     let srv = data.serve(driver, extra);
-    let dl = SlowDownload::start(&data, &srv.url("/d/big"), "4M");
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/big"), ALICE, "4M");
     dl.wait_for_bytes();
     let store = data.path().join("data").join("store");
     let mut truncated = 0;
@@ -240,7 +205,7 @@ fn drain(driver: Driver) {
     // More than the socket buffers can hold, so it cannot all be sent before the drain ends.
     let data = setup(64 << 20);
     let mut srv = data.serve(driver, &["--drain-timeout", "1s"]);
-    let dl = SlowDownload::start(&data, &srv.url("/d/big"), "2M");
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/big"), ALICE, "2M");
     dl.wait_for_bytes();
     let addr = srv.addr;
     srv.signal(libc::SIGTERM);

@@ -440,6 +440,55 @@ pub fn axel(conns: u32, out: &Path, url: &str) -> ExitStatus {
     status.unwrap()
 }
 
+/// `curl --limit-rate RATE -u CREDENTIALS` fetching `url` into a file, in the background; killed
+/// when dropped.
+pub struct SlowDownload {
+    child: Child,
+    out: PathBuf,
+}
+
+impl SlowDownload {
+    /// Start the download, writing to `dir/slow.out`.
+    pub fn start(dir: &Path, url: &str, credentials: &str, rate: &str) -> SlowDownload {
+        let out = dir.join("slow.out");
+        let child = Command::new("curl")
+            .args(["-s", "--limit-rate", rate, "-u", credentials, "-o"])
+            .arg(&out)
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run curl");
+        SlowDownload { child, out }
+    }
+
+    /// Wait until body bytes have arrived (the download is under way on the server).
+    pub fn wait_for_bytes(&self) {
+        let flowing = eventually(Duration::from_secs(10), || {
+            std::fs::metadata(&self.out).is_ok_and(|m| m.len() > 0)
+        });
+        assert!(flowing, "the download never got under way");
+    }
+
+    /// Wait for curl to end; whether it got the whole body (its exit status).
+    pub fn finished_ok(mut self) -> bool {
+        self.child.wait().expect("wait for curl").success()
+    }
+
+    /// Kill curl (a client cut mid-download) and reap it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SlowDownload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Result of a curl call: HTTP status, headers and body.
 pub struct CurlResult {
     pub status: u16,
