@@ -3,40 +3,26 @@
 
 use std::time::Duration;
 
-use weir_tests::{curl, DataDir};
+use weir_tests::{curl, on_every_driver, DataDir, Driver, Metrics, ALICE};
 
 const TOKEN: &str = "admin-secret-for-tests";
 
-#[test]
-fn admin_api() {
+fn admin_api(driver: Driver) {
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
-    let file = data.make_file("song.bin", 50_000, 1);
-    data.add_item_for("song", &file, "alice");
-    let mut srv = data.start(&["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN]);
+    data.alice_with_item("song", 50_000, 1);
+    let admin_flags = ["--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN];
+    let mut srv = data.serve(driver, &admin_flags);
     let admin = srv.admin_url();
     let bearer = format!("Authorization: Bearer {TOKEN}");
 
     // Traffic the metrics must show: one 200 of 50,000 bytes, one 401.
-    assert_eq!(
-        curl(&srv.url("/d/song"), &["-u", "alice:wonderland"]).status,
-        200
-    );
+    assert_eq!(curl(&srv.url("/d/song"), &["-u", ALICE]).status, 200);
     assert_eq!(curl(&srv.url("/d/song"), &[]).status, 401);
 
-    let r = curl(&format!("{admin}/metrics"), &["-H", &bearer]);
-    assert_eq!(r.status, 200);
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
-    };
-    assert_eq!(value("weir_responses_total{class=\"2xx\"}"), 1);
-    assert_eq!(value("weir_responses_total{class=\"4xx\"}"), 1);
-    assert!(value("weir_bytes_sent_total") > 50_000);
+    let m = Metrics::fetch(&admin, TOKEN);
+    assert_eq!(m.value("weir_responses_total{class=\"2xx\"}"), 1);
+    assert_eq!(m.value("weir_responses_total{class=\"4xx\"}"), 1);
+    assert!(m.value("weir_bytes_sent_total") > 50_000);
 
     // Token checks.
     assert_eq!(curl(&format!("{admin}/metrics"), &[]).status, 401);
@@ -75,3 +61,5 @@ fn admin_api() {
         .expect("no exit after POST /drain");
     assert!(st.success());
 }
+
+on_every_driver!(admin_api);

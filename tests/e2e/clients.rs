@@ -3,21 +3,19 @@
 
 use std::process::Command;
 
-use weir_tests::{have, sha256_file, sha256_hex, DataDir, DRIVERS};
+use weir_tests::{have, on_every_driver, sha256_file, sha256_hex, DataDir, Driver};
 
 const SIZE: usize = 64 << 20;
 
-fn managers(driver: &[&str]) {
+fn download_managers(driver: Driver) {
     assert!(
         have("axel") && have("aria2c"),
         "axel and aria2c must be installed (apt-get install axel aria2)"
     );
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
-    let file = data.make_file("big.bin", SIZE, 42);
+    let file = data.alice_with_item("big", SIZE, 42);
     let want = sha256_hex(&std::fs::read(&file).unwrap());
-    data.add_item_for("big", &file, "alice");
-    let srv = data.start(driver);
+    let srv = data.serve(driver, &[]);
 
     let out = data.path().join("axel.out");
     let url = format!("http://alice:wonderland@{}/d/big", srv.addr);
@@ -50,17 +48,4 @@ fn managers(driver: &[&str]) {
     srv.stop();
 }
 
-#[test]
-fn download_managers_uring() {
-    managers(DRIVERS[0].1);
-}
-
-#[test]
-fn download_managers_uring_minimal() {
-    managers(DRIVERS[1].1);
-}
-
-#[test]
-fn download_managers_epoll() {
-    managers(DRIVERS[2].1);
-}
+on_every_driver!(download_managers);

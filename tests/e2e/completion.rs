@@ -3,14 +3,16 @@
 //! download that was cut; the shop's webhook hears of it even if it fails at first.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use weir_tests::{curl, have, sha256_file, DataDir, DRIVERS};
-
-const ALICE: &str = "alice:wonderland";
+use weir_tests::{
+    basic_auth, curl, eventually, get_on_raw_socket, have, on_every_driver, sha256_file,
+    wait_until_receive_buffer_full, CurlResult, DataDir, Driver, Metrics, Server, SlowDownload,
+    ALICE,
+};
 
 /// `weir cart list alice --json` as (item, delivered bytes) pairs.
 fn cart(data: &DataDir) -> Vec<(String, u64)> {
@@ -46,16 +48,43 @@ fn field(line: &str, name: &str) -> Option<String> {
     Some(rest[..end].trim().to_string())
 }
 
-/// Poll `cond` until it holds or `limit` passes (completion is journaled asynchronously).
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
+/// Wait until the journal's delivered bytes for alice's (only) cart item satisfy `ok`
+/// (`what` says how, for the failure message).
+fn wait_for_progress(data: &DataDir, what: &str, ok: impl Fn(u64) -> bool) {
+    assert!(
+        eventually(Duration::from_secs(20), || cart(data)
+            .first()
+            .is_some_and(|c| ok(c.1))),
+        "journal never showed {what} bytes delivered: cart {:?}, history {:?}",
+        cart(data),
+        history(data)
+    );
+}
+
+/// Wait until the journal shows exactly `want` bytes delivered: the ledger has applied and
+/// flushed every credit up to there, so any completion those credits caused has been written
+/// too.
+fn journaled(data: &DataDir, want: u64) {
+    wait_for_progress(data, &format!("exactly {want}"), |d| d == want);
+}
+
+/// Wait until the journal shows at least `bytes` delivered (the download is under way).
+fn progress_reaches(data: &DataDir, bytes: u64) {
+    wait_for_progress(data, &format!("at least {bytes}"), |d| d >= bytes);
+}
+
+/// `GET path` as alice with `Range: bytes=range`.
+fn ranged(srv: &Server, path: &str, range: &str) -> CurlResult {
+    curl(&srv.url(path), &["-u", ALICE, "-r", range])
+}
+
+/// Wait until `item` is alice's one completed purchase.
+fn completes(data: &DataDir, item: &str) {
+    assert!(
+        eventually(Duration::from_secs(10), || history(data) == [item]),
+        "{item} not completed: cart {:?}",
+        cart(data)
+    );
 }
 
 fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
@@ -76,13 +105,13 @@ fn album_fixture() -> (DataDir, Vec<std::path::PathBuf>) {
 }
 
 /// The album as a zip through `axel -n 40`: unzips to the exact tracks and completes the album.
-fn zip_with_axel(driver: &[&str]) {
+fn zip_with_axel(driver: Driver) {
     assert!(
         have("axel") && have("unzip"),
         "axel and unzip must be installed"
     );
     let (data, tracks) = album_fixture();
-    let srv = data.start(driver);
+    let srv = data.serve(driver, &[]);
     let out = data.path().join("best.zip");
     let url = format!("http://{ALICE}@{}/d/best.zip", srv.addr);
     let st = weir_tests::axel(40, &out, &url);
@@ -106,56 +135,33 @@ fn zip_with_axel(driver: &[&str]) {
             "{name:?} differs"
         );
     }
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
-        "album not completed: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "best");
     assert!(cart(&data).is_empty());
     // The grace period: the download manager's stragglers still get their ranges.
-    assert_eq!(
-        curl(&srv.url("/d/best.zip"), &["-u", ALICE, "-r", "0-99"]).status,
-        206
-    );
+    assert_eq!(ranged(&srv, "/d/best.zip", "0-99").status, 206);
     srv.stop();
     assert_eq!(history(&data), ["best"], "completed once");
 }
 
-#[test]
-fn zip_with_axel_uring() {
-    zip_with_axel(DRIVERS[0].1);
-}
-
-#[test]
-fn zip_with_axel_epoll() {
-    zip_with_axel(DRIVERS[2].1);
-}
-
-/// Whole track 1, track 2 in two ranges, track 3 through a range of the zip: complete.
-#[test]
-fn album_completed_by_a_mix() {
+/// Whole track 1, track 2 in two ranges, track 3 through a range of the zip: complete, and not
+/// before track 3.
+fn album_completed_by_a_mix(driver: Driver) {
     let (data, tracks) = album_fixture();
-    let srv = data.start(&[]);
+    let srv = data.serve(driver, &[]);
     let size = |i: usize| std::fs::metadata(&tracks[i]).unwrap().len();
     assert_eq!(curl(&srv.url("/d/best/1"), &["-u", ALICE]).status, 200);
     let half = size(1) / 2;
     assert_eq!(
-        curl(
-            &srv.url("/d/best/2"),
-            &["-u", ALICE, "-r", &format!("0-{}", half - 1)]
-        )
-        .status,
+        ranged(&srv, "/d/best/2", &format!("0-{}", half - 1)).status,
         206
     );
-    assert!(eventually(Duration::from_secs(5), || history(&data).is_empty()));
-    assert_eq!(
-        curl(
-            &srv.url("/d/best/2"),
-            &["-u", ALICE, "-r", &format!("{half}-")]
-        )
-        .status,
-        206
+    journaled(&data, size(0) + half);
+    assert!(
+        history(&data).is_empty(),
+        "completed by one and a half tracks"
     );
+    assert_eq!(ranged(&srv, "/d/best/2", &format!("{half}-")).status, 206);
+    journaled(&data, size(0) + size(1));
     assert!(history(&data).is_empty(), "completed without track 3");
     // Track 3's data sits at the end of the zip, before the central directory: fetch the last
     // part of the zip generously (the whole of track 3 plus the directory).
@@ -165,10 +171,7 @@ fn album_completed_by_a_mix() {
         .parse()
         .unwrap();
     // Bad input: a zip range past the end is 416 like any file; a track out of range is 404.
-    let r = curl(
-        &srv.url("/d/best.zip"),
-        &["-u", ALICE, "-r", &format!("{zip_len}-")],
-    );
+    let r = ranged(&srv, "/d/best.zip", &format!("{zip_len}-"));
     assert_eq!(r.status, 416);
     assert_eq!(
         r.header("content-range"),
@@ -177,101 +180,80 @@ fn album_completed_by_a_mix() {
     assert_eq!(curl(&srv.url("/d/best/4"), &["-u", ALICE]).status, 404);
     assert_eq!(curl(&srv.url("/d/best/0"), &["-u", ALICE]).status, 404);
     let from = zip_len - size(2) - 4096;
-    let r = curl(
-        &srv.url("/d/best.zip"),
-        &["-u", ALICE, "-r", &format!("{from}-")],
-    );
+    let r = ranged(&srv, "/d/best.zip", &format!("{from}-"));
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
-        "album not completed by the mix: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "best");
     srv.stop();
 }
 
 fn file_fixture(size: usize) -> (DataDir, std::path::PathBuf) {
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
-    let f = data.make_file("movie.bin", size, 9);
-    data.add_item_for("movie", &f, "alice");
+    let f = data.alice_with_item("movie", size, 9);
     (data, f)
 }
 
-/// A rate-limited download killed after 2 s never completes, and credits at most what it got.
-#[test]
-fn killed_download_never_completes() {
+/// A rate-limited download killed mid-way never completes, and credits at most what it got.
+fn killed_download_never_completes(driver: Driver) {
     let (data, _) = file_fixture(32 << 20);
-    let srv = data.start(&[]);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "1M", "-u", ALICE])
-        .arg(srv.url("/d/movie"))
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    dl.kill().unwrap();
-    dl.wait().unwrap();
-    // Give the server time to notice the reset and journal what was credited.
-    assert!(eventually(Duration::from_secs(5), || cart(&data)[0].1 > 0));
+    let srv = data.serve(driver, &[]);
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/movie"), ALICE, "1M");
+    // Kill it once the journal shows it under way.
+    progress_reaches(&data, 1);
+    dl.kill();
+    // A clean stop flushes the journal: what was credited is all there.
+    assert!(srv.stop().success());
     let delivered = cart(&data)[0].1;
-    assert!(delivered < 32 << 20);
-    srv.stop();
+    assert!(
+        delivered > 0 && delivered < 32 << 20,
+        "credited {delivered}"
+    );
     assert!(history(&data).is_empty(), "a killed download completed");
     assert_eq!(cart(&data).len(), 1);
 }
 
 /// A client that reads nothing delivers nothing, however long the server tries.
-#[test]
-fn zero_window_delivers_nothing() {
+fn zero_window_delivers_nothing(driver: Driver) {
+    // More than the socket buffers can hold, so the server's send stalls.
     let (data, _) = file_fixture(64 << 20);
     let token = "t0ken";
-    let srv = data.start(&[
-        "--send-timeout",
-        "2s",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--admin-token",
-        token,
-    ]);
+    let srv = data.serve(
+        driver,
+        &[
+            "--send-timeout",
+            "2s",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            token,
+        ],
+    );
     let admin = srv.admin_url();
-    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(
-        s,
-        "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
-    )
-    .unwrap();
+    let s = get_on_raw_socket(srv.addr, "/d/movie", &basic_auth(ALICE));
     // Never read. The server's send stalls and its send timeout cuts the connection.
-    let timeouts = || -> u64 {
-        let r = curl(
-            &format!("{admin}/metrics"),
-            &["-H", &format!("Authorization: Bearer {token}")],
-        );
-        String::from_utf8_lossy(&r.body)
-            .lines()
-            .find(|l| l.starts_with("weir_timeouts_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
     assert!(
-        eventually(Duration::from_secs(15), || timeouts() >= 1),
+        eventually(Duration::from_secs(15), || Metrics::fetch(&admin, token)
+            .value("weir_timeouts_total")
+            >= 1),
         "stalled send never timed out"
     );
-    // Past one journal flush, nothing may have been credited.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let metrics = Metrics::fetch(&admin, token);
+    assert!(
+        metrics.value("weir_bytes_sent_total") > 0,
+        "nothing was sent"
+    );
+    assert_eq!(
+        metrics.value("weir_bytes_credited_total"),
+        0,
+        "the server credited a client that read nothing"
+    );
+    drop(s);
+    // A clean stop flushes the journal: nothing there either.
+    assert!(srv.stop().success());
     assert_eq!(
         cart(&data)[0].1,
         0,
         "a client that read nothing was credited"
     );
-    drop(s);
-    srv.stop();
     assert!(history(&data).is_empty());
 }
 
@@ -279,19 +261,13 @@ fn zero_window_delivers_nothing() {
 /// of the largest remaining range to an idle connection): the old connection reads up to its new
 /// end and drops, with unread bytes in its receive buffer, and another connection fetches the
 /// rest. What the first one read counts, so the item completes.
-fn resplit_connection_dropped_mid_range(driver: &[&str]) {
+fn resplit_connection_dropped_mid_range(driver: Driver) {
     const SIZE: usize = 1 << 20;
     const READ: usize = 40_000;
     let (data, _) = file_fixture(SIZE);
-    let srv = data.start(driver);
-    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(
-        s,
-        "GET /d/movie HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nRange: bytes=0-{}\r\n\r\n",
-        SIZE - 1
-    )
-    .unwrap();
+    let srv = data.serve(driver, &[]);
+    let range = format!("{}Range: bytes=0-{}\r\n", basic_auth(ALICE), SIZE - 1);
+    let mut s = get_on_raw_socket(srv.addr, "/d/movie", &range);
     // Read the head and READ body bytes, as the re-split's new end.
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -317,99 +293,48 @@ fn resplit_connection_dropped_mid_range(driver: &[&str]) {
     }
     // Stop reading until the server has filled the receive buffer (its window is zero), then
     // drop the connection with those bytes unread: the client's kernel resets it.
-    let mut last = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let queued = unread_bytes(&s);
-        if queued > 0 && queued == last {
-            break;
-        }
-        last = queued;
-    }
+    wait_until_receive_buffer_full(&s);
     drop(s);
     // The other connection fetches the rest of the range.
-    let r = curl(
-        &srv.url("/d/movie"),
-        &["-u", ALICE, "-r", &format!("{READ}-")],
-    );
+    let r = ranged(&srv, "/d/movie", &format!("{READ}-"));
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
-        "not completed: cart {:?}",
-        cart(&data)
-    );
+    completes(&data, "movie");
     srv.stop();
-}
-
-#[test]
-fn resplit_connection_dropped_mid_range_uring() {
-    resplit_connection_dropped_mid_range(DRIVERS[0].1);
-}
-
-#[test]
-fn resplit_connection_dropped_mid_range_epoll() {
-    resplit_connection_dropped_mid_range(DRIVERS[2].1);
-}
-
-/// Bytes waiting unread in a socket's receive queue (`FIONREAD`).
-fn unread_bytes(s: &TcpStream) -> i32 {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which points to the live local `n`.
-    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
-    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
-    n
 }
 
 /// SIGKILL mid-download; after a restart the journaled progress is back and the rest of the
 /// download completes the item exactly once.
-#[test]
-fn sigkill_and_resume_completes_once() {
+fn sigkill_and_resume_completes_once(driver: Driver) {
     let (data, _) = file_fixture(32 << 20);
-    let srv = data.start(&[]);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "4M", "-u", ALICE])
-        .arg(srv.url("/d/movie"))
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || cart(&data)[0].1 >= 4 << 20),
-        "progress was not journaled"
-    );
+    let srv = data.serve(driver, &[]);
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/movie"), ALICE, "4M");
+    progress_reaches(&data, 4 << 20);
     srv.signal(libc::SIGKILL);
     drop(srv);
-    let _ = dl.wait();
+    let _ = dl.finished_ok(); // cut by the crash (unless the kernel already held the rest)
     let journaled = cart(&data)[0].1;
     assert!(journaled >= 4 << 20);
     // Restart: progress recovered; fetch the rest from where the journal ends.
-    let srv = data.start(&[]);
+    let srv = data.serve(driver, &[]);
     assert_eq!(
         cart(&data)[0].1,
         journaled,
         "progress lost across the restart"
     );
-    let r = curl(
-        &srv.url("/d/movie"),
-        &["-u", ALICE, "-r", &format!("{journaled}-")],
-    );
+    let r = ranged(&srv, "/d/movie", &format!("{journaled}-"));
     assert_eq!(r.status, 206);
-    assert!(
-        eventually(Duration::from_secs(10), || history(&data) == ["movie"]),
-        "resumed download did not complete: {:?}",
-        cart(&data)
-    );
+    completes(&data, "movie");
     // Fetching again in the grace period changes nothing.
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
     srv.stop();
-    let srv = data.start(&[]);
+    let srv = data.serve(driver, &[]);
     srv.stop();
     assert_eq!(history(&data), ["movie"], "completed more than once");
 }
 
 /// A webhook receiver that fails the first POST still gets the completion, with the same
 /// Idempotency-Key on the retry.
-#[test]
-fn webhook_retries_with_stable_key() {
+fn webhook_retries_with_stable_key(driver: Driver) {
     let (data, _) = file_fixture(100_000);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -447,7 +372,7 @@ fn webhook_retries_with_stable_key() {
             );
         }
     });
-    let srv = data.start(&["--webhook", &hook]);
+    let srv = data.serve(driver, &["--webhook", &hook]);
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
     assert!(
         eventually(Duration::from_secs(30), || seen.lock().unwrap().len() >= 2),
@@ -472,12 +397,11 @@ fn webhook_retries_with_stable_key() {
 }
 
 /// After the grace period a completed item is no longer downloadable.
-#[test]
-fn grace_period_ends() {
+fn grace_period_ends(driver: Driver) {
     let (data, _) = file_fixture(10_000);
-    let srv = data.start(&["--grace", "2s"]);
+    let srv = data.serve(driver, &["--grace", "2s"]);
     assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
-    assert!(eventually(Duration::from_secs(10), || history(&data) == ["movie"]));
+    completes(&data, "movie");
     assert!(
         eventually(Duration::from_secs(10), || curl(
             &srv.url("/d/movie"),
@@ -489,3 +413,14 @@ fn grace_period_ends() {
     );
     srv.stop();
 }
+
+on_every_driver!(
+    zip_with_axel,
+    album_completed_by_a_mix,
+    killed_download_never_completes,
+    zero_window_delivers_nothing,
+    resplit_connection_dropped_mid_range,
+    sigkill_and_resume_completes_once,
+    webhook_retries_with_stable_key,
+    grace_period_ends,
+);

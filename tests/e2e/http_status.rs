@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use weir_tests::{curl, raw, status_of, DataDir, DRIVERS};
+use weir_tests::{basic_auth, curl, on_every_driver, raw, status_of, DataDir, Driver, ALICE};
 
 struct Fixture {
     data: DataDir,
@@ -12,21 +12,17 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
+    let file = data.alice_with_item("song", 100_000, 7);
     data.add_user("bob", "builder");
-    let file = data.make_file("song.bin", 100_000, 7);
-    data.add_item_for("song", &file, "alice");
     let other = data.make_file("other.bin", 1000, 8);
     data.ok(&["item", "add", "other", other.to_str().unwrap()], None);
     let content = std::fs::read(&file).unwrap();
     Fixture { data, content }
 }
 
-const ALICE: &str = "alice:wonderland";
-
-fn statuses(driver: &[&str]) {
+fn statuses(driver: Driver) {
     let f = fixture();
-    let srv = f.data.start(driver);
+    let srv = f.data.serve(driver, &[]);
     let url = srv.url("/d/song");
 
     // 200 full body with validators.
@@ -185,22 +181,10 @@ fn statuses(driver: &[&str]) {
     // 404: unknown item; paths that try to escape the catalog.
     assert_eq!(curl(&srv.url("/d/nope"), &["-u", ALICE]).status, 404);
     assert_eq!(curl(&srv.url("/etc/passwd"), &["-u", ALICE]).status, 404);
-    assert_eq!(
-        curl(
-            &srv.url("/d/..%2f..%2fetc%2fpasswd"),
-            &["-u", ALICE, "--path-as-is"]
-        )
-        .status,
-        404
-    );
-    assert_eq!(
-        curl(
-            &srv.url("/d/../../etc/passwd"),
-            &["-u", ALICE, "--path-as-is"]
-        )
-        .status,
-        404
-    );
+    for escape in ["/d/..%2f..%2fetc%2fpasswd", "/d/../../etc/passwd"] {
+        let r = curl(&srv.url(escape), &["-u", ALICE, "--path-as-is"]);
+        assert_eq!(r.status, 404, "{escape}");
+    }
 
     // 405 with Allow.
     let r = curl(&url, &["-u", ALICE, "-X", "POST", "-d", "x"]);
@@ -216,10 +200,7 @@ fn statuses(driver: &[&str]) {
     // 400: malformed, and request smuggling shapes (then the connection closes).
     let t = Duration::from_secs(5);
     assert_eq!(status_of(&raw(srv.addr, b"GARBAGE\r\n\r\n", t)), 400);
-    let auth = format!(
-        "Authorization: Basic {}\r\n",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE)
-    );
+    let auth = basic_auth(ALICE);
     let cl_te = format!(
         "GET /d/song HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     );
@@ -243,17 +224,4 @@ fn statuses(driver: &[&str]) {
     srv.stop();
 }
 
-#[test]
-fn statuses_uring() {
-    statuses(DRIVERS[0].1);
-}
-
-#[test]
-fn statuses_uring_minimal() {
-    statuses(DRIVERS[1].1);
-}
-
-#[test]
-fn statuses_epoll() {
-    statuses(DRIVERS[2].1);
-}
+on_every_driver!(statuses);

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use weir_tests::{bin, sha256_hex, DataDir};
+use weir_tests::{bin, on_every_driver, sha256_hex, DataDir, Driver, ALICE};
 
 fn summary_number(json: &str, key: &str) -> f64 {
     let k = format!("\"{key}\":");
@@ -12,14 +12,11 @@ fn summary_number(json: &str, key: &str) -> f64 {
     rest[..end].trim().parse().unwrap()
 }
 
-#[test]
-fn forty_against_weir_verifies_every_byte() {
+fn forty_against_weir_verifies_every_byte(driver: Driver) {
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
-    let file = data.make_file("big.bin", 32 << 20, 11);
+    let file = data.alice_with_item("big", 32 << 20, 11);
     let hash = sha256_hex(&std::fs::read(&file).unwrap());
-    data.add_item_for("big", &file, "alice");
-    let srv = data.start(&["--grace", "1h"]);
+    let srv = data.serve(driver, &["--grace", "1h"]);
     let out = data.path().join("run");
     let st = Command::new(bin("weir-load"))
         .args([
@@ -34,7 +31,7 @@ fn forty_against_weir_verifies_every_byte() {
             "--duration",
             "6s",
             "--credentials",
-            "alice:wonderland",
+            ALICE,
             "--sha256",
             &hash,
         ])
@@ -57,6 +54,9 @@ fn forty_against_weir_verifies_every_byte() {
     srv.stop();
 }
 
+on_every_driver!(forty_against_weir_verifies_every_byte);
+
+/// `weir-load demo` starts `weir serve --demo` itself, on its default driver.
 #[test]
 fn demo_runs_against_weir() {
     let _data = DataDir::new(); // shares the e2e gate

@@ -3,18 +3,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weir_tests::{curl, DataDir, Server, DRIVERS};
+use weir_tests::{
+    basic_auth, curl, eventually, get_on_raw_socket, on_every_driver,
+    wait_until_receive_buffer_full, DataDir, Driver, Metrics, Server, SlowDownload, ALICE,
+};
 
-const ALICE: &str = "alice:wonderland";
+const TOKEN: &str = "t0ken";
 
 fn setup(size: usize) -> DataDir {
     let data = DataDir::new();
-    data.add_user("alice", "wonderland");
-    let file = data.make_file("big.bin", size, 3);
-    data.add_item_for("big", &file, "alice");
+    data.alice_with_item("big", size, 3);
     let small = data.make_file("small.bin", 4096, 4);
     data.add_item_for("small", &small, "alice");
     data
@@ -42,18 +43,25 @@ fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (usize, Option<Durat
     (total, None)
 }
 
-fn timeouts(driver: &[&str]) {
+fn timeouts(driver: Driver) {
     let data = setup(32 << 20);
-    let mut args = driver.to_vec();
-    args.extend([
-        "--header-timeout",
-        "1s",
-        "--idle-timeout",
-        "1s",
-        "--send-timeout",
-        "1s",
-    ]);
-    let srv = data.start(&args);
+    let srv = data.serve(
+        driver,
+        &[
+            "--header-timeout",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--send-timeout",
+            "1s",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+        ],
+    );
+    let admin = srv.admin_url();
+    let timeouts = || Metrics::fetch(&admin, TOKEN).value("weir_timeouts_total");
 
     // Slowloris: a head that never completes is cut after the header timeout.
     let mut s = TcpStream::connect(srv.addr).unwrap();
@@ -64,30 +72,21 @@ fn timeouts(driver: &[&str]) {
     assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
 
     // Idle keep-alive: closed after the idle timeout once the response is done.
-    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(
-        s,
-        "GET /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
-    )
-    .unwrap();
+    let mut s = get_on_raw_socket(srv.addr, "/d/small", &basic_auth(ALICE));
     let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(n > 4096, "got the response first ({n} bytes)");
     assert!(closed.expect("idle connection not closed") < Duration::from_secs(5));
+    let before = timeouts();
 
     // A reader that stops: the send makes no progress and the connection is cut.
-    let mut s = TcpStream::connect(srv.addr).unwrap();
-    write!(
-        s,
-        "GET /d/big HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
-    )
-    .unwrap();
-    // Let the server fill the socket buffers and stall, then drain what was queued.
-    let stalled = Instant::now();
-    while stalled.elapsed() < Duration::from_secs(3) {
-        std::thread::yield_now();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut s = get_on_raw_socket(srv.addr, "/d/big", &basic_auth(ALICE));
+    // Let the server fill the socket buffers and stall, and its send timeout fire; then drain
+    // what was queued: the connection ends there.
+    wait_until_receive_buffer_full(&s);
+    assert!(
+        eventually(Duration::from_secs(10), || timeouts() > before),
+        "the stalled send never timed out"
+    );
     let (n, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(closed.is_some(), "stalled download was not cut");
     assert!(
@@ -97,50 +96,28 @@ fn timeouts(driver: &[&str]) {
     srv.stop();
 }
 
-#[test]
-fn timeouts_uring() {
-    timeouts(DRIVERS[0].1);
-}
-
-#[test]
-fn timeouts_epoll() {
-    timeouts(DRIVERS[2].1);
-}
-
 /// A content-store file truncated while it is being sent never crashes the server.
-fn truncated_mid_download(driver: &[&str]) {
-    let data = setup(64 << 20);
-    let srv = data.start(driver);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "4M", "-u", ALICE])
-        .arg(srv.url("/d/big"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the download is under way (bytes flowing), then truncate the stored file.
-    let started = Instant::now();
-    loop {
-        let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
-        assert_eq!(r.status, 200);
-        if started.elapsed() > Duration::from_millis(500) {
-            break;
-        }
-    }
+fn truncated_mid_download_on(driver: Driver, extra: &[&str]) {
+    // More than the socket buffers can hold (up to 32 MiB receive + 4 MiB send here), so the
+    // server is still reading the file when it shrinks.
+    const SIZE: u64 = 64 << 20;
+    let data = setup(SIZE as usize);
+    let srv = data.serve(driver, extra);
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/big"), ALICE, "4M");
+    dl.wait_for_bytes();
     let store = data.path().join("data").join("store");
     let mut truncated = 0;
     for entry in std::fs::read_dir(&store).unwrap() {
         let p = entry.unwrap().path();
-        if std::fs::metadata(&p).unwrap().len() == 64 << 20 {
+        if std::fs::metadata(&p).unwrap().len() == SIZE {
             let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(1 << 20).unwrap();
             truncated += 1;
         }
     }
     assert_eq!(truncated, 1);
-    let st = dl.wait().unwrap();
     assert!(
-        !st.success(),
+        !dl.finished_ok(),
         "the truncated download cannot have completed"
     );
     let mut srv = srv;
@@ -151,14 +128,13 @@ fn truncated_mid_download(driver: &[&str]) {
     assert!(st.success());
 }
 
-#[test]
-fn truncated_mid_download_uring() {
-    truncated_mid_download(DRIVERS[0].1);
+fn truncated_mid_download(driver: Driver) {
+    truncated_mid_download_on(driver, &[]);
 }
 
-#[test]
-fn truncated_mid_download_epoll() {
-    truncated_mid_download(DRIVERS[2].1);
+/// The same with bodies sent by `sendfile(2)`.
+fn truncated_mid_download_sendfile(driver: Driver) {
+    truncated_mid_download_on(driver, &["--send-path", "sendfile"]);
 }
 
 /// CPU seconds (user + system) the process used so far.
@@ -172,12 +148,10 @@ fn cpu_seconds(pid: i32) -> f64 {
 }
 
 /// Out of descriptors: accepts back off without spinning, and service recovers.
-fn emfile(driver: &[&str]) {
+fn emfile(driver: Driver) {
     let _alone = weir_tests::exclusive();
     let data = setup(4096);
-    let mut args = driver.to_vec();
-    args.extend(["--workers", "1"]);
-    let srv = Server::start_with(&data.path().join("data"), &args, &[], Some(48));
+    let srv = data.serve_with(driver, &["--workers", "1"], Some(48));
     let held: Vec<TcpStream> = (0..80)
         .filter_map(|_| TcpStream::connect(srv.addr).ok())
         .collect();
@@ -201,59 +175,38 @@ fn emfile(driver: &[&str]) {
     assert!(srv.stop().success());
 }
 
-#[test]
-fn emfile_uring() {
-    emfile(DRIVERS[0].1);
-}
-
-#[test]
-fn emfile_epoll() {
-    emfile(DRIVERS[2].1);
-}
-
 /// Past the connection cap new connections get 503 + Retry-After.
-#[test]
-fn connection_cap_503() {
-    for (_, driver) in DRIVERS {
-        let data = setup(4096);
-        let mut args = driver.to_vec();
-        args.extend(["--workers", "1", "--max-connections", "3"]);
-        let srv = data.start(&args);
-        let held: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(srv.addr).unwrap())
-            .collect();
-        // The held connections are accepted once the server answers a probe on one of them.
-        let mut first = &held[0];
-        let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ALICE);
-        write!(
-            first,
-            "HEAD /d/small HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
-        )
-        .unwrap();
-        let mut buf = [0u8; 512];
-        let n = first.read(&mut buf).unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
-        assert_eq!(r.status, 503);
-        assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-        drop(held);
-        srv.stop();
-    }
+fn connection_cap_503(driver: Driver) {
+    let data = setup(4096);
+    let srv = data.serve(driver, &["--workers", "1", "--max-connections", "3"]);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    // The held connections are accepted once the server answers a probe on one of them.
+    let mut first = &held[0];
+    write!(
+        first,
+        "HEAD /d/small HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        basic_auth(ALICE)
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    drop(held);
+    srv.stop();
 }
 
 /// SIGTERM: stop accepting, cut in-flight downloads after the drain deadline, exit 0.
-fn drain(driver: &[&str]) {
+fn drain(driver: Driver) {
+    // More than the socket buffers can hold, so it cannot all be sent before the drain ends.
     let data = setup(64 << 20);
-    let mut args = driver.to_vec();
-    args.extend(["--drain-timeout", "1s"]);
-    let mut srv = data.start(&args);
-    let mut dl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--limit-rate", "2M", "-u", ALICE])
-        .arg(srv.url("/d/big"))
-        .spawn()
-        .unwrap();
-    // Make sure the download is in flight before signalling.
-    assert_eq!(curl(&srv.url("/d/small"), &["-u", ALICE]).status, 200);
+    let mut srv = data.serve(driver, &["--drain-timeout", "1s"]);
+    let dl = SlowDownload::start(data.path(), &srv.url("/d/big"), ALICE, "2M");
+    dl.wait_for_bytes();
     let addr = srv.addr;
     srv.signal(libc::SIGTERM);
     let st = srv
@@ -264,21 +217,10 @@ fn drain(driver: &[&str]) {
         TcpStream::connect(addr).is_err(),
         "still accepting after drain"
     );
-    let st = dl.wait().unwrap();
     assert!(
-        !st.success(),
-        "a 64 MiB download at 2 MB/s cannot have finished in the drain"
+        !dl.finished_ok(),
+        "a 64 MiB download at 2 MB/s cannot have finished in a 1 s drain"
     );
-}
-
-#[test]
-fn drain_uring() {
-    drain(DRIVERS[0].1);
-}
-
-#[test]
-fn drain_epoll() {
-    drain(DRIVERS[2].1);
 }
 
 /// io_uring refused (as under Docker's default seccomp profile): `--driver auto` falls back to
@@ -337,8 +279,11 @@ fn io_uring_refused_falls_back_to_epoll() {
     assert!(err.contains("io_uring"), "stderr: {err}");
 }
 
-#[test]
-fn truncated_mid_download_sendfile() {
-    truncated_mid_download(&["--driver", "uring", "--send-path", "sendfile"]);
-    truncated_mid_download(&["--driver", "epoll", "--send-path", "sendfile"]);
-}
+on_every_driver!(
+    timeouts,
+    truncated_mid_download,
+    truncated_mid_download_sendfile,
+    emfile,
+    connection_cap_503,
+    drain,
+);

@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests: build and locate the binaries, start `weir serve` on
-//! a fresh data directory and a port the kernel picks, run the CLI, and use real clients.
+//! a fresh data directory and a port the kernel picks, on a named [`Driver`] (and
+//! [`on_every_driver!`] to run a scenario on each), run the CLI, use real clients, and wait for
+//! what the server does asynchronously ([`eventually`], [`Metrics`], socket queues).
 //!
 //! The server prints `listening on http://ADDR` once bound; tests read that line instead of
 //! sleeping. Every server a test starts is killed by PID when its handle drops.
@@ -205,8 +207,32 @@ impl DataDir {
         self.ok(&["cart", "add", user, id], None);
     }
 
+    /// Start `weir serve` on this data directory with `extra` flags (the default driver).
     pub fn start(&self, extra: &[&str]) -> Server {
         Server::start(&self.path().join("data"), extra, &[])
+    }
+
+    /// Start `weir serve` on `driver` with `extra` flags, and check it runs that driver.
+    pub fn serve(&self, driver: Driver, extra: &[&str]) -> Server {
+        self.serve_with(driver, extra, None)
+    }
+
+    /// As [`DataDir::serve`], optionally with `ulimit -n nofile`.
+    pub fn serve_with(&self, driver: Driver, extra: &[&str], nofile: Option<u32>) -> Server {
+        let mut args = driver.args().to_vec();
+        args.extend_from_slice(extra);
+        let srv = Server::start_with(&self.path().join("data"), &args, &[], nofile);
+        driver.check_listen_line(&srv.listen_line);
+        srv
+    }
+
+    /// Add alice (password wonderland) and `len` deterministic bytes as item `id` in her cart;
+    /// returns the file's path.
+    pub fn alice_with_item(&self, id: &str, len: usize, seed: u64) -> PathBuf {
+        self.add_user("alice", "wonderland");
+        let file = self.make_file(&format!("{id}.bin"), len, seed);
+        self.add_item_for(id, &file, "alice");
+        file
     }
 }
 
@@ -414,6 +440,55 @@ pub fn axel(conns: u32, out: &Path, url: &str) -> ExitStatus {
     status.unwrap()
 }
 
+/// `curl --limit-rate RATE -u CREDENTIALS` fetching `url` into a file, in the background; killed
+/// when dropped.
+pub struct SlowDownload {
+    child: Child,
+    out: PathBuf,
+}
+
+impl SlowDownload {
+    /// Start the download, writing to `dir/slow.out`.
+    pub fn start(dir: &Path, url: &str, credentials: &str, rate: &str) -> SlowDownload {
+        let out = dir.join("slow.out");
+        let child = Command::new("curl")
+            .args(["-s", "--limit-rate", rate, "-u", credentials, "-o"])
+            .arg(&out)
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run curl");
+        SlowDownload { child, out }
+    }
+
+    /// Wait until body bytes have arrived (the download is under way on the server).
+    pub fn wait_for_bytes(&self) {
+        let flowing = eventually(Duration::from_secs(10), || {
+            std::fs::metadata(&self.out).is_ok_and(|m| m.len() > 0)
+        });
+        assert!(flowing, "the download never got under way");
+    }
+
+    /// Wait for curl to end; whether it got the whole body (its exit status).
+    pub fn finished_ok(mut self) -> bool {
+        self.child.wait().expect("wait for curl").success()
+    }
+
+    /// Kill curl (a client cut mid-download) and reap it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SlowDownload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Result of a curl call: HTTP status, headers and body.
 pub struct CurlResult {
     pub status: u16,
@@ -482,12 +557,160 @@ pub fn status_of(resp: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// The drivers every end-to-end test runs against.
-pub const DRIVERS: &[(&str, &[&str])] = &[
-    ("uring", &["--driver", "uring"]),
-    (
-        "uring-minimal",
-        &["--driver", "uring", "--uring-features", "minimal"],
-    ),
-    ("epoll", &["--driver", "epoll"]),
-];
+/// The user most tests create, as `user:password` for curl's `-u` and URLs.
+pub const ALICE: &str = "alice:wonderland";
+
+/// An `Authorization: Basic ...` header line (with its CRLF) for `user:password`, for requests
+/// written on raw sockets.
+pub fn basic_auth(credentials: &str) -> String {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials);
+    format!("Authorization: Basic {b64}\r\n")
+}
+
+/// A connection with `GET target` and `extra` header lines (each ending in CRLF) already sent.
+pub fn get_on_raw_socket(addr: SocketAddr, target: &str, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").expect("send request");
+    s
+}
+
+/// Poll `cond` every 50 ms until it holds or `limit` passes; whether it held. For conditions
+/// the server reaches asynchronously (journal flushes, timeouts, retries).
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One sample of the admin API's Prometheus text (`GET ADMIN/metrics` with a bearer token).
+pub struct Metrics(pub String);
+
+impl Metrics {
+    pub fn fetch(admin: &str, token: &str) -> Metrics {
+        let r = curl(
+            &format!("{admin}/metrics"),
+            &["-H", &format!("Authorization: Bearer {token}")],
+        );
+        assert_eq!(r.status, 200, "GET /metrics");
+        Metrics(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The value of the series written exactly as `series` (name and labels), if present.
+    pub fn get(&self, series: &str) -> Option<u64> {
+        self.0.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            if name != series {
+                return None;
+            }
+            value.parse::<f64>().ok().map(|v| v as u64)
+        })
+    }
+
+    /// As [`Metrics::get`], panicking with the whole text when the series is missing.
+    pub fn value(&self, series: &str) -> u64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("{series} missing in\n{}", self.0))
+    }
+}
+
+/// Bytes waiting unread in a socket's receive queue (`FIONREAD`).
+pub fn unread_bytes(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points to the live local `n`.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    n
+}
+
+/// Wait (up to 20 s) until a connection the test does not read from has a full receive
+/// buffer: bytes queued and no more arriving over 50 ms, so the server's window is zero.
+pub fn wait_until_receive_buffer_full(s: &TcpStream) {
+    let mut last = 0;
+    let full = eventually(Duration::from_secs(20), || {
+        let queued = unread_bytes(s);
+        let settled = queued > 0 && queued == last;
+        last = queued;
+        settled
+    });
+    assert!(
+        full,
+        "the server never filled the receive buffer ({last} bytes queued)"
+    );
+}
+
+/// The event loop a test's server runs on. Every end-to-end test that serves bytes runs once
+/// per driver, as three named tests (see [`on_every_driver!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring with every feature the kernel offers (`--driver uring`).
+    Uring,
+    /// io_uring limited to what Linux 5.10 has (`--driver uring --uring-features minimal`).
+    UringMinimal,
+    /// epoll (`--driver epoll`).
+    Epoll,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 3] = [Driver::Uring, Driver::UringMinimal, Driver::Epoll];
+
+    /// The `weir serve` flags that select this driver.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Driver::Uring => &["--driver", "uring"],
+            Driver::UringMinimal => &["--driver", "uring", "--uring-features", "minimal"],
+            Driver::Epoll => &["--driver", "epoll"],
+        }
+    }
+
+    /// Whether the server's `listening on ... (DRIVER, N workers)` line names this driver (a
+    /// server that fell back to another driver would test the wrong code).
+    pub fn check_listen_line(self, line: &str) {
+        let want = match self {
+            Driver::Uring | Driver::UringMinimal => "(io_uring",
+            Driver::Epoll => "(epoll",
+        };
+        assert!(line.contains(want), "{self:?} wanted, server says: {line}");
+        if self == Driver::UringMinimal && line.contains("multishot_accept=") {
+            assert!(
+                line.contains("multishot_accept=false"),
+                "minimal io_uring uses no multishot accept: {line}"
+            );
+        }
+    }
+}
+
+/// Expands scenarios `fn NAME(driver: Driver)` into one module of tests per scenario, with a
+/// test per driver: `NAME::uring`, `NAME::uring_minimal`, `NAME::epoll` (filter with
+/// `cargo test -p weir-tests -- NAME` or `-- ::epoll`).
+///
+/// ```ignore
+/// fn statuses(driver: Driver) { /* ... */ }
+/// weir_tests::on_every_driver!(statuses);
+/// ```
+#[macro_export]
+macro_rules! on_every_driver {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn uring() {
+                super::$scenario($crate::Driver::Uring)
+            }
+            #[test]
+            fn uring_minimal() {
+                super::$scenario($crate::Driver::UringMinimal)
+            }
+            #[test]
+            fn epoll() {
+                super::$scenario($crate::Driver::Epoll)
+            }
+        }
+    )+};
+}

@@ -1,62 +1,53 @@
 //! The binary itself: rate (open model), compare, --processes, usage errors.
 
-use std::process::Command;
+use std::ffi::OsStr;
 
 use crate::common::*;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir-load"))
+/// Run weir-load with `args` and require exit code `code` and `needle` in its stderr.
+fn fails_with(args: &[impl AsRef<OsStr>], code: i32, needle: &str) {
+    let out = weir_load_bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    assert_eq!(out.status.code(), Some(code), "{shown:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{shown:?}: expected {needle:?} in {err}"
+    );
 }
 
 #[test]
 fn invalid_flags_get_clap_usage_error() {
-    let out = bin()
-        .args(["forty", "http://127.0.0.1:1/", "--users", "many"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'many'"));
-    let out = bin()
-        .args(["urlopen", "https://x/", "--duration", "1s"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+    let forty = ["forty", "http://127.0.0.1:1/", "--users", "many"];
+    fails_with(&forty, 2, "invalid value 'many'");
+    fails_with(
+        &["urlopen", "https://x/", "--duration", "1s"],
+        1,
+        "only http://",
+    );
 }
 
 #[test]
 fn compare_refuses_what_is_not_a_result() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
-        .args(["compare"])
-        .arg(dir.path())
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a weir-load result"), "{err}");
+    let args = [
+        OsStr::new("compare"),
+        dir.path().as_os_str(),
+        dir.path().as_os_str(),
+    ];
+    fails_with(&args, 2, "not a weir-load result");
     std::fs::write(dir.path().join("summary.json"), r#"{"format":"other"}"#).unwrap();
-    let out = bin()
-        .arg("compare")
-        .arg(dir.path())
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a weir-load summary"));
+    fails_with(&args, 2, "not a weir-load summary");
 }
 
 #[test]
 fn rate_corrects_for_coordinated_omission_and_compare_reads_it_back() {
     let small = content(4096, 6);
-    let Some(ngx) = Nginx::start(&[("f4k", &small)], "") else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f4k", &small)], "");
     let a = ngx.out("rate-a");
     let b = ngx.out("rate-b");
     for (dir, max_users) in [(&a, "50"), (&b, "1")] {
-        let st = bin()
+        let st = weir_load_bin()
             .args(["rate", &ngx.url("f4k"), "--rate", "400", "--ramp", "500ms"])
             .args(["--duration", "2s", "--max-users", max_users, "--seed", "1"])
             .args(["--workers", "1", "--no-progress", "--out"])
@@ -81,7 +72,7 @@ fn rate_corrects_for_coordinated_omission_and_compare_reads_it_back() {
     assert!(hb["latency"]["p99"].as_u64() >= hb["latency_uncorrected"]["p99"].as_u64());
 
     let plot = ngx.dir.path().join("cmp.svg");
-    let out = bin()
+    let out = weir_load_bin()
         .arg("compare")
         .arg(&a)
         .arg(&b)
@@ -103,11 +94,9 @@ fn rate_corrects_for_coordinated_omission_and_compare_reads_it_back() {
 #[test]
 fn processes_split_users_and_sources_and_merge_exactly() {
     let small = content(4096, 7);
-    let Some(ngx) = Nginx::start(&[("f4k", &small)], "") else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f4k", &small)], "");
     let out = ngx.out("procs");
-    let st = bin()
+    let st = weir_load_bin()
         .args([
             "urlopen",
             &ngx.url("f4k"),

@@ -36,6 +36,54 @@ pub fn run_cli(args: &[&str]) -> ExitCode {
     weir_load::run(cli).expect("run")
 }
 
+/// A `forty` run: how many users on how many connections each, for how long, checked against
+/// which SHA-256.
+pub struct Forty<'a> {
+    pub users: u32,
+    pub connections: u32,
+    pub duration: &'a str,
+    pub sha256: &'a str,
+}
+
+impl Forty<'_> {
+    /// `weir-load forty URL ... --no-progress --out OUT EXTRA`, in-process.
+    pub fn run(&self, url: &str, out: &Path, extra: &[&str]) -> ExitCode {
+        let (users, connections) = (self.users.to_string(), self.connections.to_string());
+        let mut args = vec![
+            "forty",
+            url,
+            "--users",
+            &users,
+            "--connections",
+            &connections,
+            "--duration",
+            self.duration,
+            "--sha256",
+            self.sha256,
+            "--no-progress",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&args)
+    }
+}
+
+/// The weir-load binary, for tests of what the process itself does (exit codes, stderr,
+/// `--processes`).
+pub fn weir_load_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir-load"))
+}
+
+/// Fail the test, saying how to fix it, when nginx is not installed: CI installs it, so a
+/// missing nginx is a broken setup, never a pass.
+pub fn require_nginx() {
+    assert!(
+        have("nginx"),
+        "nginx is not installed: apt-get install nginx-light (CI installs it)"
+    );
+}
+
 /// Read a results directory's summary.json as JSON.
 pub fn summary(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
@@ -68,13 +116,10 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Start nginx serving `files` from a fresh root, with extra `location` blocks.
-    /// Returns `None` (after saying so) when nginx is not installed.
-    pub fn start(files: &[(&str, &[u8])], extra: &str) -> Option<Nginx> {
-        if !have("nginx") {
-            eprintln!("SKIP: nginx is not installed (apt-get install nginx-light); CI installs it");
-            return None;
-        }
+    /// Start nginx serving `files` from a fresh root, with extra `location` blocks. Fails the
+    /// test when nginx is not installed.
+    pub fn start(files: &[(&str, &[u8])], extra: &str) -> Nginx {
+        require_nginx();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -136,7 +181,7 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Nginx { child, dir, port })
+        Nginx { child, dir, port }
     }
 
     /// `http://127.0.0.1:PORT/path`.

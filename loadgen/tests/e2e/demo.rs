@@ -2,7 +2,6 @@
 //! banner lines, SIGTERM), built on nginx. The real engine is tested the same way once it serves.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use crate::common::*;
 
@@ -51,17 +50,14 @@ wait $NGX
 
 #[test]
 fn demo_runs_forty_with_the_printed_credentials_and_stops_the_server() {
-    if !have("nginx") {
-        eprintln!("SKIP: nginx is not installed; CI installs it");
-        return;
-    }
+    require_nginx();
     let dir = tempfile::tempdir().unwrap();
     let weir = dir.path().join("weir");
     std::fs::write(&weir, FAKE_WEIR).unwrap();
     std::fs::set_permissions(&weir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = dir.path().join("demo-result");
     let access = dir.path().join("access.log");
-    let run = Command::new(env!("CARGO_BIN_EXE_weir-load"))
+    let run = weir_load_bin()
         .args([
             "demo",
             "--users",

@@ -133,23 +133,14 @@ fn cut_and_stalled_ranges_are_resumed_into_the_exact_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("flaky");
     let t0 = Instant::now();
-    run_cli(&[
-        "forty",
-        &format!("http://127.0.0.1:{}/file", server.port),
-        "--users",
-        "2",
-        "--connections",
-        "6",
-        "--duration",
-        "5s",
-        "--stall-timeout",
-        "300ms",
-        "--sha256",
-        &sha,
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = Forty {
+        users: 2,
+        connections: 6,
+        duration: "5s",
+        sha256: &sha,
+    };
+    let url = format!("http://127.0.0.1:{}/file", server.port);
+    run.run(&url, &out, &["--stall-timeout", "300ms"]);
     assert!(
         t0.elapsed() < Duration::from_secs(12),
         "the run ends by itself"

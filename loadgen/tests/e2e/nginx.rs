@@ -9,28 +9,16 @@ const MIB: usize = 1 << 20;
 #[test]
 fn forty_downloads_exact_bytes_over_ranges_from_spread_sources() {
     let file = content(64 * MIB, 1);
-    let Some(ngx) = Nginx::start(&[("f64m", &file)], "") else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f64m", &file)], "");
     let out = ngx.out("forty");
     let sha = sha256_hex(&file);
-    run_cli(&[
-        "forty",
-        &ngx.url("f64m"),
-        "--users",
-        "3",
-        "--connections",
-        "8",
-        "--duration",
-        "6s",
-        "--sha256",
-        &sha,
-        "--source",
-        "127.0.0.2-127.0.0.5",
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = Forty {
+        users: 3,
+        connections: 8,
+        duration: "6s",
+        sha256: &sha,
+    };
+    run.run(&ngx.url("f64m"), &out, &["--source", "127.0.0.2-127.0.0.5"]);
     let s = assert_result_dir(&out);
     assert_eq!(s["scenario"], "forty");
     assert_eq!(s["verification"], "sha256");
@@ -67,9 +55,7 @@ fn forty_downloads_exact_bytes_over_ranges_from_spread_sources() {
 #[test]
 fn urlopen_fetches_full_bodies_and_verifies_each() {
     let small = content(4096, 2);
-    let Some(ngx) = Nginx::start(&[("f4k", &small)], "") else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f4k", &small)], "");
     let out = ngx.out("urlopen");
     run_cli(&[
         "urlopen",
@@ -99,25 +85,15 @@ fn urlopen_fetches_full_bodies_and_verifies_each() {
 #[test]
 fn a_wrong_hash_counts_every_download_as_a_mismatch() {
     let file = content(2 * MIB, 3);
-    let Some(ngx) = Nginx::start(&[("f", &file)], "") else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f", &file)], "");
     let out = ngx.out("wrong");
-    run_cli(&[
-        "forty",
-        &ngx.url("f"),
-        "--users",
-        "2",
-        "--connections",
-        "4",
-        "--duration",
-        "2s",
-        "--sha256",
-        &sha256_hex(b"something else"),
-        "--no-progress",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = Forty {
+        users: 2,
+        connections: 4,
+        duration: "2s",
+        sha256: &sha256_hex(b"something else"),
+    };
+    run.run(&ngx.url("f"), &out, &[]);
     let s = assert_result_dir(&out);
     let done = s["downloads_completed"].as_u64().unwrap();
     assert!(done >= 1);
@@ -130,9 +106,7 @@ fn a_wrong_hash_counts_every_download_as_a_mismatch() {
 fn error_kinds_are_counted_and_runs_end_on_time() {
     let file = content(MIB, 4);
     let extra = "location /noranges/ { max_ranges 0; } location = /r416 { return 416; }";
-    let Some(ngx) = Nginx::start(&[("f", &file)], extra) else {
-        return;
-    };
+    let ngx = Nginx::start(&[("f", &file)], extra);
     std::fs::create_dir_all(ngx.dir.path().join("root/noranges")).unwrap();
     std::fs::write(ngx.dir.path().join("root/noranges/f"), &file).unwrap();
     let dead = format!("http://127.0.0.1:{}/f", free_port());
@@ -143,24 +117,17 @@ fn error_kinds_are_counted_and_runs_end_on_time() {
         ("r416", ngx.url("r416"), "range_not_satisfiable"),
         ("noranges", ngx.url("noranges/f"), "range_ignored"),
     ];
+    let sha = sha256_hex(&file);
+    let run = Forty {
+        users: 2,
+        connections: 4,
+        duration: "1500ms",
+        sha256: &sha,
+    };
     for (name, url, kind) in cases {
         let out = ngx.out(name);
         let t0 = std::time::Instant::now();
-        run_cli(&[
-            "forty",
-            &url,
-            "--users",
-            "2",
-            "--connections",
-            "4",
-            "--duration",
-            "1500ms",
-            "--sha256",
-            &sha256_hex(&file),
-            "--no-progress",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        run.run(&url, &out, &[]);
         assert!(
             t0.elapsed().as_secs_f64() < 6.0,
             "{name} ended by its duration"
