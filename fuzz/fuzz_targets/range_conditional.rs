@@ -2,9 +2,9 @@
 //! (`weir::http::evaluate_preconditions`) on heads produced by the real parser, plus the
 //! multipart layout of what the ranges resolve to.
 //!
-//! Input (text, so seeds are readable): the first line is the representation length, the
-//! second our Last-Modified (unix seconds), every further line a header field line appended to
-//! `GET /d/item HTTP/1.1` + `Host`. Every line is also resolved as a raw `Range` value, CR,
+//! Input (text, so seeds are readable): the first line is the representation length (at most
+//! `i64::MAX`, as file sizes are), the second our Last-Modified (unix seconds), every further
+//! line a header field line appended to `GET /d/item HTTP/1.1` + `Host`. Every line is also resolved as a raw `Range` value, CR,
 //! control bytes and all, without going through the parser.
 //!
 //! Properties checked beyond "no panic":
@@ -33,7 +33,8 @@ const ETAG: &str = "\"3f2a9c\"";
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
-    let len = number(lines.next());
+    // A file's length is an off_t: at most i64::MAX.
+    let len = number(lines.next()).min(i64::MAX as u64);
     let last_modified = number(lines.next());
     let fields: Vec<&str> = lines.collect();
     for f in &fields {
@@ -176,33 +177,48 @@ fn model(header: &str, len: u64) -> Option<Vec<Range<u64>>> {
         }
         specs += 1;
         let (a, b) = elem.split_once('-')?;
-        let num = |s: &str| -> Option<u128> {
-            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            // Saturate far past any u64 length.
-            Some(
-                s.bytes()
-                    .fold(0u128, |n, c| (n * 10 + u128::from(c - b'0')).min(1 << 100)),
-            )
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        // Saturating far past any u64 length.
+        let num = |s: &str| {
+            s.bytes()
+                .fold(0u128, |n, c| (n * 10 + u128::from(c - b'0')).min(1 << 100))
         };
         let len = u128::from(len);
         let r = if a.is_empty() {
-            let n = num(b)?;
-            (n > 0 && len > 0).then(|| len.saturating_sub(n)..len)
-        } else {
-            let first = num(a)?;
-            let last = if b.is_empty() { None } else { Some(num(b)?) };
-            if last.is_some_and(|l| l < first) {
+            if !digits(b) {
                 return None;
             }
-            (first < len).then(|| first..last.map_or(len, |l| (l + 1).min(len)))
+            let n = num(b);
+            (n > 0 && len > 0).then(|| len.saturating_sub(n)..len)
+        } else {
+            if !digits(a) || !(b.is_empty() || digits(b)) {
+                return None;
+            }
+            // last < first spoils the header, compared exactly however long the numbers are.
+            if !b.is_empty() && decimal_cmp(b, a).is_lt() {
+                return None;
+            }
+            let first = num(a);
+            (first < len).then(|| {
+                first..if b.is_empty() {
+                    len
+                } else {
+                    (num(b) + 1).min(len)
+                }
+            })
         };
         if let Some(r) = r {
             out.push(r.start as u64..r.end as u64);
         }
     }
     (specs > 0).then_some(out)
+}
+
+/// Compares two strings of ASCII digits as the numbers they write.
+fn decimal_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 fn merge(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
