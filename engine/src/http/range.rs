@@ -173,7 +173,13 @@ fn parse_spec(s: &str) -> Option<Spec> {
         return Some(Spec::Int { first, last: None });
     }
     let last = digits(b)?;
-    (last >= first).then_some(Spec::Int {
+    // Both past u64::MAX saturate to it: compare what was written (found by fuzzing).
+    let ordered = if first == u64::MAX && last == u64::MAX {
+        decimal_ge(b, a)
+    } else {
+        last >= first
+    };
+    ordered.then_some(Spec::Int {
         first,
         last: Some(last),
     })
@@ -187,6 +193,12 @@ fn digits(s: &str) -> Option<u64> {
     Some(s.bytes().fold(0u64, |n, b| {
         n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
     }))
+}
+
+/// Whether the digit string `a` writes a number at least as large as `b` does, however long.
+fn decimal_ge(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    (a.len(), a) >= (b.len(), b)
 }
 
 #[cfg(test)]
@@ -269,6 +281,35 @@ mod tests {
         ] {
             assert_eq!(resolve_ranges(h, 100), Full, "{h:?}");
         }
+    }
+
+    #[test]
+    fn last_before_first_is_invalid_past_u64() {
+        // Found by fuzz/fuzz_targets/range_conditional.rs: both positions saturated to
+        // u64::MAX, so `last < first` went unnoticed and the header's other ranges were served.
+        let big = "99999999999999999999999";
+        let smaller = "99999999999999999999998";
+        assert_eq!(
+            resolve_ranges(&format!("bytes=0-9,{big}-{smaller}"), 100),
+            Full
+        );
+        assert_eq!(resolve_ranges(&format!("bytes={big}0-{big}"), 100), Full);
+        // In order, they are valid and unsatisfiable (dropped from a mix), leading zeros or not.
+        assert_eq!(
+            resolve_ranges(&format!("bytes=0-9,{smaller}-{big}"), 100),
+            one(0..10)
+        );
+        assert_eq!(
+            resolve_ranges(&format!("bytes=0-9,{big}-000{big}"), 100),
+            one(0..10)
+        );
+        assert_eq!(
+            resolve_ranges(&format!("bytes={big}-{big}"), 100),
+            Unsatisfiable
+        );
+        // One saturated side is decided by the numbers alone.
+        assert_eq!(resolve_ranges(&format!("bytes=5-{big}"), 100), one(5..100));
+        assert_eq!(resolve_ranges(&format!("bytes={big}-5"), 100), Full);
     }
 
     #[test]

@@ -281,9 +281,18 @@ fn split_target(raw: &str) -> Result<(&str, Option<&str>), RequestError> {
     })
 }
 
+/// The rest of an absolute-form target after `http://` or `https://` (any case).
+///
+/// Compares bytes: the target may hold non-ASCII characters, and slicing the `str` at the
+/// scheme's length could fall inside one (a panic found by fuzzing). When the ASCII prefix
+/// matches, its length is a character boundary.
 fn strip_scheme(raw: &str) -> Option<&str> {
     for scheme in ["http://", "https://"] {
-        if raw.len() >= scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        if raw
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+        {
             return Some(&raw[scheme.len()..]);
         }
     }
@@ -492,6 +501,17 @@ mod tests {
         bad("GET http://example.com HTTP/1.1\r\nHost: a\r\n\r\n");
         bad("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
         bad("GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn non_ascii_target_is_400_not_a_panic() {
+        // Found by fuzz/fuzz_targets/request_head.rs: the scheme check sliced the target at
+        // byte 7, inside the two-byte character, and panicked the worker thread.
+        bad("GET http:/\u{6c7}/a HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET htt\u{e9}/a HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET https:/\u{e9}/a HTTP/1.1\r\nHost: a\r\n\r\n");
+        let h = head("GET HTTP://h\u{e9}/d/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.target, "/d/x");
     }
 
     #[test]
