@@ -17,7 +17,7 @@ use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::RawFd;
 
-/// `struct tcp_info` from linux/tcp.h, up to `tcpi_notsent_bytes`.
+/// `struct tcp_info` from linux/tcp.h, up to `tcpi_snd_wnd`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 struct KernelTcpInfo {

@@ -77,7 +77,9 @@ pub struct Conn<S = FdSocket> {
     /// the kernel): see [`SendBuf`].
     resp: Option<Box<Response>>,
     /// The send in flight, as iovecs into `resp` (the connection is boxed: they do not move).
-    pub send: SendBuf,
+    /// INVARIANT: private, so only [`Conn::prepare_send`] rewrites it (between sends); drivers
+    /// read it through [`Conn::send_buf`] and cannot move or replace it under the kernel.
+    send: SendBuf,
     /// io_uring operations in flight on this connection (the slot is freed only at zero).
     pub in_flight: u8,
     /// epoll: the socket may have data / room (edge-triggered bookkeeping).
@@ -97,6 +99,11 @@ pub struct Conn<S = FdSocket> {
 }
 
 impl<S: ConnSocket> Conn<S> {
+    /// The send [`Conn::prepare_send`] planned, for the driver to submit.
+    pub fn send_buf(&self) -> &SendBuf {
+        &self.send
+    }
+
     pub fn new(sock: S, token: u64, now: Instant, ctx: &Ctx) -> Box<Conn<S>> {
         Box::new(Conn {
             sock,
@@ -619,7 +626,7 @@ mod tests {
     /// The bytes the planned `sendmsg` would send.
     fn planned(c: &Conn<FakeSocket>) -> Vec<u8> {
         let mut out = Vec::new();
-        for v in c.send.iov() {
+        for v in c.send_buf().iov() {
             // SAFETY: test-only read of the planned iovecs, which point into the response's
             // head or a mapping of a test file nobody truncates (see `SendBuf`).
             out.extend_from_slice(unsafe {

@@ -184,7 +184,8 @@ impl Submit for Epoll {
                             // SAFETY: `prepare_send` just pointed the iovecs at bytes the
                             // connection's response holds alive (see `SendBuf`), unchanged
                             // until `on_sent` below.
-                            let res = unsafe { sys::sendmsg(c.sock.as_fd(), c.send.iov(), more) };
+                            let res =
+                                unsafe { sys::sendmsg(c.sock.as_fd(), c.send_buf().iov(), more) };
                             (res, len)
                         }
                         SendPlan::File { fd, offset, len } => {
@@ -215,7 +216,11 @@ impl Submit for Epoll {
 
     fn resume_accepting(&mut self, w: &mut Worker) {
         if let Err(e) = self.watch_listener(w) {
-            tracing::error!(error = %e, "epoll: cannot watch the listener again");
+            // The listener stays open, so the kernel keeps queueing connections for it: try
+            // again after another back-off rather than leave them to nobody.
+            tracing::error!(error = %e, "epoll: cannot watch the listener again; retrying");
+            w.accept_paused_until = Some(w.ctx.now + super::worker::EMFILE_BACKOFF);
+            w.next_sweep = w.next_sweep.min(w.ctx.now + super::worker::EMFILE_BACKOFF);
         }
     }
 }

@@ -56,7 +56,7 @@ pub type ShapeClass = (Arc<str>, Rate);
 pub struct Shaping {
     pub shaper: Arc<Shaper>,
     pub core: CoreShaper,
-    /// Users seen on this worker: handle and the rate it was created with.
+    /// Users seen on this worker, by name: their shaper handles.
     pub users: HashMap<Arc<str>, UserHandle>,
     pub default_rate: Rate,
 }

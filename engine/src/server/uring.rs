@@ -2,8 +2,9 @@
 //!
 //! Accept (multishot on 5.19+, single-shot otherwise), readiness polls, gathered sends
 //! (`SENDMSG`: response head and the first body bytes from the mapped file in one submission),
-//! the wake eventfd and the sweep timer all go through the ring; a connection's read happens with
-//! a plain `recv` once its poll fires, so idle connections own no read buffer.
+//! the wake eventfd and the sweep timer all go through the ring. A waiting connection owns no read
+//! buffer: on 5.19+ (`--uring-features full`) it receives into the worker's provided-buffer
+//! ring, on the 5.10 level with a plain `recv` once its poll fires.
 //!
 //! Opcodes are probed at start ([`probe`]); what needs a newer kernel is gated in [`Features`],
 //! and `--uring-features minimal` forces the 5.10-level set so that path is tested here too.
@@ -427,8 +428,10 @@ impl Driver {
         let entry = opcode::Timeout::new(&fixed.timespec)
             .build()
             .user_data(OP_TIMER);
-        // SAFETY: the timespec lives in the boxed `fixed`, which outlives the ring; only one
-        // timer is armed at a time, so it is not rewritten while the kernel may read it.
+        // SAFETY: the timespec lives in the boxed `fixed`, which outlives the ring, so the
+        // pointer is valid whenever the kernel reads it. The kernel copies it when it takes the
+        // entry (TIMEOUT's prep, at submission); a rewrite before then (a second timer pushed
+        // in the same batch, as quiescing does) only changes the value that entry gets.
         unsafe { self.push(entry) };
     }
 }
@@ -646,10 +649,11 @@ impl Submit for Driver {
                         if more {
                             flags |= libc::MSG_MORE as u32;
                         }
-                        let entry = opcode::SendMsg::new(types::Fd(c.sock.raw()), c.send.msg())
-                            .flags(flags)
-                            .build()
-                            .user_data(OP_SEND | token);
+                        let entry =
+                            opcode::SendMsg::new(types::Fd(c.sock.raw()), c.send_buf().msg())
+                                .flags(flags)
+                                .build()
+                                .user_data(OP_SEND | token);
                         c.in_flight += 1;
                         // SAFETY: the msghdr and the iovecs it points to live in the boxed
                         // connection, and the bytes they describe are held by its response
