@@ -332,7 +332,7 @@ impl<S: ConnSocket> Conn<S> {
             keep_alive,
             extra,
         );
-        self.start(ctx, resp)
+        self.start(ctx, resp, None)
     }
 
     /// Serve a representation the user may fetch.
@@ -355,14 +355,31 @@ impl<S: ConnSocket> Conn<S> {
             resp.owner = Some((user, res.key.clone()));
         }
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
-        self.start(ctx, resp)
+        // A complete GET of an empty part delivers nothing but its head: see
+        // [`ConnCredit::start_response`].
+        let empty = match repr {
+            Repr::Part(p, part)
+                if p.file.len() == 0 && head.method == Method::Get && resp.status() == 200 =>
+            {
+                Some(part)
+            }
+            _ => None,
+        };
+        self.start(ctx, resp, empty)
     }
 
-    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>) -> Next {
+    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, empty: Option<u32>) -> Next {
         ctx.stats.response(resp.status());
-        if resp.owner.is_some() {
-            self.credit
-                .start_response(&self.sock, self.written, resp.body_len(), ctx.now);
+        if let Some((user, item)) = &resp.owner {
+            let empty = empty.map(|part| (user, item, part, resp.head.len() as u64));
+            self.credit.start_response(
+                &self.sock,
+                &ctx.credits,
+                self.written,
+                resp.body_len(),
+                empty,
+                ctx.now,
+            );
         }
         self.resp = Some(resp);
         self.state = State::Send;
