@@ -163,6 +163,11 @@ impl InflightFile {
         }
     }
 
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Runs that found no record (names too long, or all records in use).
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)

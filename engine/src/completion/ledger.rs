@@ -1363,6 +1363,94 @@ mod tests {
         assert_eq!(f.completions("alice", "big"), 1);
     }
 
+    /// A map file as a killed process leaves it: one run of `user`'s `item`, credited and
+    /// written up to the given offsets.
+    fn killed_process_file(f: &Fixture, user: &str, item: &str, credited: u64, written: u64) {
+        let file = crate::completion::InflightFile::create(f.store.data_dir(), 0, 4).unwrap();
+        let slot = file.claim(user, item, 0, 0).unwrap();
+        file.set_written(slot, written);
+        file.set_credited(slot, credited);
+        let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
+        std::fs::copy(file.path(), dir.join(format!("1-0-{user}.map"))).unwrap();
+        drop(file); // removes this process's own file; the copy stays "left behind"
+    }
+
+    #[test]
+    fn a_restart_replays_credits_and_a_resume_inside_the_written_span_proves_the_rest() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        f.store.cart_add("bob", "movie").unwrap();
+        // Killed with 0..4000 credited (never journaled) and 4000..7000 written, unacknowledged.
+        killed_process_file(&f, "alice", "movie", 4000, 7000);
+        killed_process_file(&f, "bob", "movie", 4000, 7000);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        assert_eq!(
+            ledger.stats().inflight_replayed.load(Ordering::Relaxed),
+            8000
+        );
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 2);
+        // The map files are gone once journaled; the evidence is on disk.
+        thread.kill();
+        let (ledger, thread) = f.start();
+        assert_eq!(ledger.stats().inflight_replayed.load(Ordering::Relaxed), 0);
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 2);
+
+        // Alice resumes from 5500 (what she holds): 4000..5500 is proven, the rest delivered.
+        ledger.credit(vec![credit("alice", "movie", 0, 5500..10_000)]);
+        // Bob asks for 7001.. (outside the span: proves nothing), and another user's resume
+        // never proves anything for him.
+        ledger.credit(vec![credit("bob", "movie", 0, 7001..10_000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(f.completions("bob", "movie"), 0);
+        assert_eq!(
+            ledger.stats().evidence_credited.load(Ordering::Relaxed),
+            1500
+        );
+        // The span is used up: the same resume again changes nothing, and bob's is still there.
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 1);
+        ledger.credit(vec![credit("bob", "movie", 0, 6000..7001)]);
+        sync(&ledger);
+        assert_eq!(f.completions("bob", "movie"), 1);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn an_aborted_download_never_resumed_never_completes_across_a_kill() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        // Everything written, most of it unacknowledged, then the process died.
+        killed_process_file(&f, "alice", "movie", 3000, 10_000);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        thread.kill();
+        let (ledger, thread) = f.start();
+        // A fresh download from 0 that stops at 2000 proves nothing about the span.
+        ledger.credit(vec![credit("alice", "movie", 0, 0..2000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 0);
+        assert!(f.store.cart_contains("alice", "movie").unwrap());
+        thread.shutdown();
+    }
+
+    #[test]
+    fn an_empty_item_completes_on_its_empty_credit_once() {
+        let f = Fixture::new();
+        f.file("empty", 0);
+        f.store.cart_add("alice", "empty").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "empty", 0, 0..0)]);
+        sync(&ledger);
+        ledger.credit(vec![credit("alice", "empty", 0, 0..0)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "empty"), 1);
+        assert_eq!(f.events("alice", "empty"), 1);
+        thread.shutdown();
+    }
+
     #[test]
     fn a_gap_of_one_byte_never_completes() {
         let f = Fixture::new();
