@@ -199,7 +199,12 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
     );
     let (data, file, dir) = fixture();
     let srv = data.serve(driver, &[]);
-    let first = Running(client.command(&srv, &dir, false).spawn().expect("run client"));
+    let first = Running(
+        client
+            .command(&srv, &dir, false)
+            .spawn()
+            .expect("run client"),
+    );
     under_way(&data, 4 << 20);
     srv.signal(libc::SIGKILL);
     drop(srv);
@@ -210,7 +215,13 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
     );
 
     let srv = data.serve(driver, &[]);
-    let st = Running(client.command(&srv, &dir, true).spawn().expect("run client")).wait();
+    let st = Running(
+        client
+            .command(&srv, &dir, true)
+            .spawn()
+            .expect("run client"),
+    )
+    .wait();
     assert!(st.success(), "{client:?} failed to resume: {st}");
     assert_eq!(
         sha256_file(&dir.join("movie")),
@@ -275,9 +286,16 @@ fn killed_and_never_resumed_never_completes(driver: Driver) {
     srv.stop();
     let after = cart(&data);
     assert_eq!(after.len(), 1, "the item left the cart: {after:?}");
-    assert!(after[0].1 >= before, "credits lost: {before} -> {}", after[0].1);
+    assert!(
+        after[0].1 >= before,
+        "credits lost: {before} -> {}",
+        after[0].1
+    );
     assert!(after[0].1 < SIZE as u64);
-    assert!(history(&data).is_empty(), "a download never resumed completed");
+    assert!(
+        history(&data).is_empty(),
+        "a download never resumed completed"
+    );
 }
 
 /// An empty item: a GET answers 200 with no body; once the client's TCP acknowledged the head,

@@ -355,23 +355,19 @@ impl<S: ConnSocket> Conn<S> {
             resp.owner = Some((user, res.key.clone()));
         }
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
-        // A complete GET of an empty part delivers nothing but its head: see
-        // [`ConnCredit::start_response`].
-        let empty = match repr {
-            Repr::Part(p, part)
-                if p.file.len() == 0 && head.method == Method::Get && resp.status() == 200 =>
-            {
-                Some(part)
+        let marker = match repr {
+            Repr::Part(p, part) if head.method == Method::Get => {
+                empty_delivery(&head, resp.status(), p.file.len()).map(|at| (part, at))
             }
             _ => None,
         };
-        self.start(ctx, resp, empty)
+        self.start(ctx, resp, marker)
     }
 
-    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, empty: Option<u32>) -> Next {
+    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, marker: Option<(u32, u64)>) -> Next {
         ctx.stats.response(resp.status());
         if let Some((user, item)) = &resp.owner {
-            let empty = empty.map(|part| (user, item, part, resp.head.len() as u64));
+            let empty = marker.map(|(part, at)| (user, item, part, at, resp.head.len() as u64));
             self.credit.start_response(
                 &self.sock,
                 &ctx.credits,
@@ -520,6 +516,28 @@ impl<S: ConnSocket> Conn<S> {
     pub fn on_close(&mut self, ctx: &mut Ctx) {
         self.account(ctx, false, true);
         self.shaping.close(&mut ctx.shaping);
+    }
+}
+
+/// A GET of a part that delivers no content byte yet says something about delivery: the
+/// content offset to credit as an empty range `at..at` once the client's TCP acknowledged the
+/// head (see [`ConnCredit::start_response`]).
+///
+/// - A `200` of an empty part: its whole content (nothing) was delivered: `0`.
+/// - A `416` for `Range: bytes=LEN-` (`LEN` the part's length): the client resumes after the
+///   last byte, so it holds them all (curl `-C -`, `wget -c` of a finished file): `LEN`. It
+///   credits nothing by itself; it is the resume offset the ledger's evidence rule needs when
+///   weir died after writing the tail and the kernel delivered it (see
+///   [`crate::completion::ledger`]).
+fn empty_delivery(head: &RequestHead, status: u16, len: u64) -> Option<u64> {
+    match status {
+        200 if len == 0 => Some(0),
+        416 => {
+            let spec = head.range.as_deref()?.trim();
+            let first = spec.strip_prefix("bytes=")?.trim().strip_suffix('-')?;
+            (first.trim().parse::<u64>().ok()? == len && len > 0).then_some(len)
+        }
+        _ => None,
     }
 }
 

@@ -118,9 +118,10 @@ struct Accounting {
     start_acked: u64,
     /// When the sweep may poll this connection next while a response is still being sent.
     next_poll: Instant,
-    /// Empty parts served whole: (tag, stream offset where the head ends). Credited `0..0`
-    /// once the client's TCP acknowledged the head.
-    empties: Vec<(u32, u64)>,
+    /// Responses with no content that prove something: (tag, content offset `at`, stream
+    /// offset where the head ends). Credited `at..at` once the client's TCP acknowledged the
+    /// head.
+    empties: Vec<(u32, u64, u64)>,
     /// The worker's map file, and this connection's records in it, oldest first.
     inflight: Option<Arc<InflightFile>>,
     runs: Vec<DurableRun>,
@@ -243,17 +244,19 @@ impl ConnCredit {
     /// A response whose body counts toward completion starts, `written` stream bytes into the
     /// connection, with `body` bytes of body.
     ///
-    /// `empty`: the response is a whole empty part (user, item, part, head length). There is
-    /// no byte to acknowledge, so what proves its delivery is the client's TCP acknowledging
-    /// the whole head: then it is credited `0..0`, which completes a purchase whose every part
-    /// is complete (see [`crate::completion::ledger`]).
+    /// `empty`: the response carries no content but proves something (user, item, part,
+    /// content offset `at`, head length): a whole empty part (`at` 0), or a resume after the
+    /// last byte (`at` = the part's length). There is no byte to acknowledge, so what proves
+    /// its delivery is the client's TCP acknowledging the whole head: then it is credited
+    /// `at..at`. That completes a purchase whose every part is complete, and is a resume offset
+    /// for the evidence rule (see [`crate::completion::ledger`]).
     pub fn start_response(
         &mut self,
         sock: &impl ConnSocket,
         batch: &CreditBatch,
         written: u64,
         body: u64,
-        empty: Option<(&Arc<str>, &Arc<str>, u32, u64)>,
+        empty: Option<(&Arc<str>, &Arc<str>, u32, u64, u64)>,
         now: Instant,
     ) {
         let a = self.acct.get_or_insert_with(|| {
@@ -272,9 +275,9 @@ impl ConnCredit {
                 runs: Vec::new(),
             })
         });
-        if let Some((user, item, part, head)) = empty {
+        if let Some((user, item, part, at, head)) = empty {
             let tag = a.tag(user, item, part);
-            a.empties.push((tag, written + head));
+            a.empties.push((tag, at, written + head));
         }
         // The client's window now, before a large body fills its buffer: the baseline for how
         // much acknowledged data it might not have read.
@@ -374,10 +377,10 @@ impl ConnCredit {
         stats.add(&stats.bytes_credited, credited);
         if !a.empties.is_empty() {
             let acked = a.map.acked();
-            a.empties.retain(|&(tag, end)| {
+            a.empties.retain(|&(tag, at, end)| {
                 let done = end <= acked;
                 if done {
-                    a.acked.push((tag, 0..0));
+                    a.acked.push((tag, at..at));
                 }
                 !done
             });
