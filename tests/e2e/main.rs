@@ -23,6 +23,7 @@ mod admin;
 mod clients;
 mod completion;
 mod crash;
+mod enospc;
 mod http_status;
 mod loadgen;
 mod robustness;
