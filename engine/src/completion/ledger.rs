@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::inflight::{self, Watermark};
 use super::stats::LedgerStats;
 use super::webhook::{self, Signal};
 use crate::intervals::IntervalSet;
@@ -131,6 +132,7 @@ enum Msg {
 pub struct Ledger {
     tx: Sender<Msg>,
     stats: Arc<LedgerStats>,
+    durable: Watermark,
 }
 
 /// The running ledger (and webhook) threads; [`LedgerThread::shutdown`] stops them.
@@ -196,6 +198,7 @@ impl Ledger {
             "completion ledger started"
         );
 
+        let durable = state.durable.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let interval = cfg.flush_interval.max(Duration::from_millis(1));
         let spawned = std::thread::Builder::new()
@@ -215,6 +218,7 @@ impl Ledger {
             Ledger {
                 tx: tx.clone(),
                 stats,
+                durable,
             },
             LedgerThread {
                 tx,
@@ -243,6 +247,12 @@ impl Ledger {
     pub fn sync(&self, timeout: Duration) -> bool {
         let (ack, done) = crossbeam_channel::bounded(1);
         self.tx.send(Msg::Sync(ack)).is_ok() && done.recv_timeout(timeout).is_ok()
+    }
+
+    /// How far the journal has caught up with the credits sent (for the workers' map files:
+    /// see [`super::inflight`]).
+    pub fn durable_watermark(&self) -> Watermark {
+        self.durable.clone()
     }
 
     /// The ledger's counters.
@@ -352,6 +362,9 @@ struct State {
     stale_maps: Vec<PathBuf>,
     /// The journal is failing (disk full): logged once, then quiet until it recovers.
     failing: bool,
+    /// Advanced after each flush that wrote every credit received before a moment the channel
+    /// was empty.
+    durable: Watermark,
 }
 
 /// How long a pending-evidence span waits for its resume.
@@ -420,6 +433,7 @@ impl State {
             evidence_dirty: false,
             stale_maps: Vec::new(),
             failing: false,
+            durable: Watermark::default(),
         }
     }
 
@@ -434,6 +448,8 @@ impl State {
                     return;
                 }
             };
+            // When the channel was last seen empty: every credit sent before then is applied.
+            let mut drained = first.is_none().then(inflight::clock_ns);
             let mut round = Round::default();
             let mut next = first;
             let mut handled = 0;
@@ -451,7 +467,11 @@ impl State {
                     }
                     Msg::Shutdown => {
                         self.finish(&mut round);
-                        self.flush();
+                        if self.flush() {
+                            if let Some(dir) = &self.dir {
+                                inflight::remove_own(dir);
+                            }
+                        }
                         tracing::info!("completion ledger stopped");
                         return;
                     }
@@ -460,14 +480,23 @@ impl State {
                 }
                 handled += 1;
                 next = if handled < MAX_ROUND {
-                    rx.try_recv().ok()
+                    let now = inflight::clock_ns();
+                    let m = rx.try_recv().ok();
+                    if m.is_none() {
+                        drained = Some(now);
+                    }
+                    m
                 } else {
                     None
                 };
             }
             self.finish(&mut round);
             if Instant::now() >= next_flush {
-                self.flush();
+                if self.flush() {
+                    if let Some(at) = drained {
+                        self.durable.advance(at);
+                    }
+                }
                 self.evict(EVICT_AFTER);
                 next_flush = Instant::now() + interval;
             }
@@ -717,7 +746,7 @@ impl State {
     /// Writes every changed part in one transaction, retries failed completions, and writes
     /// the pending evidence if it changed. A failing journal (disk full) is logged once, when it
     /// starts failing, and once when it recovers; meanwhile everything waits in memory.
-    fn flush(&mut self) {
+    fn flush(&mut self) -> bool {
         for key in self.retry.clone() {
             self.complete(&key);
         }
@@ -759,6 +788,7 @@ impl State {
                 super::inflight::remove(&std::mem::take(&mut self.stale_maps));
             }
         }
+        ok
     }
 
     /// Counts a failed journal write, and logs the first of a series.
@@ -1366,13 +1396,15 @@ mod tests {
     /// A map file as a killed process leaves it: one run of `user`'s `item`, credited and
     /// written up to the given offsets.
     fn killed_process_file(f: &Fixture, user: &str, item: &str, credited: u64, written: u64) {
-        let file = crate::completion::InflightFile::create(f.store.data_dir(), 0, 4).unwrap();
+        let file =
+            crate::completion::InflightFile::create(f.store.data_dir(), 0, 4, Default::default())
+                .unwrap();
         let slot = file.claim(user, item, 0, 0).unwrap();
         file.set_written(slot, written);
         file.set_credited(slot, credited);
         let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
         std::fs::copy(file.path(), dir.join(format!("1-0-{user}.map"))).unwrap();
-        drop(file); // removes this process's own file; the copy stays "left behind"
+        drop(file); // the copy is "left behind" by another process
     }
 
     #[test]
