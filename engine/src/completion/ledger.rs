@@ -45,6 +45,40 @@
 //! Lost progress only means a client fetches those bytes again; it can never cause a false
 //! completion. [`LedgerThread::shutdown`] flushes before it returns (the SIGTERM drain).
 //!
+//! # Crash recovery: credits kept, and the evidence rule
+//!
+//! The journal alone would lose, at a SIGKILL, the credits of the last flush interval and
+//! everything the client's TCP acknowledged since the last `TCP_INFO` poll. Two more things
+//! close that gap (see [`super::inflight`]):
+//!
+//! 1. **What weir credited survives.** Each worker mirrors every live response run (user, item,
+//!    part, start, credited up to, written up to) into its map file with plain memory stores; a
+//!    record is freed only after the journal holds its credits (the [`Watermark`]). On start,
+//!    before any worker runs, the ledger credits `start..credited` of every record left behind.
+//! 2. **What weir wrote but had not seen acknowledged is evidence, not delivery.** For each
+//!    record, `credited..written` becomes a pending [`Evidence`] span, kept in
+//!    `inflight/evidence.json` (fsynced) for a day. A later credit for the same user, item and
+//!    part whose range starts at `n` with `credited < n <= written` (a resume from `n`: curl
+//!    `-C -`, `wget -c`, aria2c's control file, axel's state file all send `Range: bytes=n-`)
+//!    proves the client held `credited..n`: that is credited and the span used up. A resume
+//!    after the last byte (`bytes=LEN-`, answered 416) counts as a resume at `LEN`.
+//!
+//! Bound: the evidence rule credits at most what one connection had written and not seen
+//! acknowledged when weir died (its send queue plus what was in flight and in the client's
+//! receive buffer), once. A client that lies about `n` gains only that span of its *own* cart
+//! item: a false completion can harm only the liar. A download that is never resumed is never
+//! credited more than its acknowledged bytes, so it never completes. What is still lost: a
+//! client that received the tail after weir died (the kernel sends a dead process's send
+//! queue) and never asks again; and, while the journal is failing, credits of runs already
+//! over if the process is then killed (a double fault).
+//!
+//! # A full disk
+//!
+//! A failing journal write (disk full, read-only filesystem) is logged once when it starts
+//! failing and once when it recovers; meanwhile `weir_journal_failing` is 1, serving goes on,
+//! progress and completions wait in memory and are retried every flush, and map records are not
+//! freed (their credits are not journaled).
+//!
 //! On start, progress rows whose purchase no longer matches the cart are deleted and the rest
 //! is loaded (a purchase found complete is completed then). Purchases idle for a while are
 //! dropped from memory after a flush and reloaded from the journal on their next credit.
