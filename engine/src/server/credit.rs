@@ -7,6 +7,11 @@
 //! (see [`ConnCredit::account`]). Each connection that carried catalog content keeps a
 //! [`ConnCredit`]; a worker gathers the credits of one loop iteration in a [`CreditBatch`] and
 //! hands them to the ledger once (never per chunk).
+//!
+//! So that a SIGKILL loses none of them, each run of content a connection writes is mirrored,
+//! with plain memory stores, in the worker's map file ([`InflightFile`]): how far it was
+//! written and how far credited. A response that carries no content but proves a delivery (a
+//! whole empty part, a resume after the last byte) is an [`EmptyDelivery`].
 
 use std::ops::Range;
 use std::sync::Arc;
