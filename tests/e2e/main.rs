@@ -22,6 +22,8 @@
 mod admin;
 mod clients;
 mod completion;
+mod crash;
+mod enospc;
 mod http_status;
 mod loadgen;
 mod robustness;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::http::{self, Method, Parsed, RequestError, RequestHead, Route};
 
 use super::auth::{Decision, Job, Reply, Verdict};
-use super::credit::ConnCredit;
+use super::credit::{ConnCredit, EmptyDelivery};
 use super::ctx::Ctx;
 use super::resources::Resource;
 use super::respond::{self, Repr, Response};
@@ -339,7 +339,7 @@ impl<S: ConnSocket> Conn<S> {
             keep_alive,
             extra,
         );
-        self.start(ctx, resp)
+        self.start(ctx, resp, None)
     }
 
     /// Serve a representation the user may fetch.
@@ -362,14 +362,34 @@ impl<S: ConnSocket> Conn<S> {
             resp.owner = Some((user, res.key.clone()));
         }
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
-        self.start(ctx, resp)
+        let marker = match repr {
+            Repr::Part(p, part) if head.method == Method::Get => {
+                empty_delivery(head.range.as_deref(), resp.status(), p.file.len())
+                    .map(|at| (part, at))
+            }
+            _ => None,
+        };
+        self.start(ctx, resp, marker)
     }
 
-    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>) -> Next {
+    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, marker: Option<(u32, u64)>) -> Next {
         ctx.stats.response(resp.status());
-        if resp.owner.is_some() {
-            self.credit
-                .start_response(&self.sock, self.written, resp.body_len(), ctx.now);
+        if let Some((user, item)) = &resp.owner {
+            let empty = marker.map(|(part, at)| EmptyDelivery {
+                user,
+                item,
+                part,
+                at,
+                head: resp.head.len() as u64,
+            });
+            self.credit.start_response(
+                &self.sock,
+                &ctx.credits,
+                self.written,
+                resp.body_len(),
+                empty,
+                ctx.now,
+            );
         }
         self.resp = Some(resp);
         self.state = State::Send;
@@ -510,6 +530,28 @@ impl<S: ConnSocket> Conn<S> {
     pub fn on_close(&mut self, ctx: &mut Ctx) {
         self.account(ctx, false, true);
         self.shaping.close(&mut ctx.shaping);
+    }
+}
+
+/// A GET of a part that delivers no content byte yet says something about delivery: the
+/// content offset to credit as an empty range `at..at` once the client's TCP acknowledged the
+/// head (see [`ConnCredit::start_response`]).
+///
+/// - A `200` of an empty part: its whole content (nothing) was delivered: `0`.
+/// - A `416` for `Range: bytes=LEN-` (`LEN` the part's length): the client resumes after the
+///   last byte, so it holds them all (curl `-C -`, `wget -c` of a finished file): `LEN`. It
+///   credits nothing by itself; it is the resume offset the ledger's evidence rule needs when
+///   weir died after writing the tail and the kernel delivered it (see
+///   [`crate::completion::ledger`]).
+fn empty_delivery(range: Option<&str>, status: u16, len: u64) -> Option<u64> {
+    match status {
+        200 if len == 0 => Some(0),
+        416 => {
+            let spec = range?.trim();
+            let first = spec.strip_prefix("bytes=")?.trim().strip_suffix('-')?;
+            (first.trim().parse::<u64>().ok()? == len && len > 0).then_some(len)
+        }
+        _ => None,
     }
 }
 
@@ -678,6 +720,16 @@ mod tests {
 
     /// A large response to a client that reads the first bytes and stops with its window shut:
     /// when the send times out, nothing it acknowledged inside its first receive buffer counts.
+    #[test]
+    fn what_an_empty_delivery_proves() {
+        assert_eq!(empty_delivery(None, 200, 0), Some(0));
+        assert_eq!(empty_delivery(None, 200, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=10-"), 416, 10), Some(10));
+        assert_eq!(empty_delivery(Some("bytes=11-"), 416, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=10-20"), 416, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=0-"), 416, 0), None);
+    }
+
     /// The same client with its window open when the connection ends is credited its acks.
     #[test]
     fn a_client_that_stops_reading_is_credited_nothing_at_the_send_timeout() {

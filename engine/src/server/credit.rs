@@ -7,11 +7,17 @@
 //! (see [`ConnCredit::account`]). Each connection that carried catalog content keeps a
 //! [`ConnCredit`]; a worker gathers the credits of one loop iteration in a [`CreditBatch`] and
 //! hands them to the ledger once (never per chunk).
+//!
+//! So that a SIGKILL loses none of them, each run of content a connection writes is mirrored,
+//! with plain memory stores, in the worker's map file ([`InflightFile`]): how far it was
+//! written and how far credited. A response that carries no content but proves a delivery (a
+//! whole empty part, a resume after the last byte) is an [`EmptyDelivery`].
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::completion::inflight::{InflightFile, Slot};
 use crate::completion::{AckState, Ledger, StreamMap};
 
 use super::socket::ConnSocket;
@@ -38,6 +44,9 @@ const WINDOW_SAMPLE_MIN: u64 = 64 * 1024;
 pub struct CreditBatch {
     credits: Vec<Credit>,
     sink: Option<CreditSink>,
+    /// The worker's map file, where each live run's credited and written offsets survive
+    /// SIGKILL (see [`crate::completion::inflight`]).
+    inflight: Option<Arc<InflightFile>>,
 }
 
 impl CreditBatch {
@@ -45,18 +54,28 @@ impl CreditBatch {
         CreditBatch {
             credits: Vec::new(),
             sink,
+            inflight: None,
         }
     }
 
-    /// Hand the batch to the ledger.
+    /// Keep each live run's offsets in `file` too.
+    pub fn with_inflight(mut self, file: Option<Arc<InflightFile>>) -> CreditBatch {
+        self.inflight = file;
+        self
+    }
+
+    /// Hand the batch to the ledger; records of runs released before now then wait only for
+    /// the journal (see [`InflightFile`]).
     pub fn flush(&mut self) {
-        if self.credits.is_empty() {
-            return;
+        if !self.credits.is_empty() {
+            coalesce(&mut self.credits);
+            let batch = std::mem::take(&mut self.credits);
+            if let Some(sink) = &self.sink {
+                sink(batch);
+            }
         }
-        coalesce(&mut self.credits);
-        let batch = std::mem::take(&mut self.credits);
-        if let Some(sink) = &self.sink {
-            sink(batch);
+        if let Some(f) = &self.inflight {
+            f.stamp();
         }
     }
 
@@ -107,6 +126,34 @@ struct Accounting {
     start_acked: u64,
     /// When the sweep may poll this connection next while a response is still being sent.
     next_poll: Instant,
+    /// Responses with no content that prove something: (tag, content offset `at`, stream
+    /// offset where the head ends). Credited `at..at` once the client's TCP acknowledged the
+    /// head.
+    empties: Vec<(u32, u64, u64)>,
+    /// The worker's map file, and this connection's records in it, oldest first.
+    inflight: Option<Arc<InflightFile>>,
+    runs: Vec<DurableRun>,
+}
+
+/// One contiguous run of content of one tag, mirrored in the worker's map file.
+struct DurableRun {
+    tag: u32,
+    slot: Slot,
+    /// Content offsets: credited up to `credited`, written up to `written`.
+    credited: u64,
+    written: u64,
+}
+
+impl Drop for Accounting {
+    /// The connection is done with these runs: what was not credited by now was not delivered
+    /// while weir was alive to see it, so it is no evidence of anything.
+    fn drop(&mut self) {
+        if let Some(f) = &self.inflight {
+            for r in self.runs.drain(..) {
+                f.release(r.slot);
+            }
+        }
+    }
 }
 
 impl Accounting {
@@ -122,6 +169,56 @@ impl Accounting {
         !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
     }
 
+    /// Mirrors `len` content bytes written from `start` of tag `tag` into the map file.
+    fn durable_written(&mut self, tag: u32, start: u64, len: u64) {
+        let Some(f) = &self.inflight else {
+            return;
+        };
+        if let Some(r) = self.runs.last_mut() {
+            if r.tag == tag && r.written == start {
+                r.written += len;
+                f.set_written(r.slot, r.written);
+                return;
+            }
+        }
+        let (user, item, part) = &self.targets[tag as usize];
+        if let Some(slot) = f.claim(user, item, *part, start) {
+            f.set_written(slot, start + len);
+            self.runs.push(DurableRun {
+                tag,
+                slot,
+                credited: start,
+                written: start + len,
+            });
+        }
+    }
+
+    /// Mirrors a credit into the map file; frees the records of runs fully credited (but the
+    /// newest, which may still grow).
+    fn durable_credited(&mut self, tag: u32, range: &Range<u64>) {
+        let Some(f) = &self.inflight else {
+            return;
+        };
+        if let Some(r) = self
+            .runs
+            .iter_mut()
+            .find(|r| r.tag == tag && r.credited <= range.start && range.end <= r.written)
+        {
+            r.credited = range.end;
+            f.set_credited(r.slot, r.credited);
+        }
+        let newest = self.runs.len().saturating_sub(1);
+        let mut i = 0;
+        self.runs.retain(|r| {
+            let keep = i == newest || r.credited < r.written;
+            if !keep {
+                f.release(r.slot);
+            }
+            i += 1;
+            keep
+        });
+    }
+
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
         if let Some(i) = self
             .targets
@@ -133,6 +230,18 @@ impl Accounting {
         self.targets.push((user.clone(), item.clone(), part));
         (self.targets.len() - 1) as u32
     }
+}
+
+/// A response with no content that proves a delivery once its head is acknowledged (see
+/// [`ConnCredit::start_response`]).
+pub struct EmptyDelivery<'a> {
+    pub user: &'a Arc<str>,
+    pub item: &'a Arc<str>,
+    pub part: u32,
+    /// The content offset credited as `at..at`.
+    pub at: u64,
+    /// Length of the response head (and of its in-head body, if any).
+    pub head: u64,
 }
 
 /// One connection's credit state: nothing until it carries content that counts toward
@@ -154,11 +263,20 @@ impl ConnCredit {
 
     /// A response whose body counts toward completion starts, `written` stream bytes into the
     /// connection, with `body` bytes of body.
+    ///
+    /// `empty`: the response carries no content but proves something (user, item, part,
+    /// content offset `at`, head length): a whole empty part (`at` 0), or a resume after the
+    /// last byte (`at` = the part's length). There is no byte to acknowledge, so what proves
+    /// its delivery is the client's TCP acknowledging the whole head: then it is credited
+    /// `at..at`. That completes a purchase whose every part is complete, and is a resume offset
+    /// for the evidence rule (see [`crate::completion::ledger`]).
     pub fn start_response(
         &mut self,
         sock: &impl ConnSocket,
+        batch: &CreditBatch,
         written: u64,
         body: u64,
+        empty: Option<EmptyDelivery<'_>>,
         now: Instant,
     ) {
         let a = self.acct.get_or_insert_with(|| {
@@ -172,8 +290,15 @@ impl ConnCredit {
                 start_window: 0,
                 start_acked: 0,
                 next_poll: now,
+                empties: Vec::new(),
+                inflight: batch.inflight.clone(),
+                runs: Vec::new(),
             })
         });
+        if let Some(e) = empty {
+            let tag = a.tag(e.user, e.item, e.part);
+            a.empties.push((tag, e.at, written + e.head));
+        }
         // The client's window now, before a large body fills its buffer: the baseline for how
         // much acknowledged data it might not have read.
         a.start_window = 0;
@@ -210,6 +335,7 @@ impl ConnCredit {
         if let Some(a) = self.acct.as_deref_mut() {
             let tag = a.tag(user, item, part);
             a.map.push_content(tag, start, len);
+            a.durable_written(tag, start, len);
         }
     }
 
@@ -269,7 +395,21 @@ impl ConnCredit {
         a.map.acknowledge_into(upto, &mut a.acked);
         let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
         stats.add(&stats.bytes_credited, credited);
-        for (tag, range) in a.acked.drain(..) {
+        if !a.empties.is_empty() {
+            let acked = a.map.acked();
+            a.empties.retain(|&(tag, at, end)| {
+                let done = end <= acked;
+                if done {
+                    a.acked.push((tag, at..at));
+                }
+                !done
+            });
+        }
+        let mut acked = std::mem::take(&mut a.acked);
+        for (tag, range) in &acked {
+            a.durable_credited(*tag, range);
+        }
+        for (tag, range) in acked.drain(..) {
             let (user, item, part) = &a.targets[tag as usize];
             batch.credits.push(Credit {
                 user: user.clone(),
@@ -278,6 +418,7 @@ impl ConnCredit {
                 range,
             });
         }
+        a.acked = acked;
         if a.map.in_flight() == 0 && idle {
             // Idle and everything sent was credited: keep no accounting state (the next
             // response starts a new map at the current stream offset).
@@ -317,6 +458,7 @@ impl ConnCredit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::socket::FakeSocket;
 
     /// Accounting for a response that wrote `written` stream bytes (a 300-byte head, then
     /// content) after a client window of `window` at `start_acked`, with `acked` credited.
@@ -333,6 +475,9 @@ mod tests {
             start_window: window,
             start_acked,
             next_poll: Instant::now(),
+            empties: Vec::new(),
+            inflight: None,
+            runs: Vec::new(),
         }
     }
 
@@ -351,6 +496,82 @@ mod tests {
         assert!(!acct(w, 300, 50_000, 100_000, 50_000).poll_can_credit());
         // No window known at the start: every poll may credit.
         assert!(acct(0, 300, 0, 100_000, 300).poll_can_credit());
+    }
+
+    fn ack(bytes_acked: u64) -> FakeSocket {
+        FakeSocket {
+            ack: Some(AckState {
+                bytes_acked,
+                window: Some(65_535),
+                peer_ended: false,
+            }),
+            ..FakeSocket::default()
+        }
+    }
+
+    /// The map file mirrors what a connection wrote and what was credited, with no call but
+    /// memory stores; a record outlives its run until the ledger journaled its credits.
+    #[test]
+    fn the_map_file_mirrors_written_and_credited_offsets() {
+        use crate::completion::inflight::{self, Watermark};
+        let dir = tempfile::tempdir().unwrap();
+        let w = Watermark::default();
+        let file = Arc::new(InflightFile::create(dir.path(), 0, 8, w.clone()).unwrap());
+        let mut batch = CreditBatch::new(None).with_inflight(Some(file.clone()));
+        let stats = WorkerStats::default();
+        let (user, item): (Arc<str>, Arc<str>) = ("alice".into(), "movie".into());
+        let mut cc = ConnCredit::default();
+        let now = Instant::now();
+        cc.start_response(&ack(0), &batch, 0, 1000, None, now);
+        cc.record_overhead(100);
+        cc.record_content(&user, &item, 0, 5000, 600);
+        cc.record_content(&user, &item, 0, 5600, 400);
+        let records = || inflight::parse(&std::fs::read(file.path()).unwrap());
+        assert_eq!(
+            (
+                records()[0].start,
+                records()[0].credited,
+                records()[0].written
+            ),
+            (5000, 5000, 6000)
+        );
+        // The client's TCP acknowledged the head and 300 content bytes.
+        cc.account(&ack(400), &stats, &mut batch, false, false, false);
+        assert_eq!(records()[0].credited, 5300);
+        assert_eq!(batch.pending()[0].range, 5000..5300);
+        // All of it, and the connection goes idle: the run is over, but its record stays live
+        // until the ledger's watermark passes the batch's hand-over.
+        cc.account(&ack(1100), &stats, &mut batch, true, false, true);
+        batch.flush();
+        assert_eq!(records().len(), 1);
+        assert_eq!(records()[0].credited, 6000);
+        w.advance(inflight::clock_ns());
+        cc.start_response(&ack(1100), &batch, 1100, 10, None, now);
+        cc.record_content(&user, &item, 0, 0, 10);
+        assert_eq!(records().len(), 1, "the old record was freed and reused");
+        assert_eq!(records()[0].start, 0);
+    }
+
+    /// A 200 of an empty part is credited `0..0`, only once its head was acknowledged.
+    #[test]
+    fn an_empty_part_is_credited_once_its_head_is_acknowledged() {
+        let mut batch = CreditBatch::new(None);
+        let stats = WorkerStats::default();
+        let (user, item): (Arc<str>, Arc<str>) = ("alice".into(), "empty".into());
+        let mut cc = ConnCredit::default();
+        let empty = EmptyDelivery {
+            user: &user,
+            item: &item,
+            part: 0,
+            at: 0,
+            head: 200,
+        };
+        cc.start_response(&ack(0), &batch, 0, 0, Some(empty), Instant::now());
+        cc.record_overhead(200);
+        cc.account(&ack(199), &stats, &mut batch, false, false, true);
+        assert!(batch.pending().is_empty());
+        cc.account(&ack(200), &stats, &mut batch, false, true, true);
+        assert_eq!(batch.pending(), &[c("alice", "empty", 0, 0..0)]);
     }
 
     fn c(user: &str, item: &str, part: u32, r: Range<u64>) -> Credit {

@@ -28,6 +28,7 @@ use super::shaping::{ShaperWaits, Shaping};
 use super::socket::FdSocket;
 use super::stats::WorkerStats;
 use super::sys;
+use crate::completion::InflightFile;
 
 /// Everything a worker thread starts with.
 pub struct WorkerInit {
@@ -41,6 +42,8 @@ pub struct WorkerInit {
     pub pool: AuthPool,
     pub draining: Arc<AtomicBool>,
     pub credit_sink: Option<CreditSink>,
+    /// The ledger's journal watermark, for this worker's map file of live credits.
+    pub credit_watermark: Option<crate::completion::inflight::Watermark>,
     pub stats: Arc<WorkerStats>,
     pub shaper: Arc<Shaper>,
     pub default_rate: Rate,
@@ -188,6 +191,17 @@ impl Worker {
         let now = Instant::now();
         let limits = Limits::default();
         let cache = AuthCache::new(init.resources, init.cfg.credential_cache_ttl);
+        // Credits that survive SIGKILL: this worker's map file (only with accounting).
+        let inflight = init.credit_watermark.clone().and_then(|durable| {
+            let slots = crate::completion::inflight::DEFAULT_SLOTS;
+            match InflightFile::create(&init.cfg.data_dir, init.id, slots, durable) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    tracing::warn!(worker = init.id, error = %e, "no map file for credits (they are then durable only once journaled, about once a second)");
+                    None
+                }
+            }
+        });
         Worker {
             ctx: Ctx {
                 id: init.id,
@@ -200,7 +214,7 @@ impl Worker {
                 now,
                 draining: false,
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
-                credits: CreditBatch::new(init.credit_sink),
+                credits: CreditBatch::new(init.credit_sink).with_inflight(inflight),
                 stats: init.stats.clone(),
                 shaping: Shaping::new(init.shaper, init.default_rate),
             },
