@@ -30,7 +30,9 @@
 //! - `server::sys`: libc calls through the `syscall!` helper (each call site states why its
 //!   pointers are valid) and the `unsafe fn sendmsg` whose iovecs the caller vouches for;
 //! - `server::send`: the zeroed `msghdr` of a connection's planned send;
-//! - `completion::tcp_info`: `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` into local structs.
+//! - `completion::tcp_info`: `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` into local structs;
+//! - `completion::inflight`: the shared mapping of a worker's in-flight file (created,
+//!   preallocated with `posix_fallocate` and truncated by this process alone).
 
 pub mod admin;
 pub mod catalog;
