@@ -110,6 +110,8 @@ pub struct Config {
     /// Scratch (data dir, fixture, gate) and raw output (`OUT/raw`).
     pub work: PathBuf,
     pub raw: PathBuf,
+    /// More `weir serve` flags (e.g. `--driver epoll`).
+    pub extra_args: Vec<String>,
 }
 
 /// The counts the issue asks for.
@@ -171,6 +173,8 @@ pub struct Outcome {
     pub forty_exit: String,
     pub forty_command: String,
     pub weir_command: String,
+    /// The first server's `listening on` line (it names the driver).
+    pub listen_line: String,
 }
 
 /// One POST the receiver got.
@@ -374,6 +378,7 @@ pub fn run_chaos(cfg: &Config) -> Result<Outcome> {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(cfg.extra_args.iter().cloned())
         .collect()
     };
     let mut starts = 0usize;
@@ -399,6 +404,8 @@ pub fn run_chaos(cfg: &Config) -> Result<Outcome> {
         .arg("--credentials-file")
         .arg(&creds_file)
         .args(["--sha256", &sha])
+        .arg("--reference-file")
+        .arg(&file)
         .args(["--retry-for", "60s", "--stall-timeout", "5s"])
         .arg("--events")
         .arg(&events)
@@ -516,7 +523,13 @@ pub fn run_chaos(cfg: &Config) -> Result<Outcome> {
         cfg.raw.join("history.json"),
         serde_json::to_string_pretty(&history)?,
     )?;
+    let listen_line = std::fs::read_to_string(cfg.raw.join("weir-00.stdout"))?
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap_or_default()
+        .to_owned();
     Ok(Outcome {
+        listen_line,
         seed: cfg.seed,
         kills,
         counts,
@@ -664,6 +677,7 @@ pub fn run(a: Args) -> Result<()> {
         completion_timeout: a.completion_timeout,
         work: work.path().to_owned(),
         raw: out.join("raw"),
+        extra_args: Vec::new(),
     };
     let o = run_chaos(&cfg)?;
     let c = &o.counts;
