@@ -169,7 +169,6 @@ impl Forty {
                 return;
             }
         }
-        user.streak.progressed();
         user.state = State::Probing;
         user.started = io.now;
         user.plan = None;
@@ -353,6 +352,8 @@ impl Forty {
             });
         }
         user.number += 1;
+        // The next download's budget starts with its own first failure.
+        user.streak.progressed();
         if now >= io.deadline() {
             return;
         }
