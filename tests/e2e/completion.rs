@@ -1,5 +1,5 @@
 //! Completion: an item leaves the cart only when every byte reached the client, however it was
-//! fetched (40 connections, a zip, tracks, a mix), exactly once, across a SIGKILL; never for a
+//! fetched (40 connections, a zip, tracks, a mix), exactly once (across a SIGKILL: see `crash`); never for a
 //! download that was cut; the shop's webhook hears of it even if it fails at first.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -302,36 +302,6 @@ fn resplit_connection_dropped_mid_range(driver: Driver) {
     srv.stop();
 }
 
-/// SIGKILL mid-download; after a restart the journaled progress is back and the rest of the
-/// download completes the item exactly once.
-fn sigkill_and_resume_completes_once(driver: Driver) {
-    let (data, _) = file_fixture(32 << 20);
-    let srv = data.serve(driver, &[]);
-    let dl = SlowDownload::start(data.path(), &srv.url("/d/movie"), ALICE, "4M");
-    progress_reaches(&data, 4 << 20);
-    srv.signal(libc::SIGKILL);
-    drop(srv);
-    let _ = dl.finished_ok(); // cut by the crash (unless the kernel already held the rest)
-    let journaled = cart(&data)[0].1;
-    assert!(journaled >= 4 << 20);
-    // Restart: progress recovered; fetch the rest from where the journal ends.
-    let srv = data.serve(driver, &[]);
-    assert_eq!(
-        cart(&data)[0].1,
-        journaled,
-        "progress lost across the restart"
-    );
-    let r = ranged(&srv, "/d/movie", &format!("{journaled}-"));
-    assert_eq!(r.status, 206);
-    completes(&data, "movie");
-    // Fetching again in the grace period changes nothing.
-    assert_eq!(curl(&srv.url("/d/movie"), &["-u", ALICE]).status, 200);
-    srv.stop();
-    let srv = data.serve(driver, &[]);
-    srv.stop();
-    assert_eq!(history(&data), ["movie"], "completed more than once");
-}
-
 /// A webhook receiver that fails the first POST still gets the completion, with the same
 /// Idempotency-Key on the retry.
 fn webhook_retries_with_stable_key(driver: Driver) {
@@ -420,7 +390,6 @@ on_every_driver!(
     killed_download_never_completes,
     zero_window_delivers_nothing,
     resplit_connection_dropped_mid_range,
-    sigkill_and_resume_completes_once,
     webhook_retries_with_stable_key,
     grace_period_ends,
 );

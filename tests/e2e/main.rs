@@ -23,6 +23,8 @@ mod admin;
 mod chaos;
 mod clients;
 mod completion;
+mod crash;
+mod enospc;
 mod http_status;
 mod loadgen;
 mod robustness;

@@ -188,6 +188,8 @@ impl Ledger {
             stats.clone(),
         );
         let recovered = state.recover().context("loading journaled progress")?;
+        state.dir = Some(cfg.data_dir.clone());
+        state.replay_inflight();
         tracing::info!(
             recovered,
             webhook_queued = queued,
@@ -340,6 +342,54 @@ struct State {
     dirty: HashSet<Key>,
     /// Purchases found complete whose completion transaction failed; retried every flush.
     retry: HashSet<Key>,
+    /// Where the pending evidence is kept (`None`: in memory only, for tests).
+    dir: Option<PathBuf>,
+    /// Spans written but not seen acknowledged when an earlier process died.
+    evidence: Vec<Evidence>,
+    /// `evidence` changed since it was last written.
+    evidence_dirty: bool,
+    /// Map files replayed but not yet removed (the journal could not be written then).
+    stale_maps: Vec<PathBuf>,
+    /// The journal is failing (disk full): logged once, then quiet until it recovers.
+    failing: bool,
+}
+
+/// How long a pending-evidence span waits for its resume.
+const EVIDENCE_TTL_MS: i64 = 24 * 3600 * 1000;
+/// The file (in the data directory's `inflight/`) holding pending evidence.
+const EVIDENCE_FILE: &str = "evidence.json";
+
+/// Content bytes weir had written to a connection but had not seen acknowledged when it died:
+/// the client may hold `from..to`. A later credit for the same (user, item, part) whose range
+/// starts at `n` with `from < n <= to` (a resume from what the client holds) proves the client
+/// held `from..n`: that is credited too, and the span is used up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    pub user: String,
+    pub item: String,
+    pub part: u32,
+    pub from: u64,
+    pub to: u64,
+    /// Unix milliseconds after which the span is dropped.
+    pub expires_ms: i64,
+}
+
+impl Evidence {
+    /// The range a credit starting at `n` proves, if it resumes inside this span.
+    fn proves(&self, user: &str, item: &str, part: u32, n: u64) -> Option<Range<u64>> {
+        (self.part == part
+            && self.from < n
+            && n <= self.to
+            && self.item == item
+            && self.user == user)
+            .then_some(self.from..n)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What one round of messages touched.
@@ -365,6 +415,11 @@ impl State {
             open: HashMap::new(),
             dirty: HashSet::new(),
             retry: HashSet::new(),
+            dir: None,
+            evidence: Vec::new(),
+            evidence_dirty: false,
+            stale_maps: Vec::new(),
+            failing: false,
         }
     }
 
@@ -423,7 +478,51 @@ impl State {
     fn apply(&mut self, batch: Vec<Credit>, round: &mut Round) {
         let n = batch.len() as u64;
         LedgerStats::add(&self.stats.credits, n);
+        let mut proven = Vec::new();
         for credit in batch {
+            if !self.evidence.is_empty() {
+                self.use_evidence(&credit, &mut proven);
+            }
+            self.apply_one(credit, round);
+        }
+        for credit in proven {
+            self.apply_one(credit, round);
+        }
+    }
+
+    /// A credit starting inside a pending-evidence span of the same user, item and part proves
+    /// the span's bytes before it: pushes them to `proven` and uses the span up.
+    fn use_evidence(&mut self, credit: &Credit, proven: &mut Vec<Credit>) {
+        let before = self.evidence.len();
+        self.evidence.retain(|e| {
+            match e.proves(&credit.user, &credit.item, credit.part, credit.range.start) {
+                Some(range) => {
+                    LedgerStats::add(&self.stats.evidence_credited, range.end - range.start);
+                    tracing::info!(user = %e.user, item = %e.item, part = e.part, from = range.start, to = range.end,
+                        "a resume inside a span written before a crash proves the client held it");
+                    proven.push(Credit {
+                        user: credit.user.clone(),
+                        item: credit.item.clone(),
+                        part: credit.part,
+                        range,
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+        if self.evidence.len() != before {
+            self.evidence_dirty = true;
+            self.stats.evidence_pending.store(
+                self.evidence.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Applies one credit to the purchase it belongs to.
+    fn apply_one(&mut self, credit: Credit, round: &mut Round) {
+        {
             let key: Key = (credit.user, credit.item);
             let added_at = match round.carts.get(&key) {
                 Some(&a) => a,
@@ -436,7 +535,7 @@ impl State {
             let Some(added_at) = added_at else {
                 self.forget(&key);
                 LedgerStats::add(&self.stats.credits_ignored, 1);
-                continue;
+                return;
             };
             let part = credit.part as usize;
             let credited = self.purchase(&key, added_at).and_then(|purchase| {
@@ -450,7 +549,7 @@ impl State {
             let Some((len, added)) = credited else {
                 tracing::debug!(user = %key.0, item = %key.1, part, "credit for an unknown item or part");
                 LedgerStats::add(&self.stats.credits_ignored, 1);
-                continue;
+                return;
             };
             if added > 0 {
                 self.dirty.insert(key.clone());
@@ -606,35 +705,180 @@ impl State {
                 tracing::info!(user = %key.0, item = %key.1, "purchase left the cart before completing");
             }
             Err(e) => {
-                LedgerStats::add(&self.stats.journal_errors, 1);
                 self.retry.insert(key.clone());
-                tracing::error!(user = %key.0, item = %key.1, error = %e, "recording a completion failed; will retry");
+                self.journal_failed(&format!(
+                    "recording a completion of {} by {}: {e}",
+                    key.1, key.0
+                ));
             }
         }
     }
 
-    /// Writes every changed part in one transaction, and retries failed completions.
+    /// Writes every changed part in one transaction, retries failed completions, and writes
+    /// the pending evidence if it changed. A failing journal (disk full) is logged once, when it
+    /// starts failing, and once when it recovers; meanwhile everything waits in memory.
     fn flush(&mut self) {
         for key in self.retry.clone() {
             self.complete(&key);
         }
-        if self.dirty.is_empty() {
-            return;
-        }
-        match self.write_dirty() {
-            Ok(rows) => {
-                for key in self.dirty.drain() {
-                    if let Some(p) = self.open.get_mut(&key) {
-                        p.dirty.iter_mut().for_each(|d| *d = false);
+        let mut ok = self.retry.is_empty();
+        if !self.dirty.is_empty() {
+            match self.write_dirty() {
+                Ok(rows) => {
+                    for key in self.dirty.drain() {
+                        if let Some(p) = self.open.get_mut(&key) {
+                            p.dirty.iter_mut().for_each(|d| *d = false);
+                        }
                     }
+                    tracing::trace!(rows, "progress flushed");
                 }
-                tracing::trace!(rows, "progress flushed");
-            }
-            Err(e) => {
-                LedgerStats::add(&self.stats.journal_errors, 1);
-                tracing::error!(error = %e, "flushing progress failed; will retry");
+                Err(e) => {
+                    ok = false;
+                    self.journal_failed(&e.to_string());
+                }
             }
         }
+        if self.evidence_dirty {
+            match self.save_evidence() {
+                Ok(()) => self.evidence_dirty = false,
+                Err(e) => {
+                    ok = false;
+                    self.journal_failed(&format!("writing pending evidence: {e}"));
+                }
+            }
+        }
+        if ok {
+            if self.failing {
+                self.failing = false;
+                self.stats
+                    .journal_failing
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("the journal is writable again: progress and completions kept in memory are written");
+            }
+            if !self.stale_maps.is_empty() {
+                super::inflight::remove(&std::mem::take(&mut self.stale_maps));
+            }
+        }
+    }
+
+    /// Counts a failed journal write, and logs the first of a series.
+    fn journal_failed(&mut self, error: &str) {
+        LedgerStats::add(&self.stats.journal_errors, 1);
+        if !self.failing {
+            self.failing = true;
+            self.stats
+                .journal_failing
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error, "the journal cannot be written (disk full?): serving goes on; progress and completions are kept in memory and retried every flush until it can");
+        }
+    }
+
+    /// Writes the pending evidence (atomically: a temporary file, fsynced, renamed).
+    fn save_evidence(&self) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let dir = dir.join(super::inflight::DIR);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(EVIDENCE_FILE);
+        if self.evidence.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let tmp = dir.join(format!("{EVIDENCE_FILE}.tmp"));
+        let bytes = serde_json::to_vec(&self.evidence).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    }
+
+    /// Reads the pending evidence left by earlier processes, dropping expired spans.
+    fn load_evidence(&mut self) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let path = dir.join(super::inflight::DIR).join(EVIDENCE_FILE);
+        let spans: Vec<Evidence> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, file = %path.display(), "unreadable pending evidence; ignored");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let now = now_ms();
+        let before = spans.len();
+        self.evidence = spans.into_iter().filter(|e| e.expires_ms > now).collect();
+        self.evidence_dirty |= self.evidence.len() != before;
+    }
+
+    /// On start, after the journal: replays the map files a killed process left (see
+    /// [`super::inflight`]). What they had credited is credited again (idempotent); what they had
+    /// written beyond it becomes pending evidence. The files are removed once all of it is
+    /// journaled.
+    fn replay_inflight(&mut self) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        self.load_evidence();
+        let (files, records) = match super::inflight::recover(&dir) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the map files of an earlier process");
+                return;
+            }
+        };
+        let expires_ms = now_ms() + EVIDENCE_TTL_MS;
+        let mut batch = Vec::new();
+        let mut replayed = 0;
+        for r in records {
+            let (user, item): (Arc<str>, Arc<str>) =
+                (r.user.as_str().into(), r.item.as_str().into());
+            if r.credited > r.start {
+                replayed += r.credited - r.start;
+                batch.push(Credit {
+                    user: user.clone(),
+                    item: item.clone(),
+                    part: r.part,
+                    range: r.start..r.credited,
+                });
+            }
+            if r.written > r.credited {
+                self.evidence_dirty = true;
+                self.evidence.push(Evidence {
+                    user: r.user,
+                    item: r.item,
+                    part: r.part,
+                    from: r.credited,
+                    to: r.written,
+                    expires_ms,
+                });
+            }
+        }
+        let mut round = Round::default();
+        self.apply(batch, &mut round);
+        self.finish(&mut round);
+        LedgerStats::add(&self.stats.inflight_replayed, replayed);
+        self.stats.evidence_pending.store(
+            self.evidence.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !files.is_empty() {
+            tracing::info!(
+                files = files.len(),
+                replayed_bytes = replayed,
+                pending_evidence = self.evidence.len(),
+                "replayed the credits of a process that did not exit cleanly"
+            );
+        }
+        self.stale_maps = files;
+        self.flush();
     }
 
     fn write_dirty(&mut self) -> Result<usize, StoreError> {
@@ -1117,6 +1361,94 @@ mod tests {
         assert!(state.open.is_empty());
         apply(&mut state, vec![credit("alice", "big", 0, 600..1000)]);
         assert_eq!(f.completions("alice", "big"), 1);
+    }
+
+    /// A map file as a killed process leaves it: one run of `user`'s `item`, credited and
+    /// written up to the given offsets.
+    fn killed_process_file(f: &Fixture, user: &str, item: &str, credited: u64, written: u64) {
+        let file = crate::completion::InflightFile::create(f.store.data_dir(), 0, 4).unwrap();
+        let slot = file.claim(user, item, 0, 0).unwrap();
+        file.set_written(slot, written);
+        file.set_credited(slot, credited);
+        let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
+        std::fs::copy(file.path(), dir.join(format!("1-0-{user}.map"))).unwrap();
+        drop(file); // removes this process's own file; the copy stays "left behind"
+    }
+
+    #[test]
+    fn a_restart_replays_credits_and_a_resume_inside_the_written_span_proves_the_rest() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        f.store.cart_add("bob", "movie").unwrap();
+        // Killed with 0..4000 credited (never journaled) and 4000..7000 written, unacknowledged.
+        killed_process_file(&f, "alice", "movie", 4000, 7000);
+        killed_process_file(&f, "bob", "movie", 4000, 7000);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        assert_eq!(
+            ledger.stats().inflight_replayed.load(Ordering::Relaxed),
+            8000
+        );
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 2);
+        // The map files are gone once journaled; the evidence is on disk.
+        thread.kill();
+        let (ledger, thread) = f.start();
+        assert_eq!(ledger.stats().inflight_replayed.load(Ordering::Relaxed), 0);
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 2);
+
+        // Alice resumes from 5500 (what she holds): 4000..5500 is proven, the rest delivered.
+        ledger.credit(vec![credit("alice", "movie", 0, 5500..10_000)]);
+        // Bob asks for 7001.. (outside the span: proves nothing), and another user's resume
+        // never proves anything for him.
+        ledger.credit(vec![credit("bob", "movie", 0, 7001..10_000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(f.completions("bob", "movie"), 0);
+        assert_eq!(
+            ledger.stats().evidence_credited.load(Ordering::Relaxed),
+            1500
+        );
+        // The span is used up: the same resume again changes nothing, and bob's is still there.
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 1);
+        ledger.credit(vec![credit("bob", "movie", 0, 6000..7001)]);
+        sync(&ledger);
+        assert_eq!(f.completions("bob", "movie"), 1);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn an_aborted_download_never_resumed_never_completes_across_a_kill() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        // Everything written, most of it unacknowledged, then the process died.
+        killed_process_file(&f, "alice", "movie", 3000, 10_000);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        thread.kill();
+        let (ledger, thread) = f.start();
+        // A fresh download from 0 that stops at 2000 proves nothing about the span.
+        ledger.credit(vec![credit("alice", "movie", 0, 0..2000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 0);
+        assert!(f.store.cart_contains("alice", "movie").unwrap());
+        thread.shutdown();
+    }
+
+    #[test]
+    fn an_empty_item_completes_on_its_empty_credit_once() {
+        let f = Fixture::new();
+        f.file("empty", 0);
+        f.store.cart_add("alice", "empty").unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit("alice", "empty", 0, 0..0)]);
+        sync(&ledger);
+        ledger.credit(vec![credit("alice", "empty", 0, 0..0)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "empty"), 1);
+        assert_eq!(f.events("alice", "empty"), 1);
+        thread.shutdown();
     }
 
     #[test]

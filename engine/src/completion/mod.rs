@@ -19,6 +19,8 @@
 //!   purchase, journals it through [`crate::storage::Storage`], and records each completion with
 //!   one [`commit_completion`](crate::storage::Storage::commit_completion).
 //! - [`webhook`]: the thread that POSTs the storage's outbox of completion events.
+//! - [`inflight`]: each live response run's credited and written offsets in a shared file
+//!   mapping per worker, so SIGKILL loses no credit; replayed by the ledger on start.
 //! - [`stats`]: the counters both threads keep ([`LedgerStats`]).
 //!
 //! Imports go one way: `ledger` → `webhook` → `stats`, all of them → [`crate::storage`] and
@@ -39,6 +41,7 @@
 //! ```
 
 pub mod delivery;
+pub mod inflight;
 pub mod ledger;
 pub mod stats;
 pub mod tcp_info;
@@ -47,6 +50,7 @@ pub mod zip;
 
 pub use crate::intervals::{self, IntervalSet};
 pub use delivery::StreamMap;
+pub use inflight::InflightFile;
 pub use ledger::{Credit, Ledger, LedgerConfig, LedgerThread};
 pub use stats::LedgerStats;
 pub use tcp_info::{tcp_acked, tcp_delivery, tcp_rtt, unsent_bytes, AckState, TcpDelivery};

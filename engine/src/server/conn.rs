@@ -332,7 +332,7 @@ impl<S: ConnSocket> Conn<S> {
             keep_alive,
             extra,
         );
-        self.start(ctx, resp)
+        self.start(ctx, resp, None)
     }
 
     /// Serve a representation the user may fetch.
@@ -355,14 +355,27 @@ impl<S: ConnSocket> Conn<S> {
             resp.owner = Some((user, res.key.clone()));
         }
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
-        self.start(ctx, resp)
+        let marker = match repr {
+            Repr::Part(p, part) if head.method == Method::Get => {
+                empty_delivery(&head, resp.status(), p.file.len()).map(|at| (part, at))
+            }
+            _ => None,
+        };
+        self.start(ctx, resp, marker)
     }
 
-    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>) -> Next {
+    fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, marker: Option<(u32, u64)>) -> Next {
         ctx.stats.response(resp.status());
-        if resp.owner.is_some() {
-            self.credit
-                .start_response(&self.sock, self.written, resp.body_len(), ctx.now);
+        if let Some((user, item)) = &resp.owner {
+            let empty = marker.map(|(part, at)| (user, item, part, at, resp.head.len() as u64));
+            self.credit.start_response(
+                &self.sock,
+                &ctx.credits,
+                self.written,
+                resp.body_len(),
+                empty,
+                ctx.now,
+            );
         }
         self.resp = Some(resp);
         self.state = State::Send;
@@ -503,6 +516,28 @@ impl<S: ConnSocket> Conn<S> {
     pub fn on_close(&mut self, ctx: &mut Ctx) {
         self.account(ctx, false, true);
         self.shaping.close(&mut ctx.shaping);
+    }
+}
+
+/// A GET of a part that delivers no content byte yet says something about delivery: the
+/// content offset to credit as an empty range `at..at` once the client's TCP acknowledged the
+/// head (see [`ConnCredit::start_response`]).
+///
+/// - A `200` of an empty part: its whole content (nothing) was delivered: `0`.
+/// - A `416` for `Range: bytes=LEN-` (`LEN` the part's length): the client resumes after the
+///   last byte, so it holds them all (curl `-C -`, `wget -c` of a finished file): `LEN`. It
+///   credits nothing by itself; it is the resume offset the ledger's evidence rule needs when
+///   weir died after writing the tail and the kernel delivered it (see
+///   [`crate::completion::ledger`]).
+fn empty_delivery(head: &RequestHead, status: u16, len: u64) -> Option<u64> {
+    match status {
+        200 if len == 0 => Some(0),
+        416 => {
+            let spec = head.range.as_deref()?.trim();
+            let first = spec.strip_prefix("bytes=")?.trim().strip_suffix('-')?;
+            (first.trim().parse::<u64>().ok()? == len && len > 0).then_some(len)
+        }
+        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::completion::inflight::{InflightFile, Slot};
 use crate::completion::{AckState, Ledger, StreamMap};
 
 use super::socket::ConnSocket;
@@ -38,6 +39,9 @@ const WINDOW_SAMPLE_MIN: u64 = 64 * 1024;
 pub struct CreditBatch {
     credits: Vec<Credit>,
     sink: Option<CreditSink>,
+    /// The worker's map file, where each live run's credited and written offsets survive
+    /// SIGKILL (see [`crate::completion::inflight`]).
+    inflight: Option<Arc<InflightFile>>,
 }
 
 impl CreditBatch {
@@ -45,7 +49,14 @@ impl CreditBatch {
         CreditBatch {
             credits: Vec::new(),
             sink,
+            inflight: None,
         }
+    }
+
+    /// Keep each live run's offsets in `file` too.
+    pub fn with_inflight(mut self, file: Option<Arc<InflightFile>>) -> CreditBatch {
+        self.inflight = file;
+        self
     }
 
     /// Hand the batch to the ledger.
@@ -107,6 +118,34 @@ struct Accounting {
     start_acked: u64,
     /// When the sweep may poll this connection next while a response is still being sent.
     next_poll: Instant,
+    /// Responses with no content that prove something: (tag, content offset `at`, stream
+    /// offset where the head ends). Credited `at..at` once the client's TCP acknowledged the
+    /// head.
+    empties: Vec<(u32, u64, u64)>,
+    /// The worker's map file, and this connection's records in it, oldest first.
+    inflight: Option<Arc<InflightFile>>,
+    runs: Vec<DurableRun>,
+}
+
+/// One contiguous run of content of one tag, mirrored in the worker's map file.
+struct DurableRun {
+    tag: u32,
+    slot: Slot,
+    /// Content offsets: credited up to `credited`, written up to `written`.
+    credited: u64,
+    written: u64,
+}
+
+impl Drop for Accounting {
+    /// The connection is done with these runs: what was not credited by now was not delivered
+    /// while weir was alive to see it, so it is no evidence of anything.
+    fn drop(&mut self) {
+        if let Some(f) = &self.inflight {
+            for r in self.runs.drain(..) {
+                f.release(r.slot);
+            }
+        }
+    }
 }
 
 impl Accounting {
@@ -120,6 +159,56 @@ impl Accounting {
         let within_first_buffer = self.start_window > 0
             && (written + 1).saturating_sub(self.start_acked) <= 2 * self.start_window;
         !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
+    }
+
+    /// Mirrors `len` content bytes written from `start` of tag `tag` into the map file.
+    fn durable_written(&mut self, tag: u32, start: u64, len: u64) {
+        let Some(f) = &self.inflight else {
+            return;
+        };
+        if let Some(r) = self.runs.last_mut() {
+            if r.tag == tag && r.written == start {
+                r.written += len;
+                f.set_written(r.slot, r.written);
+                return;
+            }
+        }
+        let (user, item, part) = &self.targets[tag as usize];
+        if let Some(slot) = f.claim(user, item, *part, start) {
+            f.set_written(slot, start + len);
+            self.runs.push(DurableRun {
+                tag,
+                slot,
+                credited: start,
+                written: start + len,
+            });
+        }
+    }
+
+    /// Mirrors a credit into the map file; frees the records of runs fully credited (but the
+    /// newest, which may still grow).
+    fn durable_credited(&mut self, tag: u32, range: &Range<u64>) {
+        let Some(f) = &self.inflight else {
+            return;
+        };
+        if let Some(r) = self
+            .runs
+            .iter_mut()
+            .find(|r| r.tag == tag && r.credited <= range.start && range.end <= r.written)
+        {
+            r.credited = range.end;
+            f.set_credited(r.slot, r.credited);
+        }
+        let newest = self.runs.len().saturating_sub(1);
+        let mut i = 0;
+        self.runs.retain(|r| {
+            let keep = i == newest || r.credited < r.written;
+            if !keep {
+                f.release(r.slot);
+            }
+            i += 1;
+            keep
+        });
     }
 
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
@@ -154,11 +243,20 @@ impl ConnCredit {
 
     /// A response whose body counts toward completion starts, `written` stream bytes into the
     /// connection, with `body` bytes of body.
+    ///
+    /// `empty`: the response carries no content but proves something (user, item, part,
+    /// content offset `at`, head length): a whole empty part (`at` 0), or a resume after the
+    /// last byte (`at` = the part's length). There is no byte to acknowledge, so what proves
+    /// its delivery is the client's TCP acknowledging the whole head: then it is credited
+    /// `at..at`. That completes a purchase whose every part is complete, and is a resume offset
+    /// for the evidence rule (see [`crate::completion::ledger`]).
     pub fn start_response(
         &mut self,
         sock: &impl ConnSocket,
+        batch: &CreditBatch,
         written: u64,
         body: u64,
+        empty: Option<(&Arc<str>, &Arc<str>, u32, u64, u64)>,
         now: Instant,
     ) {
         let a = self.acct.get_or_insert_with(|| {
@@ -172,8 +270,15 @@ impl ConnCredit {
                 start_window: 0,
                 start_acked: 0,
                 next_poll: now,
+                empties: Vec::new(),
+                inflight: batch.inflight.clone(),
+                runs: Vec::new(),
             })
         });
+        if let Some((user, item, part, at, head)) = empty {
+            let tag = a.tag(user, item, part);
+            a.empties.push((tag, at, written + head));
+        }
         // The client's window now, before a large body fills its buffer: the baseline for how
         // much acknowledged data it might not have read.
         a.start_window = 0;
@@ -210,6 +315,7 @@ impl ConnCredit {
         if let Some(a) = self.acct.as_deref_mut() {
             let tag = a.tag(user, item, part);
             a.map.push_content(tag, start, len);
+            a.durable_written(tag, start, len);
         }
     }
 
@@ -269,7 +375,21 @@ impl ConnCredit {
         a.map.acknowledge_into(upto, &mut a.acked);
         let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
         stats.add(&stats.bytes_credited, credited);
-        for (tag, range) in a.acked.drain(..) {
+        if !a.empties.is_empty() {
+            let acked = a.map.acked();
+            a.empties.retain(|&(tag, at, end)| {
+                let done = end <= acked;
+                if done {
+                    a.acked.push((tag, at..at));
+                }
+                !done
+            });
+        }
+        let mut acked = std::mem::take(&mut a.acked);
+        for (tag, range) in &acked {
+            a.durable_credited(*tag, range);
+        }
+        for (tag, range) in acked.drain(..) {
             let (user, item, part) = &a.targets[tag as usize];
             batch.credits.push(Credit {
                 user: user.clone(),
@@ -278,6 +398,7 @@ impl ConnCredit {
                 range,
             });
         }
+        a.acked = acked;
         if a.map.in_flight() == 0 && idle {
             // Idle and everything sent was credited: keep no accounting state (the next
             // response starts a new map at the current stream offset).
@@ -333,6 +454,9 @@ mod tests {
             start_window: window,
             start_acked,
             next_poll: Instant::now(),
+            empties: Vec::new(),
+            inflight: None,
+            runs: Vec::new(),
         }
     }
 

@@ -158,6 +158,20 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             })?;
     }
 
+    // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
+    // before the admin listener (its metrics include the ledger's) and before any worker (it
+    // replays the map files a killed process left before workers write new ones).
+    let ledger = if cfg.accounting {
+        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
+        lc.webhook = cfg.webhook.clone();
+        Some(crate::completion::Ledger::start(lc)?)
+    } else {
+        if cfg.webhook.is_some() {
+            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
+        }
+        None
+    };
+    let ledger_stats = ledger.as_ref().map(|(l, _)| l.stats());
     let admin_addr = match cfg.admin_listen {
         Some(addr) => {
             let token = match &cfg.admin_token {
@@ -172,7 +186,14 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 data_dir: cfg.data_dir.clone(),
                 metrics: {
                     let worker_stats = worker_stats.clone();
-                    Box::new(move || stats::render(&worker_stats, &[]))
+                    let ledger_stats = ledger_stats.clone();
+                    Box::new(move || {
+                        let extra = ledger_stats
+                            .as_ref()
+                            .map(|l| l.metrics())
+                            .unwrap_or_default();
+                        stats::render(&worker_stats, &extra)
+                    })
                 },
                 rates: Some(Arc::new(ShaperControl {
                     shaper: shaper.clone(),
@@ -200,17 +221,6 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     }
     print_banner(addr, workers, &driver_desc, demo.as_ref());
 
-    // The completion ledger: credits in, completions (cart -> history, event, webhook) out.
-    let ledger = if cfg.accounting {
-        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
-        lc.webhook = cfg.webhook.clone();
-        Some(crate::completion::Ledger::start(lc)?)
-    } else {
-        if cfg.webhook.is_some() {
-            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
-        }
-        None
-    };
     let credit_sink = ledger.as_ref().map(|(l, _)| credit::to_ledger(l.clone()));
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();

@@ -28,6 +28,7 @@ use super::shaping::{ShaperWaits, Shaping};
 use super::socket::FdSocket;
 use super::stats::WorkerStats;
 use super::sys;
+use crate::completion::InflightFile;
 
 /// Everything a worker thread starts with.
 pub struct WorkerInit {
@@ -188,6 +189,17 @@ impl Worker {
         let now = Instant::now();
         let limits = Limits::default();
         let cache = AuthCache::new(init.resources, init.cfg.credential_cache_ttl);
+        // Credits that survive SIGKILL: this worker's map file (only with accounting).
+        let inflight = init.credit_sink.as_ref().and_then(|_| {
+            let slots = crate::completion::inflight::DEFAULT_SLOTS;
+            match InflightFile::create(&init.cfg.data_dir, init.id, slots) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    tracing::warn!(worker = init.id, error = %e, "no map file for credits (they are then durable only once journaled, about once a second)");
+                    None
+                }
+            }
+        });
         Worker {
             ctx: Ctx {
                 id: init.id,
@@ -200,7 +212,7 @@ impl Worker {
                 now,
                 draining: false,
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
-                credits: CreditBatch::new(init.credit_sink),
+                credits: CreditBatch::new(init.credit_sink).with_inflight(inflight),
                 stats: init.stats.clone(),
                 shaping: Shaping::new(init.shaper, init.default_rate),
             },

@@ -1,0 +1,356 @@
+//! Credits that survive SIGKILL: each live response run's state in a shared file mapping.
+//!
+//! The ledger journals progress about once a second, and workers poll `TCP_INFO` about once a
+//! second, so a process killed mid-download would lose up to a couple of seconds of credits and
+//! never learn what it had written but not yet seen acknowledged. This module closes both gaps
+//! with no syscall per credit: every I/O worker owns one file, `inflight/<pid>-<start time>-<worker>.map` in
+//! the data directory, mapped `MAP_SHARED`, made of fixed-size [`SLOT`]-byte records. A record
+//! describes one *run* of a live connection: contiguous content bytes of one (user, item, part)
+//! written on it, from `start`, with how far it was credited (`credited`: acknowledged by the
+//! client's TCP, handed to the ledger) and how far it was written to the kernel (`written`).
+//! Updates are plain memory stores into the mapping (under an uncontended per-worker lock, which
+//! costs no syscall); the kernel keeps the dirty pages of a shared file mapping when the process
+//! dies, whatever the signal, and writes them back.
+//!
+//! On start, before any worker runs, [`recover`] reads every map file left behind and the ledger
+//! replays it: `start..credited` is credited (it was delivered), and `credited..written` becomes
+//! *pending evidence* (see [`super::ledger`]): bytes the client may hold, credited only when the
+//! same user later resumes that part from an offset inside the span. The files are deleted only
+//! once the ledger has durably journaled what they said.
+//!
+//! The file is preallocated (`posix_fallocate`) when it is created, so stores into the mapping
+//! never need new blocks: a full disk can fail the creation (the worker then runs without one,
+//! which only means the old once-a-second durability), never a store (which would be `SIGBUS`).
+//! A run whose user and item names do not fit a record, or that finds no free record, is simply
+//! not recorded (counted in [`InflightFile::overflows`]).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use memmap2::MmapMut;
+
+/// Bytes per record.
+pub const SLOT: usize = 256;
+/// Records per worker file by default (2 MiB a worker).
+pub const DEFAULT_SLOTS: u32 = 8192;
+/// The subdirectory of the data directory holding the map files.
+pub const DIR: &str = "inflight";
+
+/// Marks a record in use (any other value: free). Written last when a record is claimed.
+const LIVE: u64 = 0x7765_6972_5f72_756e; // "weir_run"
+const OFF_STATE: usize = 0;
+const OFF_PART: usize = 8;
+const OFF_ULEN: usize = 12;
+const OFF_ILEN: usize = 14;
+const OFF_START: usize = 16;
+const OFF_CREDITED: usize = 24;
+const OFF_WRITTEN: usize = 32;
+const OFF_NAMES: usize = 40;
+/// Room for the user name and the item id together.
+pub const NAMES_MAX: usize = SLOT - OFF_NAMES;
+
+/// One record read back after a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub user: String,
+    pub item: String,
+    pub part: u32,
+    /// Content offset where the run started.
+    pub start: u64,
+    /// Content offset up to which the run was credited.
+    pub credited: u64,
+    /// Content offset up to which the run was written to the kernel.
+    pub written: u64,
+}
+
+/// A claimed record of an [`InflightFile`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(u32);
+
+/// One worker's map file.
+pub struct InflightFile {
+    map: Mutex<MmapMut>,
+    /// Free record indices (the worker's own bookkeeping, not in the file).
+    free: Mutex<Vec<u32>>,
+    overflows: AtomicU64,
+    path: PathBuf,
+}
+
+fn put(map: &mut [u8], at: usize, bytes: &[u8]) {
+    map[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl InflightFile {
+    /// Creates `dir/inflight/<pid>-<start time>-<worker>.map` with `slots` free records, preallocated.
+    pub fn create(data_dir: &Path, worker: usize, slots: u32) -> io::Result<InflightFile> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}{worker}.map", process_tag()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let len = slots as usize * SLOT;
+        if let Err(e) = preallocate(&file, len as u64) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        // SAFETY: the file was just created (truncated) by this process under a name holding its
+        // pid, and no other code maps or writes it; it is never truncated while mapped, so the
+        // mapping stays valid for its lifetime.
+        let map = unsafe { MmapMut::map_mut(&file) }?;
+        Ok(InflightFile {
+            map: Mutex::new(map),
+            free: Mutex::new((0..slots).rev().collect()),
+            overflows: AtomicU64::new(0),
+            path,
+        })
+    }
+
+    /// Claims a record for a run of (`user`, `item`, `part`) starting at content offset `start`,
+    /// nothing credited or written yet. `None` when the names do not fit or no record is free.
+    pub fn claim(&self, user: &str, item: &str, part: u32, start: u64) -> Option<Slot> {
+        if user.len() + item.len() > NAMES_MAX {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some(i) = self.free.lock().ok()?.pop() else {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let at = i as usize * SLOT;
+        {
+            let mut m = self.map.lock().ok()?;
+            put(&mut m, at + OFF_PART, &part.to_le_bytes());
+            put(&mut m, at + OFF_ULEN, &(user.len() as u16).to_le_bytes());
+            put(&mut m, at + OFF_ILEN, &(item.len() as u16).to_le_bytes());
+            put(&mut m, at + OFF_START, &start.to_le_bytes());
+            put(&mut m, at + OFF_CREDITED, &start.to_le_bytes());
+            put(&mut m, at + OFF_WRITTEN, &start.to_le_bytes());
+            put(&mut m, at + OFF_NAMES, user.as_bytes());
+            put(&mut m, at + OFF_NAMES + user.len(), item.as_bytes());
+        }
+        // A second critical section: the lock's release orders every store above before the
+        // state, so a record is never live with half its fields.
+        self.store(Slot(i), OFF_STATE, LIVE);
+        Some(Slot(i))
+    }
+
+    /// The run was written to the kernel up to content offset `end`.
+    pub fn set_written(&self, slot: Slot, end: u64) {
+        self.store(slot, OFF_WRITTEN, end);
+    }
+
+    /// The run was credited up to content offset `end`.
+    pub fn set_credited(&self, slot: Slot, end: u64) {
+        self.store(slot, OFF_CREDITED, end);
+    }
+
+    /// The run ended (all of it credited, or its connection closed): free the record.
+    pub fn release(&self, slot: Slot) {
+        self.store(slot, OFF_STATE, 0);
+        if let Ok(mut free) = self.free.lock() {
+            free.push(slot.0);
+        }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs that found no record (names too long, or all records in use).
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    fn store(&self, slot: Slot, off: usize, v: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            put(&mut m, slot.0 as usize * SLOT + off, &v.to_le_bytes());
+        }
+    }
+}
+
+impl Drop for InflightFile {
+    /// A clean exit: the ledger got every credit through its channel, so the file has nothing
+    /// to tell the next start.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reserves the file's blocks so that later stores into its mapping never need space.
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: `fd` is an open file descriptor owned by `file` for the whole call.
+    let r = unsafe { libc::posix_fallocate(fd, 0, len as libc::off_t) };
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// The prefix of this process's map file names: its pid and start time, so that a restarted
+/// process that got the same pid never mistakes the files of its predecessor for its own.
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos}-", std::process::id())
+    })
+}
+
+/// Parses the live records of one map file's bytes.
+pub fn parse(bytes: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for rec in bytes.chunks_exact(SLOT) {
+        if u64_at(rec, OFF_STATE) != LIVE {
+            continue;
+        }
+        let part = u32::from_le_bytes(rec[OFF_PART..OFF_PART + 4].try_into().expect("4 bytes"));
+        let ulen = u16::from_le_bytes([rec[OFF_ULEN], rec[OFF_ULEN + 1]]) as usize;
+        let ilen = u16::from_le_bytes([rec[OFF_ILEN], rec[OFF_ILEN + 1]]) as usize;
+        let (start, credited, written) = (
+            u64_at(rec, OFF_START),
+            u64_at(rec, OFF_CREDITED),
+            u64_at(rec, OFF_WRITTEN),
+        );
+        if ulen + ilen > NAMES_MAX || !(start <= credited && credited <= written) {
+            continue;
+        }
+        let names = &rec[OFF_NAMES..OFF_NAMES + ulen + ilen];
+        let (Ok(user), Ok(item)) = (
+            std::str::from_utf8(&names[..ulen]),
+            std::str::from_utf8(&names[ulen..]),
+        ) else {
+            continue;
+        };
+        out.push(Record {
+            user: user.to_owned(),
+            item: item.to_owned(),
+            part,
+            start,
+            credited,
+            written,
+        });
+    }
+    out
+}
+
+/// The map files left in `data_dir` by earlier processes and the live records they hold. Files
+/// of this process are skipped. Delete the files (with [`remove`]) only once what they say is
+/// durable elsewhere.
+pub fn recover(data_dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<Record>)> {
+    let dir = data_dir.join(DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let mine = process_tag();
+    let (mut files, mut records) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".map") || name.starts_with(&mine) {
+            continue;
+        }
+        records.extend(parse(&std::fs::read(&path)?));
+        files.push(path);
+    }
+    Ok((files, records))
+}
+
+/// Deletes map files whose records are durable elsewhere.
+pub fn remove(files: &[PathBuf]) {
+    for f in files {
+        if let Err(e) = std::fs::remove_file(f) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %f.display(), error = %e, "removing a replayed map file");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_without_a_clean_exit_and_freed_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = InflightFile::create(dir.path(), 3, 4).unwrap();
+        let a = f.claim("alice", "movie", 0, 1000).unwrap();
+        f.set_written(a, 5000);
+        f.set_credited(a, 3000);
+        let b = f.claim("bob", "album", 2, 0).unwrap();
+        f.set_written(b, 10);
+        f.release(b);
+        let c = f.claim("carol", "x", 1, 7).unwrap();
+        assert_ne!(c, a);
+        // Read the file as the next process would (SIGKILL leaves it as it is).
+        let records = parse(&std::fs::read(&f.path).unwrap());
+        assert_eq!(
+            records,
+            vec![
+                Record {
+                    user: "alice".into(),
+                    item: "movie".into(),
+                    part: 0,
+                    start: 1000,
+                    credited: 3000,
+                    written: 5000,
+                },
+                Record {
+                    user: "carol".into(),
+                    item: "x".into(),
+                    part: 1,
+                    start: 7,
+                    credited: 7,
+                    written: 7,
+                },
+            ]
+        );
+        // This process's own files are not "left behind"; a clean exit removes them.
+        assert!(recover(dir.path()).unwrap().1.is_empty());
+        drop(f);
+        assert!(recover(dir.path()).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn names_that_do_not_fit_and_a_full_file_are_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = InflightFile::create(dir.path(), 0, 1).unwrap();
+        assert!(f.claim(&"u".repeat(NAMES_MAX), "i", 0, 0).is_none());
+        assert!(f.claim("u", "i", 0, 0).is_some());
+        assert!(f.claim("u", "j", 0, 0).is_none());
+        assert_eq!(f.overflows(), 2);
+    }
+
+    #[test]
+    fn a_file_of_another_process_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = InflightFile::create(dir.path(), 0, 2).unwrap();
+        let s = f.claim("u", "i", 0, 0).unwrap();
+        f.set_written(s, 9);
+        let other = dir.path().join(DIR).join("1-0.map");
+        std::fs::copy(&f.path, &other).unwrap();
+        let (files, records) = recover(dir.path()).unwrap();
+        assert_eq!(files, vec![other]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].written, 9);
+        remove(&files);
+        assert!(recover(dir.path()).unwrap().0.is_empty());
+    }
+}
