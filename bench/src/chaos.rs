@@ -482,7 +482,20 @@ pub fn run_chaos(cfg: &Config) -> Result<Outcome> {
                 continue;
             }
             if row.is_some() {
-                // Already gone if weir completed it meanwhile: the history tells.
+                // What weir counted of it (for the raw output), then replace it. Already gone
+                // if weir completed it meanwhile: the history tells.
+                let listing = admin(weir, &data, &["cart", "list", &name, "--json"], None)
+                    .unwrap_or_default();
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(cfg.raw.join("replaced.jsonl"))?;
+                writeln!(
+                    f,
+                    "{{\"user\":{name:?},\"n\":{},\"cart\":{}}}",
+                    purchases[u].len() - 1,
+                    listing.lines().next().unwrap_or("null")
+                )?;
                 let _ = admin(weir, &data, &["cart", "remove", &name, ITEM], None);
                 if let Some(last) = purchases[u].last_mut() {
                     last.1 = true;
@@ -704,7 +717,8 @@ pub fn run(a: Args) -> Result<()> {
          Kills (ms after the start, restart = SIGKILL to the next `listening on`): {}\n\n\
          weir: `{}`\n\nweir-load: `{}`\n\n\
          Raw output in `raw/`: `events.jsonl` (weir-load --events), `webhook.jsonl` (every POST), \
-         `history.json`, `carts-at-end.jsonl`, `weir-NN.stdout/stderr` (one per start), \
+         `history.json`, `carts-at-end.jsonl`, `replaced.jsonl` (the cart row of each purchase replaced \
+         after the timeout: what weir had counted of it), `weir-NN.stdout/stderr` (one per start), \
          `forty.*` and `forty/` (weir-load's results); per-purchase detail in `summary.json`.\n",
         a.note,
         a.file_mib,
