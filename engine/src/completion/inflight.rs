@@ -263,7 +263,7 @@ pub fn recover(data_dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<Record>)> {
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".map") || name.starts_with(&mine) {
+        if !name.ends_with(".map") || name.starts_with(mine) {
             continue;
         }
         records.extend(parse(&std::fs::read(&path)?));

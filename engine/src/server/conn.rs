@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::http::{self, Method, Parsed, RequestError, RequestHead, Route};
 
 use super::auth::{Decision, Job, Reply, Verdict};
-use super::credit::ConnCredit;
+use super::credit::{ConnCredit, EmptyDelivery};
 use super::ctx::Ctx;
 use super::resources::Resource;
 use super::respond::{self, Repr, Response};
@@ -367,7 +367,13 @@ impl<S: ConnSocket> Conn<S> {
     fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, marker: Option<(u32, u64)>) -> Next {
         ctx.stats.response(resp.status());
         if let Some((user, item)) = &resp.owner {
-            let empty = marker.map(|(part, at)| (user, item, part, at, resp.head.len() as u64));
+            let empty = marker.map(|(part, at)| EmptyDelivery {
+                user,
+                item,
+                part,
+                at,
+                head: resp.head.len() as u64,
+            });
             self.credit.start_response(
                 &self.sock,
                 &ctx.credits,

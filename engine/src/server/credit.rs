@@ -224,6 +224,18 @@ impl Accounting {
     }
 }
 
+/// A response with no content that proves a delivery once its head is acknowledged (see
+/// [`ConnCredit::start_response`]).
+pub struct EmptyDelivery<'a> {
+    pub user: &'a Arc<str>,
+    pub item: &'a Arc<str>,
+    pub part: u32,
+    /// The content offset credited as `at..at`.
+    pub at: u64,
+    /// Length of the response head (and of its in-head body, if any).
+    pub head: u64,
+}
+
 /// One connection's credit state: nothing until it carries content that counts toward
 /// completion, then a stream map until everything written was credited.
 #[derive(Default)]
@@ -256,7 +268,7 @@ impl ConnCredit {
         batch: &CreditBatch,
         written: u64,
         body: u64,
-        empty: Option<(&Arc<str>, &Arc<str>, u32, u64, u64)>,
+        empty: Option<EmptyDelivery<'_>>,
         now: Instant,
     ) {
         let a = self.acct.get_or_insert_with(|| {
@@ -275,9 +287,9 @@ impl ConnCredit {
                 runs: Vec::new(),
             })
         });
-        if let Some((user, item, part, at, head)) = empty {
-            let tag = a.tag(user, item, part);
-            a.empties.push((tag, at, written + head));
+        if let Some(e) = empty {
+            let tag = a.tag(e.user, e.item, e.part);
+            a.empties.push((tag, e.at, written + e.head));
         }
         // The client's window now, before a large body fills its buffer: the baseline for how
         // much acknowledged data it might not have read.
