@@ -1,5 +1,5 @@
 //! SIGKILL at random moments while download managers resume from the bytes they hold (issue
-//! 14), at CI size: `weir-bench chaos` with 3 kill cycles, 2 users x 8 connections, a 6 MiB item
+//! 14), at CI size: `weir-bench chaos` with 3 kill cycles, 2 users x 8 connections, a 4 MiB item
 //! at 2 MiB/s per user so that downloads span the kills, repeat purchases. Every purchase
 //! whose client held every byte completes exactly once, none completes without its bytes, and
 //! each completion's webhook key arrives (redeliveries of a key are allowed: at least once).
@@ -21,9 +21,9 @@ fn kills_lose_no_completion(driver: Driver) {
         cycles: 3,
         users: 2,
         connections: 8,
-        file_bytes: 6 << 20,
+        file_bytes: 4 << 20,
         rate: "2MiB".into(),
-        duration: Duration::from_secs(12),
+        duration: Duration::from_secs(16),
         seed,
         completion_timeout: Duration::from_secs(5),
         work: dir.path().join("work"),
