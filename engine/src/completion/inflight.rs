@@ -24,11 +24,13 @@
 //! A run whose user and item names do not fit a record, or that finds no free record, is simply
 //! not recorded (counted in [`InflightFile::overflows`]).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use memmap2::MmapMut;
 
@@ -70,11 +72,45 @@ pub struct Record {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot(u32);
 
+/// Process clock of [`Watermark`], in nanoseconds.
+pub fn clock_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The ledger's watermark: every credit sent to it before this [`clock_ns`] is journaled (or
+/// its purchase completed), so records retired before then may be reused. Shared by a ledger
+/// ([`crate::completion::Ledger::durable_watermark`]) and the map files of its workers.
+#[derive(Clone, Debug, Default)]
+pub struct Watermark(Arc<AtomicU64>);
+
+impl Watermark {
+    /// The ledger: every credit sent before `ns` is journaled.
+    pub fn advance(&self, ns: u64) {
+        self.0.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// One worker's map file.
+///
+/// A record whose run is over ([`InflightFile::release`]) stays live in the file until the
+/// ledger has journaled the credits it mirrored: released records wait in `released` until the
+/// worker has handed its credit batch to the ledger ([`InflightFile::stamp`]), then in
+/// `retiring` until the ledger's [`Watermark`] passes that moment; only then are they freed. So at every
+/// instant a credit is in the journal, or in a live record, or both.
 pub struct InflightFile {
     map: Mutex<MmapMut>,
     /// Free record indices (the worker's own bookkeeping, not in the file).
     free: Mutex<Vec<u32>>,
+    /// Released, credits not yet handed to the ledger.
+    released: Mutex<Vec<u32>>,
+    /// Released, credits handed to the ledger at the stamped [`clock_ns`].
+    retiring: Mutex<VecDeque<(u32, u64)>>,
+    durable: Watermark,
     overflows: AtomicU64,
     path: PathBuf,
 }
@@ -89,7 +125,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 impl InflightFile {
     /// Creates `dir/inflight/<pid>-<start time>-<worker>.map` with `slots` free records, preallocated.
-    pub fn create(data_dir: &Path, worker: usize, slots: u32) -> io::Result<InflightFile> {
+    pub fn create(
+        data_dir: &Path,
+        worker: usize,
+        slots: u32,
+        durable: Watermark,
+    ) -> io::Result<InflightFile> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}{worker}.map", process_tag()));
@@ -111,6 +152,9 @@ impl InflightFile {
         Ok(InflightFile {
             map: Mutex::new(map),
             free: Mutex::new((0..slots).rev().collect()),
+            released: Mutex::new(Vec::new()),
+            retiring: Mutex::new(VecDeque::new()),
+            durable,
             overflows: AtomicU64::new(0),
             path,
         })
@@ -123,6 +167,7 @@ impl InflightFile {
             self.overflows.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        self.reap();
         let Some(i) = self.free.lock().ok()?.pop() else {
             self.overflows.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -155,11 +200,42 @@ impl InflightFile {
         self.store(slot, OFF_CREDITED, end);
     }
 
-    /// The run ended (all of it credited, or its connection closed): free the record.
+    /// The run ended (all of it credited, or its connection closed): the record is freed once
+    /// the ledger journaled its credits (see the type's docs).
     pub fn release(&self, slot: Slot) {
-        self.store(slot, OFF_STATE, 0);
-        if let Ok(mut free) = self.free.lock() {
-            free.push(slot.0);
+        if let Ok(mut r) = self.released.lock() {
+            r.push(slot.0);
+        }
+    }
+
+    /// The worker handed its credit batch to the ledger: records released so far wait for the
+    /// journal to pass this moment.
+    pub fn stamp(&self) {
+        let Ok(mut released) = self.released.lock() else {
+            return;
+        };
+        if released.is_empty() {
+            return;
+        }
+        let now = clock_ns();
+        if let Ok(mut retiring) = self.retiring.lock() {
+            retiring.extend(released.drain(..).map(|i| (i, now)));
+        }
+    }
+
+    /// Frees the retiring records whose credits are journaled.
+    fn reap(&self) {
+        let durable = self.durable.get();
+        let (Ok(mut retiring), Ok(mut free)) = (self.retiring.lock(), self.free.lock()) else {
+            return;
+        };
+        while let Some(&(i, at)) = retiring.front() {
+            if at >= durable {
+                break;
+            }
+            retiring.pop_front();
+            self.store(Slot(i), OFF_STATE, 0);
+            free.push(i);
         }
     }
 
@@ -180,12 +256,22 @@ impl InflightFile {
     }
 }
 
-impl Drop for InflightFile {
-    /// A clean exit: the ledger got every credit through its channel, so the file has nothing
-    /// to tell the next start.
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// Removes this process's own map files: called by the ledger at a clean exit, once its last
+/// flush succeeded (every credit is journaled, so they have nothing to tell the next start).
+pub fn remove_own(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(DIR)) else {
+        return;
+    };
+    let mine = process_tag();
+    let files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(mine) && n.ends_with(".map"))
+        })
+        .collect();
+    remove(&files);
 }
 
 /// Reserves the file's blocks so that later stores into its mapping never need space.
@@ -290,14 +376,23 @@ mod tests {
     #[test]
     fn records_survive_without_a_clean_exit_and_freed_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        let f = InflightFile::create(dir.path(), 3, 4).unwrap();
+        let w = Watermark::default();
+        let f = InflightFile::create(dir.path(), 3, 4, w.clone()).unwrap();
+        let f_name = f.path().file_name().unwrap().to_owned();
         let a = f.claim("alice", "movie", 0, 1000).unwrap();
         f.set_written(a, 5000);
         f.set_credited(a, 3000);
         let b = f.claim("bob", "album", 2, 0).unwrap();
         f.set_written(b, 10);
         f.release(b);
+        f.stamp();
+        // Not reused, and still in the file, until the ledger journaled what it credited.
         let c = f.claim("carol", "x", 1, 7).unwrap();
+        assert_ne!(c, b);
+        assert_eq!(parse(&std::fs::read(f.path()).unwrap()).len(), 3);
+        w.advance(clock_ns());
+        let d = f.claim("dave", "y", 0, 0).unwrap();
+        f.release(d);
         assert_ne!(c, a);
         // Read the file as the next process would (SIGKILL leaves it as it is).
         let records = parse(&std::fs::read(&f.path).unwrap());
@@ -312,6 +407,15 @@ mod tests {
                     credited: 3000,
                     written: 5000,
                 },
+                // dave (in bob's freed record): released, not yet stamped: still live.
+                Record {
+                    user: "dave".into(),
+                    item: "y".into(),
+                    part: 0,
+                    start: 0,
+                    credited: 0,
+                    written: 0,
+                },
                 Record {
                     user: "carol".into(),
                     item: "x".into(),
@@ -325,13 +429,14 @@ mod tests {
         // This process's own files are not "left behind"; a clean exit removes them.
         assert!(recover(dir.path()).unwrap().1.is_empty());
         drop(f);
-        assert!(recover(dir.path()).unwrap().0.is_empty());
+        remove_own(dir.path());
+        assert!(!dir.path().join(DIR).join(f_name).exists());
     }
 
     #[test]
     fn names_that_do_not_fit_and_a_full_file_are_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let f = InflightFile::create(dir.path(), 0, 1).unwrap();
+        let f = InflightFile::create(dir.path(), 0, 1, Watermark::default()).unwrap();
         assert!(f.claim(&"u".repeat(NAMES_MAX), "i", 0, 0).is_none());
         assert!(f.claim("u", "i", 0, 0).is_some());
         assert!(f.claim("u", "j", 0, 0).is_none());
@@ -341,7 +446,7 @@ mod tests {
     #[test]
     fn a_file_of_another_process_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
-        let f = InflightFile::create(dir.path(), 0, 2).unwrap();
+        let f = InflightFile::create(dir.path(), 0, 2, Watermark::default()).unwrap();
         let s = f.claim("u", "i", 0, 0).unwrap();
         f.set_written(s, 9);
         let other = dir.path().join(DIR).join("1-0.map");
@@ -352,5 +457,6 @@ mod tests {
         assert_eq!(records[0].written, 9);
         remove(&files);
         assert!(recover(dir.path()).unwrap().0.is_empty());
+        drop(f);
     }
 }

@@ -45,6 +45,40 @@
 //! Lost progress only means a client fetches those bytes again; it can never cause a false
 //! completion. [`LedgerThread::shutdown`] flushes before it returns (the SIGTERM drain).
 //!
+//! # Crash recovery: credits kept, and the evidence rule
+//!
+//! The journal alone would lose, at a SIGKILL, the credits of the last flush interval and
+//! everything the client's TCP acknowledged since the last `TCP_INFO` poll. Two more things
+//! close that gap (see [`super::inflight`]):
+//!
+//! 1. **What weir credited survives.** Each worker mirrors every live response run (user, item,
+//!    part, start, credited up to, written up to) into its map file with plain memory stores; a
+//!    record is freed only after the journal holds its credits (the [`Watermark`]). On start,
+//!    before any worker runs, the ledger credits `start..credited` of every record left behind.
+//! 2. **What weir wrote but had not seen acknowledged is evidence, not delivery.** For each
+//!    record, `credited..written` becomes a pending [`Evidence`] span, kept in
+//!    `inflight/evidence.json` (fsynced) for a day. A later credit for the same user, item and
+//!    part whose range starts at `n` with `credited < n <= written` (a resume from `n`: curl
+//!    `-C -`, `wget -c`, aria2c's control file, axel's state file all send `Range: bytes=n-`)
+//!    proves the client held `credited..n`: that is credited and the span used up. A resume
+//!    after the last byte (`bytes=LEN-`, answered 416) counts as a resume at `LEN`.
+//!
+//! Bound: the evidence rule credits at most what one connection had written and not seen
+//! acknowledged when weir died (its send queue plus what was in flight and in the client's
+//! receive buffer), once. A client that lies about `n` gains only that span of its *own* cart
+//! item: a false completion can harm only the liar. A download that is never resumed is never
+//! credited more than its acknowledged bytes, so it never completes. What is still lost: a
+//! client that received the tail after weir died (the kernel sends a dead process's send
+//! queue) and never asks again; and, while the journal is failing, credits of runs already
+//! over if the process is then killed (a double fault).
+//!
+//! # A full disk
+//!
+//! A failing journal write (disk full, read-only filesystem) is logged once when it starts
+//! failing and once when it recovers; meanwhile `weir_journal_failing` is 1, serving goes on,
+//! progress and completions wait in memory and are retried every flush, and map records are not
+//! freed (their credits are not journaled).
+//!
 //! On start, progress rows whose purchase no longer matches the cart are deleted and the rest
 //! is loaded (a purchase found complete is completed then). Purchases idle for a while are
 //! dropped from memory after a flush and reloaded from the journal on their next credit.
@@ -63,6 +97,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::inflight::{self, Watermark};
 use super::stats::LedgerStats;
 use super::webhook::{self, Signal};
 use crate::intervals::IntervalSet;
@@ -131,6 +166,7 @@ enum Msg {
 pub struct Ledger {
     tx: Sender<Msg>,
     stats: Arc<LedgerStats>,
+    durable: Watermark,
 }
 
 /// The running ledger (and webhook) threads; [`LedgerThread::shutdown`] stops them.
@@ -196,6 +232,7 @@ impl Ledger {
             "completion ledger started"
         );
 
+        let durable = state.durable.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let interval = cfg.flush_interval.max(Duration::from_millis(1));
         let spawned = std::thread::Builder::new()
@@ -215,6 +252,7 @@ impl Ledger {
             Ledger {
                 tx: tx.clone(),
                 stats,
+                durable,
             },
             LedgerThread {
                 tx,
@@ -243,6 +281,12 @@ impl Ledger {
     pub fn sync(&self, timeout: Duration) -> bool {
         let (ack, done) = crossbeam_channel::bounded(1);
         self.tx.send(Msg::Sync(ack)).is_ok() && done.recv_timeout(timeout).is_ok()
+    }
+
+    /// How far the journal has caught up with the credits sent (for the workers' map files:
+    /// see [`super::inflight`]).
+    pub fn durable_watermark(&self) -> Watermark {
+        self.durable.clone()
     }
 
     /// The ledger's counters.
@@ -352,6 +396,9 @@ struct State {
     stale_maps: Vec<PathBuf>,
     /// The journal is failing (disk full): logged once, then quiet until it recovers.
     failing: bool,
+    /// Advanced after each flush that wrote every credit received before a moment the channel
+    /// was empty.
+    durable: Watermark,
 }
 
 /// How long a pending-evidence span waits for its resume.
@@ -420,6 +467,7 @@ impl State {
             evidence_dirty: false,
             stale_maps: Vec::new(),
             failing: false,
+            durable: Watermark::default(),
         }
     }
 
@@ -434,6 +482,8 @@ impl State {
                     return;
                 }
             };
+            // When the channel was last seen empty: every credit sent before then is applied.
+            let mut drained = first.is_none().then(inflight::clock_ns);
             let mut round = Round::default();
             let mut next = first;
             let mut handled = 0;
@@ -451,7 +501,11 @@ impl State {
                     }
                     Msg::Shutdown => {
                         self.finish(&mut round);
-                        self.flush();
+                        if self.flush() {
+                            if let Some(dir) = &self.dir {
+                                inflight::remove_own(dir);
+                            }
+                        }
                         tracing::info!("completion ledger stopped");
                         return;
                     }
@@ -460,14 +514,23 @@ impl State {
                 }
                 handled += 1;
                 next = if handled < MAX_ROUND {
-                    rx.try_recv().ok()
+                    let now = inflight::clock_ns();
+                    let m = rx.try_recv().ok();
+                    if m.is_none() {
+                        drained = Some(now);
+                    }
+                    m
                 } else {
                     None
                 };
             }
             self.finish(&mut round);
             if Instant::now() >= next_flush {
-                self.flush();
+                if self.flush() {
+                    if let Some(at) = drained {
+                        self.durable.advance(at);
+                    }
+                }
                 self.evict(EVICT_AFTER);
                 next_flush = Instant::now() + interval;
             }
@@ -717,7 +780,7 @@ impl State {
     /// Writes every changed part in one transaction, retries failed completions, and writes
     /// the pending evidence if it changed. A failing journal (disk full) is logged once, when it
     /// starts failing, and once when it recovers; meanwhile everything waits in memory.
-    fn flush(&mut self) {
+    fn flush(&mut self) -> bool {
         for key in self.retry.clone() {
             self.complete(&key);
         }
@@ -759,6 +822,7 @@ impl State {
                 super::inflight::remove(&std::mem::take(&mut self.stale_maps));
             }
         }
+        ok
     }
 
     /// Counts a failed journal write, and logs the first of a series.
@@ -1366,13 +1430,15 @@ mod tests {
     /// A map file as a killed process leaves it: one run of `user`'s `item`, credited and
     /// written up to the given offsets.
     fn killed_process_file(f: &Fixture, user: &str, item: &str, credited: u64, written: u64) {
-        let file = crate::completion::InflightFile::create(f.store.data_dir(), 0, 4).unwrap();
+        let file =
+            crate::completion::InflightFile::create(f.store.data_dir(), 0, 4, Default::default())
+                .unwrap();
         let slot = file.claim(user, item, 0, 0).unwrap();
         file.set_written(slot, written);
         file.set_credited(slot, credited);
         let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
         std::fs::copy(file.path(), dir.join(format!("1-0-{user}.map"))).unwrap();
-        drop(file); // removes this process's own file; the copy stays "left behind"
+        drop(file); // the copy is "left behind" by another process
     }
 
     #[test]

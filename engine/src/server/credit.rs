@@ -59,15 +59,18 @@ impl CreditBatch {
         self
     }
 
-    /// Hand the batch to the ledger.
+    /// Hand the batch to the ledger; records of runs released before now then wait only for
+    /// the journal (see [`InflightFile`]).
     pub fn flush(&mut self) {
-        if self.credits.is_empty() {
-            return;
+        if !self.credits.is_empty() {
+            coalesce(&mut self.credits);
+            let batch = std::mem::take(&mut self.credits);
+            if let Some(sink) = &self.sink {
+                sink(batch);
+            }
         }
-        coalesce(&mut self.credits);
-        let batch = std::mem::take(&mut self.credits);
-        if let Some(sink) = &self.sink {
-            sink(batch);
+        if let Some(f) = &self.inflight {
+            f.stamp();
         }
     }
 

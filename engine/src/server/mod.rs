@@ -238,6 +238,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             pool: pool.clone(),
             draining: draining.clone(),
             credit_sink: credit_sink.clone(),
+            credit_watermark: ledger.as_ref().map(|(l, _)| l.durable_watermark()),
             stats: worker_stats[id].clone(),
             shaper: shaper.clone(),
             default_rate: cfg.default_user_rate,

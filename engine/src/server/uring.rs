@@ -739,6 +739,7 @@ mod tests {
             pool,
             draining: Arc::new(AtomicBool::new(false)),
             credit_sink: None,
+            credit_watermark: None,
             stats: Arc::default(),
             shaper: weir_shaper::Shaper::new(Default::default()),
             default_rate: weir_shaper::Rate::Unlimited,

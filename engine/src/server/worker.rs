@@ -42,6 +42,8 @@ pub struct WorkerInit {
     pub pool: AuthPool,
     pub draining: Arc<AtomicBool>,
     pub credit_sink: Option<CreditSink>,
+    /// The ledger's journal watermark, for this worker's map file of live credits.
+    pub credit_watermark: Option<crate::completion::inflight::Watermark>,
     pub stats: Arc<WorkerStats>,
     pub shaper: Arc<Shaper>,
     pub default_rate: Rate,
@@ -190,9 +192,9 @@ impl Worker {
         let limits = Limits::default();
         let cache = AuthCache::new(init.resources, init.cfg.credential_cache_ttl);
         // Credits that survive SIGKILL: this worker's map file (only with accounting).
-        let inflight = init.credit_sink.as_ref().and_then(|_| {
+        let inflight = init.credit_watermark.clone().and_then(|durable| {
             let slots = crate::completion::inflight::DEFAULT_SLOTS;
-            match InflightFile::create(&init.cfg.data_dir, init.id, slots) {
+            match InflightFile::create(&init.cfg.data_dir, init.id, slots, durable) {
                 Ok(f) => Some(Arc::new(f)),
                 Err(e) => {
                     tracing::warn!(worker = init.id, error = %e, "no map file for credits (they are then durable only once journaled, about once a second)");
