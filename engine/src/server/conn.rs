@@ -357,7 +357,8 @@ impl<S: ConnSocket> Conn<S> {
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
         let marker = match repr {
             Repr::Part(p, part) if head.method == Method::Get => {
-                empty_delivery(&head, resp.status(), p.file.len()).map(|at| (part, at))
+                empty_delivery(head.range.as_deref(), resp.status(), p.file.len())
+                    .map(|at| (part, at))
             }
             _ => None,
         };
@@ -535,11 +536,11 @@ impl<S: ConnSocket> Conn<S> {
 ///   credits nothing by itself; it is the resume offset the ledger's evidence rule needs when
 ///   weir died after writing the tail and the kernel delivered it (see
 ///   [`crate::completion::ledger`]).
-fn empty_delivery(head: &RequestHead, status: u16, len: u64) -> Option<u64> {
+fn empty_delivery(range: Option<&str>, status: u16, len: u64) -> Option<u64> {
     match status {
         200 if len == 0 => Some(0),
         416 => {
-            let spec = head.range.as_deref()?.trim();
+            let spec = range?.trim();
             let first = spec.strip_prefix("bytes=")?.trim().strip_suffix('-')?;
             (first.trim().parse::<u64>().ok()? == len && len > 0).then_some(len)
         }
@@ -712,6 +713,16 @@ mod tests {
 
     /// A large response to a client that reads the first bytes and stops with its window shut:
     /// when the send times out, nothing it acknowledged inside its first receive buffer counts.
+    #[test]
+    fn what_an_empty_delivery_proves() {
+        assert_eq!(empty_delivery(None, 200, 0), Some(0));
+        assert_eq!(empty_delivery(None, 200, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=10-"), 416, 10), Some(10));
+        assert_eq!(empty_delivery(Some("bytes=11-"), 416, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=10-20"), 416, 10), None);
+        assert_eq!(empty_delivery(Some("bytes=0-"), 416, 0), None);
+    }
+
     /// The same client with its window open when the connection ends is credited its acks.
     #[test]
     fn a_client_that_stops_reading_is_credited_nothing_at_the_send_timeout() {

@@ -7,6 +7,11 @@
 //! (see [`ConnCredit::account`]). Each connection that carried catalog content keeps a
 //! [`ConnCredit`]; a worker gathers the credits of one loop iteration in a [`CreditBatch`] and
 //! hands them to the ledger once (never per chunk).
+//!
+//! So that a SIGKILL loses none of them, each run of content a connection writes is mirrored,
+//! with plain memory stores, in the worker's map file ([`InflightFile`]): how far it was
+//! written and how far credited. A response that carries no content but proves a delivery (a
+//! whole empty part, a resume after the last byte) is an [`EmptyDelivery`].
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -453,6 +458,7 @@ impl ConnCredit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::socket::FakeSocket;
 
     /// Accounting for a response that wrote `written` stream bytes (a 300-byte head, then
     /// content) after a client window of `window` at `start_acked`, with `acked` credited.
@@ -490,6 +496,82 @@ mod tests {
         assert!(!acct(w, 300, 50_000, 100_000, 50_000).poll_can_credit());
         // No window known at the start: every poll may credit.
         assert!(acct(0, 300, 0, 100_000, 300).poll_can_credit());
+    }
+
+    fn ack(bytes_acked: u64) -> FakeSocket {
+        FakeSocket {
+            ack: Some(AckState {
+                bytes_acked,
+                window: Some(65_535),
+                peer_ended: false,
+            }),
+            ..FakeSocket::default()
+        }
+    }
+
+    /// The map file mirrors what a connection wrote and what was credited, with no call but
+    /// memory stores; a record outlives its run until the ledger journaled its credits.
+    #[test]
+    fn the_map_file_mirrors_written_and_credited_offsets() {
+        use crate::completion::inflight::{self, Watermark};
+        let dir = tempfile::tempdir().unwrap();
+        let w = Watermark::default();
+        let file = Arc::new(InflightFile::create(dir.path(), 0, 8, w.clone()).unwrap());
+        let mut batch = CreditBatch::new(None).with_inflight(Some(file.clone()));
+        let stats = WorkerStats::default();
+        let (user, item): (Arc<str>, Arc<str>) = ("alice".into(), "movie".into());
+        let mut cc = ConnCredit::default();
+        let now = Instant::now();
+        cc.start_response(&ack(0), &batch, 0, 1000, None, now);
+        cc.record_overhead(100);
+        cc.record_content(&user, &item, 0, 5000, 600);
+        cc.record_content(&user, &item, 0, 5600, 400);
+        let records = || inflight::parse(&std::fs::read(file.path()).unwrap());
+        assert_eq!(
+            (
+                records()[0].start,
+                records()[0].credited,
+                records()[0].written
+            ),
+            (5000, 5000, 6000)
+        );
+        // The client's TCP acknowledged the head and 300 content bytes.
+        cc.account(&ack(400), &stats, &mut batch, false, false, false);
+        assert_eq!(records()[0].credited, 5300);
+        assert_eq!(batch.pending()[0].range, 5000..5300);
+        // All of it, and the connection goes idle: the run is over, but its record stays live
+        // until the ledger's watermark passes the batch's hand-over.
+        cc.account(&ack(1100), &stats, &mut batch, true, false, true);
+        batch.flush();
+        assert_eq!(records().len(), 1);
+        assert_eq!(records()[0].credited, 6000);
+        w.advance(inflight::clock_ns());
+        cc.start_response(&ack(1100), &batch, 1100, 10, None, now);
+        cc.record_content(&user, &item, 0, 0, 10);
+        assert_eq!(records().len(), 1, "the old record was freed and reused");
+        assert_eq!(records()[0].start, 0);
+    }
+
+    /// A 200 of an empty part is credited `0..0`, only once its head was acknowledged.
+    #[test]
+    fn an_empty_part_is_credited_once_its_head_is_acknowledged() {
+        let mut batch = CreditBatch::new(None);
+        let stats = WorkerStats::default();
+        let (user, item): (Arc<str>, Arc<str>) = ("alice".into(), "empty".into());
+        let mut cc = ConnCredit::default();
+        let empty = EmptyDelivery {
+            user: &user,
+            item: &item,
+            part: 0,
+            at: 0,
+            head: 200,
+        };
+        cc.start_response(&ack(0), &batch, 0, 0, Some(empty), Instant::now());
+        cc.record_overhead(200);
+        cc.account(&ack(199), &stats, &mut batch, false, false, true);
+        assert!(batch.pending().is_empty());
+        cc.account(&ack(200), &stats, &mut batch, false, true, true);
+        assert_eq!(batch.pending(), &[c("alice", "empty", 0, 0..0)]);
     }
 
     fn c(user: &str, item: &str, part: u32, r: Range<u64>) -> Credit {
