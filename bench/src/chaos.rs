@@ -128,6 +128,9 @@ pub struct Counts {
     pub duplicated: u64,
     #[serde(rename = "false")]
     pub false_: u64,
+    /// Of `false_`: purchases whose download was still in flight when weir-load's run ended (its
+    /// last bytes may have been acknowledged by the client's kernel and not yet read).
+    pub false_in_flight_at_end: u64,
     /// POSTs received (redeliveries of a key included).
     pub webhook_posts: u64,
     pub webhook_distinct_keys: u64,
@@ -151,6 +154,8 @@ pub struct Purchase {
     pub completions: Vec<i64>,
     pub webhook_keys: Vec<String>,
     pub replaced_after_timeout: bool,
+    /// The user's last purchase, its download unfinished when the run ended.
+    pub in_flight_at_end: bool,
 }
 
 /// One kill and restart.
@@ -635,7 +640,10 @@ fn account(
             c.client_hash_mismatch += u64::from(client == Some(false));
             c.completions_recorded += completions.len() as u64;
             c.lost += u64::from(held && completions.is_empty());
-            c.false_ += u64::from(!held && !completions.is_empty());
+            let is_false = !held && !completions.is_empty();
+            let in_flight_at_end = client.is_none() && n + 1 == ps.len() && !*replaced;
+            c.false_ += u64::from(is_false);
+            c.false_in_flight_at_end += u64::from(is_false && in_flight_at_end);
             c.duplicated += u64::from(completions.len() > 1 || wkeys.len() > 1);
             c.webhook_missing += u64::from(!completions.is_empty() && wkeys.is_empty());
             c.webhook_duplicate_keys += u64::from(wkeys.len() > 1);
@@ -648,6 +656,7 @@ fn account(
                 completions,
                 webhook_keys: wkeys,
                 replaced_after_timeout: *replaced,
+                in_flight_at_end,
             });
         }
     }
@@ -712,6 +721,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let notes = format!(
         "{}\n\nItem {} MiB, per-user rate {}, download phase {:?}, completion timeout {:?}; \
+         FALSE for a download in flight when weir-load's run ended {}; \
          client hash mismatches {}, purchases replaced after the timeout {}, webhook keys with \
          no history row {}, ledger idle at the end: {}; weir-load exit: {}.\n\n\
          Kills (ms after the start, restart = SIGKILL to the next `listening on`): {}\n\n\
@@ -725,6 +735,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.rate,
         cfg.duration,
         cfg.completion_timeout,
+        c.false_in_flight_at_end,
         c.client_hash_mismatch,
         c.replaced_after_timeout,
         c.webhook_orphans,
@@ -800,6 +811,7 @@ mod tests {
         assert_eq!(c.completions_recorded, 4);
         assert_eq!(c.lost, 1);
         assert_eq!(c.false_, 1);
+        assert_eq!(c.false_in_flight_at_end, 1, "chaos0's last purchase");
         assert_eq!(c.duplicated, 1);
         assert_eq!(c.webhook_posts, 5);
         assert_eq!(c.webhook_distinct_keys, 4);
