@@ -12,8 +12,11 @@
 //! one driver level, named in its test: `curl_on_uring`, `wget_on_uring_minimal`,
 //! `aria2c_on_epoll`, `axel_on_epoll`.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weir_tests::{
@@ -63,6 +66,40 @@ fn under_way(data: &DataDir, bytes: u64) {
         "the download never got under way: cart {:?}",
         cart(data)
     );
+}
+
+/// A webhook receiver answering 200; returns its URL and the Idempotency-Keys it received.
+fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let keys: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = keys.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut key, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("idempotency-key:") {
+                    key = line[line.len() - v.len()..].trim().to_string();
+                }
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().unwrap().push(key);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, keys)
 }
 
 /// The resuming clients.
@@ -192,7 +229,8 @@ fn fixture() -> (DataDir, PathBuf, PathBuf) {
 }
 
 /// SIGKILL of weir mid-download; restart on the same data directory; the client resumes by
-/// itself and ends byte-exact; the item completes exactly once (also after another restart).
+/// itself and ends byte-exact; the item completes exactly once (also after another restart),
+/// and the shop's webhook hears of it once (one idempotency key).
 fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
     assert!(
         have(client.package()),
@@ -200,7 +238,9 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
         client.package()
     );
     let (data, file, dir) = fixture();
-    let srv = data.serve(driver, &[]);
+    let (hook, keys) = webhook();
+    let flags = ["--webhook", hook.as_str()];
+    let srv = data.serve(driver, &flags);
     let first = Running(
         client
             .command(&srv, &dir, false)
@@ -216,7 +256,7 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
         "completed before the client had every byte"
     );
 
-    let srv = data.serve(driver, &[]);
+    let srv = data.serve(driver, &flags);
     let st = Running(
         client
             .command(&srv, &dir, true)
@@ -237,10 +277,21 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
         history(&data)
     );
     assert!(cart(&data).is_empty());
+    assert!(
+        eventually(Duration::from_secs(15), || !keys.lock().unwrap().is_empty()),
+        "the webhook never heard of the completion"
+    );
     srv.stop();
-    let srv = data.serve(driver, &[]);
+    let srv = data.serve(driver, &flags);
     srv.stop();
     assert_eq!(history(&data), ["movie"], "completed more than once");
+    let mut keys = keys.lock().unwrap().clone();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        1,
+        "one completion event, one idempotency key: {keys:?}"
+    );
 }
 
 #[test]
