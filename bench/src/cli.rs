@@ -29,6 +29,9 @@ pub enum Command {
     /// Two weir binaries in one run: full speed (1 GiB, 40 ranged curls), 4 KiB requests/s
     /// (wrk -c100) and reduced shaping accuracy; after/before ratios of the medians.
     BeforeAfter(crate::before_after::Args),
+    /// Issue 14: SIGKILL weir at random moments while users download with resuming clients;
+    /// count completions lost, duplicated and false, and webhook keys per completion.
+    Chaos(crate::chaos::Args),
     /// Renders the tables the top-level README quotes from the stored results under results/.
     Report(crate::results::Args),
 }

@@ -10,8 +10,9 @@
 //!
 //! Subcommands: `first` (weir vs nginx), `before-after` (two weir binaries, the first the
 //! baseline), `overhead` (accounting on/off), `loadgen` (weir-load vs wrk and axel), `shaping`
-//! (shaping accuracy), `send-path` (the kernel's send paths, no server) and `report` (the tables
-//! of the stored results).
+//! (shaping accuracy), `send-path` (the kernel's send paths, no server), `chaos` (SIGKILL during
+//! resumed downloads: lost, duplicated and false completions) and `report` (the tables of the
+//! stored results).
 //!
 //! Layout: [`servers`] is the only place a server is started (its own session, stopped by
 //! PID); [`runner`] runs scenarios N times per target with the targets alternating;
@@ -26,6 +27,7 @@
 //! assert_eq!(weir_bench::util::median(&[0.9, 0.7, 0.8]), Some(0.8));
 //! ```
 pub mod before_after;
+pub mod chaos;
 pub mod child;
 pub mod cli;
 pub mod client;
@@ -63,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Sub::Shaping(a) => shaping::run(a),
         Sub::SendPath(a) => send_path::run(a),
         Sub::BeforeAfter(a) => before_after::run(a),
+        Sub::Chaos(a) => chaos::run(a),
         Sub::Report(a) => results::run(a),
     }
 }

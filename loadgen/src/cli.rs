@@ -83,6 +83,24 @@ pub struct FortyArgs {
     /// Expected SHA-256 of the file (hex): verify every download's bytes.
     #[arg(long)]
     pub sha256: Option<String>,
+    /// With --sha256: build the per-block verification list from this local copy of the file
+    /// instead of a reference GET before the run (which would be one more download).
+    #[arg(long, value_name = "FILE", requires = "sha256")]
+    pub reference_file: Option<PathBuf>,
+    /// Give a download up once its failures (refused connects, resets, error statuses) have
+    /// gone on this long with no progress in between [default: retry until the run ends].
+    /// Until then a user reconnects with back-off and resumes every range from the bytes it
+    /// holds, also across a server restart.
+    #[arg(long, value_parser = parse_duration)]
+    pub retry_for: Option<Duration>,
+    /// Append one JSON line per finished download to FILE: {"user", "download", "bytes",
+    /// "verified", "took_ms"} (user = global index, download = the user's number from 0).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Start download N of user U only once the file DIR/U-N exists (a harness opens it when
+    /// that user's next purchase is in the cart).
+    #[arg(long, value_name = "DIR")]
+    pub gate: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
 }

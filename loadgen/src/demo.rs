@@ -204,6 +204,10 @@ fn drive(args: &DemoArgs, child: &mut Child, listen: &str, log: &Path) -> anyhow
         credentials: Some(credentials),
         credentials_file: None,
         sha256: None,
+        reference_file: None,
+        retry_for: None,
+        events: None,
+        gate: None,
         common: Common {
             stall_timeout: Duration::from_secs(10),
             source: None,

@@ -64,6 +64,7 @@ kinds! {
     Http5xx => "http_5xx", "Any other 5xx status.";
     HttpOther => "http_other", "A 1xx/3xx or otherwise unexpected status.";
     HashMismatch => "hash_mismatch", "The assembled bytes differ from --sha256.";
+    GaveUp => "gave_up", "A download was given up: its failures outlasted --retry-for.";
 }
 
 impl ErrorKind {

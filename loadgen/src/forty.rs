@@ -6,16 +6,24 @@
 //! largest remaining range, and reopens a connection that broke or stalled to resume where it
 //! stopped (after a short backoff). With `--sha256` every range is verified block by block as it
 //! arrives ([`crate::verify`]). Users loop downloads until the run ends.
+//!
+//! Resuming uses only what the user holds: a range goes on from the bytes that arrived on it
+//! ([`Plan`]), whatever the server says or forgot, so a server that dies and comes back on the
+//! same address is resumed like any broken connection. `--retry-for` bounds how long failures
+//! may go on with no progress before the download is given up ([`Streak`]); without it users
+//! retry until the run ends. `--events` and `--gate` ([`crate::downloads`]) let a harness match
+//! every finished download with a purchase.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conn::Who;
+use crate::downloads::{DownloadLog, DownloadRecord, Gate};
 use crate::errors::ErrorKind;
 use crate::histograms::Metric;
 use crate::http::Head;
 use crate::manager::Plan;
-use crate::retry::{Backoff, Retry};
+use crate::retry::{Backoff, Retry, Streak};
 use crate::stats::Live;
 use crate::target::{write_get, Url};
 use crate::verify::{BlockHasher, BlockList, BLOCK};
@@ -35,6 +43,12 @@ pub struct FortyConfig {
     pub connections: usize,
     /// Verification list when `--sha256` was given and the reference fetch worked.
     pub blocks: Option<Arc<BlockList>>,
+    /// `--retry-for`: give a download up after failing this long with no progress.
+    pub retry_for: Option<Duration>,
+    /// `--events`: one record per finished download.
+    pub events: Option<Arc<DownloadLog>>,
+    /// `--gate`: each download waits for its gate file.
+    pub gate: Option<Gate>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +59,10 @@ enum State {
     Probing,
     /// Ranges in flight.
     Downloading,
+    /// Waiting for the gate file of the next download (`--gate`).
+    Gated,
+    /// Gave up (`--retry-for` ran out); idle until the run ends.
+    Stopped,
 }
 
 #[derive(Default)]
@@ -60,6 +78,12 @@ struct Slot {
 }
 
 struct User {
+    /// Global index (events and gate files name users by it).
+    global: usize,
+    /// Number of the current (or next) download, from 0.
+    number: u64,
+    /// Failures since the last progress, for `--retry-for`.
+    streak: Streak,
     auth: Arc<str>,
     state: State,
     started: Instant,
@@ -94,6 +118,9 @@ impl Forty {
         let users = user_indices
             .iter()
             .map(|&g| User {
+                global: g,
+                number: 0,
+                streak: Streak::default(),
                 auth: if auths.is_empty() {
                     Arc::from("")
                 } else {
@@ -116,8 +143,32 @@ impl Forty {
         }
     }
 
+    /// Close every connection of user `u` (and `also`, a connection it no longer tracks).
+    fn close_all(&mut self, io: &mut Io, u: usize, also: Option<ConnId>) {
+        for s in self.users[u].slots.iter_mut() {
+            if let Some(c) = s.conn.take() {
+                if Some(c) != also {
+                    io.close(c);
+                }
+            }
+        }
+        if let Some(c) = also {
+            if io.is_open(c) {
+                io.close(c);
+            }
+        }
+    }
+
     fn begin_download(&mut self, io: &mut Io, u: usize, reuse: Option<ConnId>) {
         let user = &mut self.users[u];
+        if let Some(gate) = &self.cfg.gate {
+            if !gate.is_open(user.global, user.number) {
+                user.state = State::Gated;
+                self.close_all(io, u, reuse);
+                self.retries_pending += 1;
+                return;
+            }
+        }
         user.state = State::Probing;
         user.started = io.now;
         user.plan = None;
@@ -281,13 +332,28 @@ impl Forty {
             (size as u128 * 1_000_000 / us as u128) as u64,
         );
         Live::add(&io.live.completed, 1);
+        let mut verified = None;
         if let Some(list) = &self.cfg.blocks {
-            if user.corrupt || !list.trusted || list.size != size {
-                io.error(ErrorKind::HashMismatch);
-            } else {
+            let ok = !(user.corrupt || !list.trusted || list.size != size);
+            if ok {
                 Live::add(&io.live.verified, 1);
+            } else {
+                io.error(ErrorKind::HashMismatch);
             }
+            verified = Some(ok);
         }
+        if let Some(log) = &self.cfg.events {
+            log.record(&DownloadRecord {
+                user: user.global,
+                download: user.number,
+                bytes: size,
+                verified,
+                took_ms: took.as_millis() as u64,
+            });
+        }
+        user.number += 1;
+        // The next download's budget starts with its own first failure.
+        user.streak.progressed();
         if now >= io.deadline() {
             return;
         }
@@ -310,13 +376,23 @@ impl Forty {
         if let Some(k) = kind {
             io.error(k);
         }
-        self.resume_later(now, u, s, kind.is_some());
+        self.resume_later(io, now, u, s, kind.is_some());
     }
 
     /// Slot `s` of user `u` lost its connection before its work was done: restart the probe, or
-    /// reopen the slot, after a back-off if it `failed`.
-    fn resume_later(&mut self, now: Instant, u: usize, s: usize, failed: bool) {
+    /// reopen the slot, after a back-off if it `failed`; or give the download up if failures
+    /// have outlasted `--retry-for`.
+    fn resume_later(&mut self, io: &mut Io, now: Instant, u: usize, s: usize, failed: bool) {
         let user = &mut self.users[u];
+        if failed {
+            user.streak.failed(now);
+            if user.streak.exhausted(now, self.cfg.retry_for) {
+                io.error(ErrorKind::GaveUp);
+                user.state = State::Stopped;
+                self.close_all(io, u, None);
+                return;
+            }
+        }
         if user.state == State::Probing {
             user.probe_failures += 1;
             user.state = State::Waiting(now + BACKOFF.after(user.probe_failures));
@@ -358,6 +434,7 @@ impl Scenario for Forty {
                 206 => match head.content_range {
                     Some(cr) if cr.range == Some((0, 0)) && cr.total.is_some() => {
                         user.probe_failures = 0;
+                        user.streak.progressed();
                         // The size is taken when the probe completes (on_complete).
                         user.slots[s].req_end = cr.total.unwrap_or(0);
                     }
@@ -444,6 +521,9 @@ impl Scenario for Forty {
             }
         }
         Live::add(&io.live.useful, n as u64);
+        if n > 0 {
+            user.streak.progressed();
+        }
         if plan.range(s).is_done() && user.slots[s].req_end > plan.range(s).end {
             // A re-split moved this range's end: the rest of the response belongs to another
             // connection. Close (as download managers do) and move on.
@@ -495,11 +575,12 @@ impl Scenario for Forty {
                 .plan
                 .as_ref()
                 .is_some_and(|p| !p.range(s).is_done()),
-            State::Waiting(_) => false,
+            State::Waiting(_) | State::Gated | State::Stopped => false,
         };
         if needs_more {
             // Already counted by the worker; schedule the resume.
-            self.resume_later(io.now, u, s, error.is_some());
+            let now = io.now;
+            self.resume_later(io, now, u, s, error.is_some());
         }
     }
 
@@ -541,9 +622,27 @@ impl Scenario for Forty {
                         }
                     }
                 }
-                State::Probing => {}
+                State::Gated => {
+                    let user = &self.users[u];
+                    let open = self
+                        .cfg
+                        .gate
+                        .as_ref()
+                        .is_none_or(|g| g.is_open(user.global, user.number));
+                    if open {
+                        self.begin_download(io, u, None);
+                    }
+                }
+                State::Probing | State::Stopped => {}
             }
         }
+        // Users waiting for a gate (including those that reached one during this tick) keep
+        // the tick looking.
+        pending += self
+            .users
+            .iter()
+            .filter(|u| u.state == State::Gated)
+            .count();
         self.retries_pending = pending;
     }
 
@@ -551,7 +650,7 @@ impl Scenario for Forty {
         self.incomplete = self
             .users
             .iter()
-            .filter(|u| !matches!(u.state, State::Waiting(_)))
+            .filter(|u| matches!(u.state, State::Probing | State::Downloading))
             .count() as u64;
         Live::add(&io.live.incomplete, self.incomplete);
     }
@@ -596,9 +695,26 @@ pub fn command(
     let users: Vec<usize> = (0..args.users).filter(|g| share.owns(*g)).collect();
     let workers = runner::workers_for(args.common.workers, users.len());
     let started = Instant::now();
-    let (blocks, verification, reference_s) = match &args.sha256 {
-        None => (None, "off".to_string(), None),
-        Some(hex) => {
+    let (blocks, verification, reference_s) = match (&args.sha256, &args.reference_file) {
+        (None, _) => (None, "off".to_string(), None),
+        (Some(hex), Some(path)) => {
+            // The block list from a local copy: no reference GET (which would be a download of
+            // its own, one a harness counting completions cannot match with a purchase).
+            let expected = crate::verify::parse_sha256(hex)?;
+            let t = Instant::now();
+            let file = std::fs::File::open(path)
+                .map_err(|e| anyhow::anyhow!("opening --reference-file {}: {e}", path.display()))?;
+            let list = BlockList::from_reader(std::io::BufReader::new(file), &expected)?;
+            if !list.trusted {
+                anyhow::bail!(
+                    "--reference-file {} does not match --sha256",
+                    path.display()
+                );
+            }
+            let took = t.elapsed().as_secs_f64();
+            (Some(Arc::new(list)), "sha256".to_string(), Some(took))
+        }
+        (Some(hex), None) => {
             let expected = crate::verify::parse_sha256(hex)?;
             let addrs = runner::resolve(&url);
             let auth = auths.first().map_or("", |a| a.as_ref());
@@ -638,6 +754,14 @@ pub fn command(
         host_header: Arc::from(url.host_header()),
         connections: args.connections.max(1),
         blocks,
+        retry_for: args.retry_for,
+        events: match &args.events {
+            Some(p) => Some(Arc::new(DownloadLog::open(p).map_err(|e| {
+                anyhow::anyhow!("opening --events {}: {e}", p.display())
+            })?)),
+            None => None,
+        },
+        gate: args.gate.as_deref().map(Gate::new),
     };
     let plan = runner::RunPlan {
         config: serde_json::json!({
@@ -649,6 +773,9 @@ pub fn command(
             "reference_fetch_s": reference_s,
             "credentials": auths.len(),
             "source": args.common.source,
+            "retry_for_s": args.retry_for.map(|d| d.as_secs_f64()),
+            "events": args.events,
+            "gate": args.gate,
         }),
         verification,
         ..share.plan("forty", url, args.duration, workers, &args.common, sources)

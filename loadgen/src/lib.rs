@@ -24,6 +24,7 @@ pub mod cli;
 pub mod compare;
 pub mod conn;
 pub mod demo;
+pub mod downloads;
 pub mod errors;
 pub mod forty;
 pub mod hgrm;

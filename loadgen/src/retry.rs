@@ -1,5 +1,7 @@
 //! Reconnecting a connection slot (an urlopen loop, a forty range): at once after a clean close,
-//! after a capped exponential back-off after a failure, and fired from the worker's tick.
+//! after a capped exponential back-off after a failure, and fired from the worker's tick; and
+//! the retry budget ([`Streak`]): how long failures may go on with no progress in between before
+//! a download is given up.
 
 use std::time::{Duration, Instant};
 
@@ -65,9 +67,58 @@ impl Retry {
     }
 }
 
+/// A run of failures with no progress in between, for a retry budget (`--retry-for`): the
+/// download is given up once failures have gone on for longer than the budget.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Streak {
+    since: Option<Instant>,
+}
+
+impl Streak {
+    /// A failure at `now`: starts the streak if none is running.
+    pub fn failed(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+    }
+
+    /// Progress (a response or body bytes): the streak ends.
+    pub fn progressed(&mut self) {
+        self.since = None;
+    }
+
+    /// Whether failures have gone on for longer than `budget` at `now` (never without one).
+    pub fn exhausted(&self, now: Instant, budget: Option<Duration>) -> bool {
+        match (self.since, budget) {
+            (Some(since), Some(b)) => now.saturating_duration_since(since) > b,
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streak_is_exhausted_only_past_its_budget_and_progress_resets_it() {
+        let t0 = Instant::now();
+        let budget = Some(Duration::from_secs(60));
+        let mut s = Streak::default();
+        assert!(!s.exhausted(t0 + Duration::from_secs(3600), budget));
+        s.failed(t0);
+        // A later failure does not move the start.
+        s.failed(t0 + Duration::from_secs(30));
+        assert!(!s.exhausted(t0 + Duration::from_secs(60), budget));
+        assert!(s.exhausted(t0 + Duration::from_secs(61), budget));
+        assert!(
+            !s.exhausted(t0 + Duration::from_secs(3600), None),
+            "no budget: retry until the run ends"
+        );
+        s.progressed();
+        assert!(!s.exhausted(t0 + Duration::from_secs(61), budget));
+        s.failed(t0 + Duration::from_secs(100));
+        assert!(!s.exhausted(t0 + Duration::from_secs(160), budget));
+        assert!(s.exhausted(t0 + Duration::from_secs(161), budget));
+    }
 
     #[test]
     fn failures_wait_longer_up_to_the_cap_and_a_success_starts_over() {

@@ -20,6 +20,7 @@
 //!   (`weir cart list`) or the client's socket.
 
 mod admin;
+mod chaos;
 mod clients;
 mod completion;
 mod crash;

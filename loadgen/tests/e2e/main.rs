@@ -8,3 +8,4 @@ mod common;
 mod demo;
 mod flaky;
 mod nginx;
+mod restart;
