@@ -22,6 +22,7 @@
 mod admin;
 mod clients;
 mod completion;
+mod details;
 mod http_status;
 mod loadgen;
 mod robustness;

@@ -263,6 +263,20 @@ impl Repr<'_> {
                 write_head(resp, 304, len, ctype, None);
                 return;
             }
+            Precondition::Failed => {
+                let body = http::error_body(412);
+                write_head(
+                    resp,
+                    412,
+                    body.len() as u64,
+                    "text/plain; charset=utf-8",
+                    None,
+                );
+                if !head_only {
+                    resp.head.extend_from_slice(body);
+                }
+                return;
+            }
             Precondition::Proceed { honor_range } => honor_range,
         };
         let outcome = match head.range.as_deref() {
@@ -286,6 +300,11 @@ impl Repr<'_> {
                 }
             }
             RangeOutcome::Partial(ranges) => {
+                let boundary = http::boundary_for(v.etag);
+                let ranges = match ranges {
+                    http::Ranges::Many(many) => http::coalesce(&many, len, ctype, &boundary),
+                    one => one,
+                };
                 let ranges = ranges.as_slice();
                 if let [r] = ranges {
                     let cr = Some(ContentRange::of(r, len));
@@ -294,7 +313,7 @@ impl Repr<'_> {
                         self.emit(r.clone(), &mut resp.pieces);
                     }
                 } else {
-                    let mp = Multipart::new(ranges, len, ctype, &http::boundary_for(v.etag));
+                    let mp = Multipart::new(ranges, len, ctype, &boundary);
                     let mp_type = mp.content_type();
                     write_head(resp, 206, mp.content_length(), &mp_type, None);
                     if !head_only {
