@@ -408,10 +408,10 @@ impl<S: ConnSocket> Conn<S> {
         let n = match res {
             Ok(0) => {
                 // Nothing went out although the socket took the send: a content file shrank
-                // under sendfile (or the peer is gone).
-                tracing::error!(
-                    "a send made no progress (content file truncated?); closing the connection"
-                );
+                // under sendfile (or the peer is gone). Logged once per blob, not per request.
+                if let Some(f) = self.resp.as_deref().and_then(Response::current_file) {
+                    f.mark_bad("a send from it made no progress (end of file)");
+                }
                 return Next::Close;
             }
             Ok(n) => n,
@@ -423,9 +423,9 @@ impl<S: ConnSocket> Conn<S> {
             Err(e) => {
                 ctx.stats.add(&ctx.stats.send_errors, 1);
                 if e.raw_os_error() == Some(libc::EFAULT) {
-                    tracing::error!(
-                        "a content-store file shrank under a send (EFAULT); closing the connection"
-                    );
+                    if let Some(f) = self.resp.as_deref().and_then(Response::current_file) {
+                        f.mark_bad("a send from it failed with EFAULT (truncated)");
+                    }
                 }
                 return Next::Close;
             }
