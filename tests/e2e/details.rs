@@ -140,3 +140,58 @@ fn rfc_details(driver: Driver) {
 }
 
 on_every_driver!(rfc_details);
+
+/// `weir item verify` re-reads the content store: a good store passes, a flipped byte and a
+/// truncated file are found, and the exit status says so.
+#[test]
+fn item_verify() {
+    let data = DataDir::new();
+    data.alice_with_item("song", 200_000, 5);
+    let other = data.make_file("other.bin", 3000, 6);
+    data.add_item_for("other", &other, "alice");
+    let t1 = data.make_file("t1.flac", 5000, 7);
+    let t2 = data.make_file("t2.flac", 6000, 8);
+    data.ok(
+        &[
+            "album",
+            "add",
+            "album",
+            t1.to_str().unwrap(),
+            t2.to_str().unwrap(),
+        ],
+        None,
+    );
+    let out = data.ok(&["item", "verify"], None);
+    for id in ["song", "other", "album"] {
+        assert!(out.contains(&format!("{id}\tok")), "{out}");
+    }
+
+    // Damage the song's file (one bit) and truncate the album's second track.
+    let store = data.path().join("data").join("store");
+    let song = weir_tests::sha256_file(&data.path().join("song.bin"));
+    let track = weir_tests::sha256_file(&t2);
+    let mut bytes = std::fs::read(store.join(&song)).unwrap();
+    bytes[1234] ^= 0x40;
+    std::fs::write(store.join(&song), &bytes).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.join(&track))
+        .unwrap();
+    f.set_len(100).unwrap();
+
+    let r = data.cli(&["item", "verify"], None);
+    assert_eq!(r.status.code(), Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("song\tbad\tsong.bin"), "{}", r.stdout);
+    assert!(r.stdout.contains("SHA-256 is"), "{}", r.stdout);
+    assert!(r.stdout.contains("album\tbad\tt2.flac"), "{}", r.stdout);
+    assert!(r.stdout.contains("size is 100 bytes"), "{}", r.stdout);
+    assert!(r.stdout.contains("other\tok"), "{}", r.stdout);
+    assert!(r.stderr.contains("2 of 3 item(s) failed"), "{}", r.stderr);
+    // Only the items named.
+    let out = data.ok(&["item", "verify", "other"], None);
+    assert_eq!(out, "other\tok\n");
+    let r = data.cli(&["item", "verify", "song"], None);
+    assert_eq!(r.status.code(), Some(1));
+    let r = data.cli(&["item", "verify", "nope"], None);
+    assert_eq!(r.status.code(), Some(1));
+}
