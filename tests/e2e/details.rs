@@ -195,3 +195,81 @@ fn item_verify() {
     let r = data.cli(&["item", "verify", "nope"], None);
     assert_eq!(r.status.code(), Some(1));
 }
+
+/// Send queues (`tx_queue` of `/proc/net/tcp`, what `ss` shows as Send-Q) of the established
+/// sockets whose local port is `port`: the server's side of each connection.
+fn server_send_queues(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let lport = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if lport != Some(port) || *state != "01" {
+            continue;
+        }
+        let tx = queues.split(':').next().unwrap_or("0");
+        out.push(u64::from_str_radix(tx, 16).unwrap_or(0));
+    }
+    out
+}
+
+/// Clients that never read pin little kernel memory: each unshaped download of a large item
+/// starts with a small send buffer that only grows for a client that reads (issue 14: 1,000
+/// such connections of one user within 256 MiB, both ends; here 200, per connection).
+fn non_readers_are_bounded(driver: Driver) {
+    let _alone = weir_tests::exclusive();
+    const CONNS: usize = 200;
+    let data = DataDir::new();
+    data.alice_with_item("big", 32 << 20, 9);
+    let srv = data.serve(driver, &[]);
+    // The user's credentials are checked once, then cached: warm the cache of every worker.
+    for _ in 0..4 {
+        assert_eq!(curl(&srv.url("/d/big"), &["-u", ALICE, "-I"]).status, 200);
+    }
+    let auth = basic_auth(ALICE);
+    let conns: Vec<_> = (0..CONNS)
+        .map(|_| weir_tests::get_on_raw_socket(srv.addr, "/d/big", &auth))
+        .collect();
+    for c in &conns {
+        weir_tests::wait_until_receive_buffer_full(c);
+    }
+    // The server's queues are full too once the clients' are: settle, bounded.
+    let mut queues = Vec::new();
+    let mut last = 0;
+    assert!(
+        weir_tests::eventually(Duration::from_secs(10), || {
+            queues = server_send_queues(srv.addr.port());
+            let total: u64 = queues.iter().sum();
+            let settled = queues.len() == CONNS && total == last;
+            last = total;
+            settled
+        }),
+        "{} of {CONNS} server sockets seen",
+        queues.len()
+    );
+    let max = queues.iter().copied().max().unwrap_or(0);
+    let total: u64 = queues.iter().sum();
+    // Before: ~3.8 MB each (the kernel's autotuning). Now one minimum grant of SO_SNDBUF
+    // (32 KiB, which the kernel doubles) and at most one segment over.
+    assert!(
+        max <= 160 * 1024,
+        "a non-reader holds {max} bytes of send queue"
+    );
+    assert!(
+        total <= CONNS as u64 * 128 * 1024,
+        "{CONNS} non-readers hold {total} bytes of send queue"
+    );
+    // A reader on the same server still gets the whole item at full speed.
+    let r = curl(&srv.url("/d/big"), &["-u", ALICE]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 32 << 20);
+    drop(conns);
+}
+
+on_every_driver!(non_readers_are_bounded);
