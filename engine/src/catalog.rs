@@ -151,6 +151,61 @@ pub fn import_file(store_dir: &Path, src: &Path) -> Result<Blob, CatalogError> {
     })
 }
 
+/// What [`verify_blob`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// The file has the size and SHA-256 of the import.
+    Ok,
+    /// The file is missing or unreadable.
+    Unreadable(String),
+    /// The file's size differs from the import.
+    WrongSize(u64),
+    /// Same size, other bytes.
+    WrongHash(String),
+}
+
+impl std::fmt::Display for BlobCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobCheck::Ok => write!(f, "ok"),
+            BlobCheck::Unreadable(e) => write!(f, "unreadable: {e}"),
+            BlobCheck::WrongSize(n) => write!(f, "size is {n} bytes"),
+            BlobCheck::WrongHash(h) => write!(f, "SHA-256 is {h}"),
+        }
+    }
+}
+
+/// Re-reads a content-store file with `read(2)` (never a mapping: a truncated file must not
+/// fault this process) and compares its size and SHA-256 with the import's.
+pub fn verify_blob(blob: &Blob) -> BlobCheck {
+    let mut file = match File::open(&blob.path) {
+        Ok(f) => f,
+        Err(e) => return BlobCheck::Unreadable(e.to_string()),
+    };
+    let mut sha = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                sha.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return BlobCheck::Unreadable(e.to_string()),
+        }
+    }
+    if size != blob.size {
+        return BlobCheck::WrongSize(size);
+    }
+    let hash = hex::encode(sha.finalize());
+    if hash != blob.sha256 {
+        return BlobCheck::WrongHash(hash);
+    }
+    BlobCheck::Ok
+}
+
 /// Creates a fresh private temporary file in `dir`.
 fn create_temp(dir: &Path) -> Result<(PathBuf, File), CatalogError> {
     for _ in 0..16 {
@@ -285,5 +340,24 @@ mod tests {
             Err(CatalogError::Io { .. })
         ));
         assert_eq!(entries(&store).len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn verify_finds_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store_dir(&tmp);
+        let src = tmp.path().join("a.bin");
+        fs::write(&src, vec![5u8; 100_000]).unwrap();
+        let blob = import_file(&store, &src).unwrap();
+        assert_eq!(verify_blob(&blob), BlobCheck::Ok);
+        fs::set_permissions(&blob.path, Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(&blob.path).unwrap();
+        bytes[500] ^= 1;
+        fs::write(&blob.path, &bytes).unwrap();
+        assert!(matches!(verify_blob(&blob), BlobCheck::WrongHash(_)));
+        fs::write(&blob.path, &bytes[..10]).unwrap();
+        assert_eq!(verify_blob(&blob), BlobCheck::WrongSize(10));
+        fs::remove_file(&blob.path).unwrap();
+        assert!(matches!(verify_blob(&blob), BlobCheck::Unreadable(_)));
     }
 }

@@ -24,6 +24,7 @@ mod chaos;
 mod clients;
 mod completion;
 mod crash;
+mod details;
 mod enospc;
 mod http_status;
 mod loadgen;

@@ -96,26 +96,42 @@ fn timeouts(driver: Driver) {
     srv.stop();
 }
 
-/// A content-store file truncated while it is being sent never crashes the server.
+/// A content-store file truncated while it is being sent never crashes the server; its item
+/// then answers 503 (GET and HEAD) with one log line for the blob, and serves again once the
+/// file is restored with its size and modification time.
 fn truncated_mid_download_on(driver: Driver, extra: &[&str]) {
     // More than the socket buffers can hold (up to 32 MiB receive + 4 MiB send here), so the
     // server is still reading the file when it shrinks.
     const SIZE: u64 = 64 << 20;
     let data = setup(SIZE as usize);
-    let srv = data.serve(driver, extra);
+    // The server's log (stderr) goes to a file this test reads.
+    let log = data.path().join("weir.log");
+    let redirect = format!("exec \"$0\" \"$@\" 2>>'{}'", log.display());
+    let mut args = driver.args().to_vec();
+    args.extend_from_slice(extra);
+    let srv = Server::start_wrapped(
+        &data.path().join("data"),
+        &args,
+        &[],
+        None,
+        &["sh", "-c", &redirect],
+    );
+    driver.check_listen_line(&srv.listen_line);
     let dl = SlowDownload::start(data.path(), &srv.url("/d/big"), ALICE, "4M");
     dl.wait_for_bytes();
     let store = data.path().join("data").join("store");
-    let mut truncated = 0;
+    let mut truncated = Vec::new();
     for entry in std::fs::read_dir(&store).unwrap() {
         let p = entry.unwrap().path();
-        if std::fs::metadata(&p).unwrap().len() == SIZE {
+        let meta = std::fs::metadata(&p).unwrap();
+        if meta.len() == SIZE {
+            let original = std::fs::read(&p).unwrap();
             let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(1 << 20).unwrap();
-            truncated += 1;
+            truncated.push((p, original, meta.modified().unwrap()));
         }
     }
-    assert_eq!(truncated, 1);
+    assert_eq!(truncated.len(), 1);
     assert!(
         !dl.finished_ok(),
         "the truncated download cannot have completed"
@@ -124,8 +140,53 @@ fn truncated_mid_download_on(driver: Driver, extra: &[&str]) {
     assert!(srv.alive(), "server died after truncation");
     let r = curl(&srv.url("/d/small"), &["-u", ALICE]);
     assert_eq!(r.status, 200, "server still serves other items");
+
+    // Later requests for the damaged item: 503 with Retry-After, GET and HEAD alike (the
+    // state is re-checked at most once a second, so wait for it, bounded).
+    let big = srv.url("/d/big");
+    assert!(
+        eventually(Duration::from_secs(5), || curl(&big, &["-u", ALICE]).status
+            == 503),
+        "a GET of the truncated item is not 503"
+    );
+    for _ in 0..20 {
+        let r = curl(&big, &["-u", ALICE]);
+        assert_eq!(r.status, 503);
+        assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+        let r = curl(&big, &["-u", ALICE, "-I"]);
+        assert_eq!(r.status, 503, "HEAD must not promise the full length");
+        assert!(r.header("retry-after").is_some());
+    }
+    // One line for the blob, not one per request.
+    let (path, original, mtime) = &truncated[0];
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let damaged_lines = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(name) && (l.contains("damaged") || l.contains("truncated")))
+            .count()
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(damaged_lines(&text), 1, "log:\n{text}");
+
+    // Restore the file as a backup would (content, then its modification time): it serves
+    // again, whole and byte-exact.
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(original).unwrap();
+    f.set_modified(*mtime).unwrap();
+    drop(f);
+    assert!(
+        eventually(Duration::from_secs(5), || curl(&big, &["-u", ALICE, "-I"])
+            .status
+            == 200),
+        "the restored item is not served again"
+    );
+    let r = curl(&big, &["-u", ALICE]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == *original, "restored item is not byte-exact");
     let st = srv.stop();
     assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(damaged_lines(&text), 1, "log:\n{text}");
 }
 
 fn truncated_mid_download(driver: Driver) {

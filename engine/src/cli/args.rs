@@ -126,6 +126,12 @@ pub enum ItemCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the content store and check every part's size and SHA-256; prints `ID ok` or
+    /// `ID bad ...` per item and exits 1 if any is bad
+    Verify {
+        /// Items to check (default: all items, albums included)
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

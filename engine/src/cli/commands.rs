@@ -30,6 +30,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             add_item(&open(data_dir)?, &id, ItemKind::File, &[file], out)
         }
         Command::Item(ItemCommand::List { json }) => list_items(&open(data_dir)?, json, out),
+        Command::Item(ItemCommand::Verify { ids }) => verify_items(&open(data_dir)?, &ids, out),
         Command::Album(AlbumCommand::Add { id, tracks }) => {
             add_item(&open(data_dir)?, &id, ItemKind::Album, &tracks, out)
         }
@@ -182,6 +183,45 @@ fn list_items(store: &Store, json: bool, out: &mut dyn Write) -> anyhow::Result<
                 names.join(", ")
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `weir item verify`: one line per item, `ID\tok` or `ID\tbad\tPART: WHAT` (one line per
+/// bad part); an error (exit 1) if any item is bad or unknown.
+fn verify_items(store: &Store, ids: &[String], out: &mut dyn Write) -> anyhow::Result<()> {
+    let items = store.items()?;
+    let chosen: Vec<_> = if ids.is_empty() {
+        items.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for id in ids {
+            match items.iter().find(|i| &i.id == id) {
+                Some(i) => v.push(i),
+                None => anyhow::bail!("no item {id}"),
+            }
+        }
+        v
+    };
+    let mut bad = 0;
+    for item in &chosen {
+        let mut ok = true;
+        for part in &item.parts {
+            let check = crate::catalog::verify_blob(part);
+            if check != crate::catalog::BlobCheck::Ok {
+                ok = false;
+                let path = part.path.display();
+                writeln!(out, "{}\tbad\t{} ({path}): {check}", item.id, part.name)?;
+            }
+        }
+        if ok {
+            writeln!(out, "{}\tok", item.id)?;
+        } else {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} item(s) failed verification", chosen.len());
     }
     Ok(())
 }

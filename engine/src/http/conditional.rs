@@ -1,13 +1,17 @@
-//! Conditional requests (RFC 9110 §13) for GET and HEAD: 304 Not Modified, and whether a Range
-//! survives its `If-Range`.
+//! Conditional requests (RFC 9110 §13) for GET and HEAD: 412 Precondition Failed, 304 Not
+//! Modified, and whether a Range survives its `If-Range`.
 //!
-//! Evaluation order (§13.2.2, GET/HEAD, no If-Match/If-Unmodified-Since since weir serves no
-//! unsafe methods):
-//! 1. `If-None-Match` present: weak comparison against the ETag (`*` matches, lists allowed);
+//! Evaluation order (§13.2.2, for GET and HEAD):
+//! 1. `If-Match` present: strong comparison against the ETag (`*` matches: the representation
+//!    exists; lists allowed; a weak tag never matches); no match is 412. A malformed list
+//!    matches nothing.
+//! 2. Otherwise `If-Unmodified-Since`: if it is a valid HTTP-date and the representation was
+//!    modified after it (second precision) → 412. An invalid date is ignored.
+//! 3. `If-None-Match` present: weak comparison against the ETag (`*` matches, lists allowed);
 //!    a match is 304. A malformed list matches nothing.
-//! 2. Otherwise `If-Modified-Since`: if it is a valid HTTP-date and the representation was not
+//! 4. Otherwise `If-Modified-Since`: if it is a valid HTTP-date and the representation was not
 //!    modified after it (second precision) → 304. An invalid date is ignored.
-//! 3. `If-Range` decides whether a Range is honoured: only a strong ETag equal to ours (strong
+//! 5. `If-Range` decides whether a Range is honoured: only a strong ETag equal to ours (strong
 //!    comparison), or an HTTP-date exactly equal to our Last-Modified (weir's files are immutable
 //!    once imported, so its Last-Modified is a strong validator). A weak ETag, another value or
 //!    garbage → serve the whole representation (200).
@@ -28,6 +32,8 @@ pub struct Validators<'a> {
 /// What the conditional header fields decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precondition {
+    /// 412 Precondition Failed: `If-Match` or `If-Unmodified-Since` failed; no body.
+    Failed,
     /// 304 Not Modified: send the head (with ETag and Last-Modified) and no body.
     NotModified,
     /// Serve normally; `honor_range` is false when `If-Range` did not match (then ignore the
@@ -38,10 +44,22 @@ pub enum Precondition {
     },
 }
 
-/// Evaluates `If-None-Match`, `If-Modified-Since` and `If-Range` for a GET or HEAD.
+/// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match`, `If-Modified-Since` and
+/// `If-Range` for a GET or HEAD, in the order of RFC 9110 §13.2.2.
 pub fn evaluate_preconditions(head: &RequestHead, v: &Validators) -> Precondition {
+    let failed = match (&head.if_match, &head.if_unmodified_since) {
+        (Some(im), _) => !list_matches(im, v.etag, true),
+        (None, Some(ius)) => match httpdate::parse_http_date(ius) {
+            Ok(since) => unix_secs(v.last_modified) > unix_secs(since),
+            Err(_) => false,
+        },
+        (None, None) => false,
+    };
+    if failed {
+        return Precondition::Failed;
+    }
     let not_modified = match (&head.if_none_match, &head.if_modified_since) {
-        (Some(inm), _) => none_match_matches(inm, v.etag),
+        (Some(inm), _) => list_matches(inm, v.etag, false),
         (None, Some(ims)) => match httpdate::parse_http_date(ims) {
             Ok(since) => unix_secs(v.last_modified) <= unix_secs(since),
             Err(_) => false,
@@ -63,8 +81,8 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `If-None-Match` against our ETag, weak comparison.
-fn none_match_matches(field: &str, etag: &str) -> bool {
+/// An `If-Match` (`strong`) or `If-None-Match` (weak comparison) list against our ETag.
+fn list_matches(field: &str, etag: &str, strong: bool) -> bool {
     let field = field.trim_matches([' ', '\t']);
     if field == "*" {
         return true;
@@ -79,7 +97,12 @@ fn none_match_matches(field: &str, etag: &str) -> bool {
         let Some((tag, after)) = next_etag(rest) else {
             return false; // malformed: matches nothing
         };
-        if opaque(tag) == ours {
+        let equal = if strong {
+            tag == etag && !tag.starts_with("W/")
+        } else {
+            opaque(tag) == ours
+        };
+        if equal {
             return true;
         }
         rest = after;
@@ -144,6 +167,16 @@ mod tests {
     }
 
     fn req(inm: Option<&str>, ims: Option<&str>, ir: Option<&str>) -> RequestHead {
+        req_all(None, None, inm, ims, ir)
+    }
+
+    fn req_all(
+        im: Option<&str>,
+        ius: Option<&str>,
+        inm: Option<&str>,
+        ims: Option<&str>,
+        ir: Option<&str>,
+    ) -> RequestHead {
         RequestHead {
             method: Method::Get,
             target: "/d/x".into(),
@@ -154,6 +187,8 @@ mod tests {
             if_range: ir.map(Into::into),
             if_none_match: inm.map(Into::into),
             if_modified_since: ims.map(Into::into),
+            if_match: im.map(Into::into),
+            if_unmodified_since: ius.map(Into::into),
             authorization: None,
         }
     }
@@ -165,6 +200,52 @@ mod tests {
     const GO: Precondition = Precondition::Proceed { honor_range: true };
     const FULL: Precondition = Precondition::Proceed { honor_range: false };
     const NM: Precondition = Precondition::NotModified;
+    const FAIL: Precondition = Precondition::Failed;
+
+    fn eval_match(im: Option<&str>, ius: Option<&str>, inm: Option<&str>) -> Precondition {
+        evaluate_preconditions(&req_all(im, ius, inm, None, None), &v())
+    }
+
+    #[test]
+    fn if_match() {
+        assert_eq!(eval_match(Some("\"abc123\""), None, None), GO);
+        assert_eq!(eval_match(Some("*"), None, None), GO);
+        assert_eq!(eval_match(Some("\"x\", \"abc123\""), None, None), GO);
+        assert_eq!(eval_match(Some("\"x\""), None, None), FAIL);
+        assert_eq!(
+            eval_match(Some("W/\"abc123\""), None, None),
+            FAIL,
+            "strong comparison: a weak tag never matches"
+        );
+        assert_eq!(eval_match(Some("abc123"), None, None), FAIL, "malformed");
+        assert_eq!(eval_match(Some(""), None, None), FAIL);
+        // If-Match passes: If-Unmodified-Since is not evaluated.
+        let early = "Sun, 06 Nov 1994 08:49:36 GMT";
+        assert_eq!(eval_match(Some("*"), Some(early), None), GO);
+        // 412 wins over 304.
+        assert_eq!(eval_match(Some("\"x\""), None, Some("*")), FAIL);
+        // Passing If-Match, then If-None-Match decides.
+        assert_eq!(eval_match(Some("*"), None, Some("*")), NM);
+    }
+
+    #[test]
+    fn if_unmodified_since() {
+        assert_eq!(eval_match(None, Some(LM_TEXT), None), GO, "same second");
+        let later = "Sun, 06 Nov 1994 08:49:38 GMT";
+        assert_eq!(eval_match(None, Some(later), None), GO);
+        let early = "Sun, 06 Nov 1994 08:49:36 GMT";
+        assert_eq!(eval_match(None, Some(early), None), FAIL);
+        assert_eq!(
+            eval_match(None, Some("yesterday"), None),
+            GO,
+            "invalid is ignored"
+        );
+        assert_eq!(
+            eval_match(None, Some(early), Some("*")),
+            FAIL,
+            "412 before 304"
+        );
+    }
 
     #[test]
     fn if_none_match() {

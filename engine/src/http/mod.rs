@@ -3,8 +3,8 @@
 //! What each submodule owns:
 //! - [`request`]: parse and validate a request head ([`parse_request`]); size limits,
 //!   request-smuggling shapes, keep-alive.
-//! - [`conditional`]: `If-None-Match`, `If-Modified-Since`, `If-Range`
-//!   ([`evaluate_preconditions`]).
+//! - [`conditional`]: `If-Match`, `If-Unmodified-Since`, `If-None-Match`,
+//!   `If-Modified-Since`, `If-Range` ([`evaluate_preconditions`]).
 //! - [`multipart`]: `multipart/byteranges` layouts with an exact length ([`Multipart`]).
 //! - [`range`]: `Range` headers resolved against a length ([`resolve_ranges`]).
 //! - [`response`]: response heads into a reused buffer ([`write_head`]), reason phrases, error
@@ -58,7 +58,7 @@ pub mod response;
 pub mod route;
 
 pub use conditional::{evaluate_preconditions, Precondition, Validators};
-pub use multipart::{boundary_for, Multipart, Piece};
+pub use multipart::{boundary_for, coalesce, Multipart, Piece};
 pub use range::{resolve_ranges, RangeOutcome, Ranges};
 pub use request::{parse_request, Limits, Method, Parsed, RequestError, RequestHead};
 pub use response::{

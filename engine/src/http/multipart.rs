@@ -12,9 +12,15 @@
 //! (the line breaks between the pieces above are for reading only). The boundary is the
 //! caller's, so the same request always gets the same bytes (a retry can resume a multipart
 //! response with a Range of its own). [`boundary_for`] derives one from the ETag.
+//!
+//! Before laying out a body, [`coalesce`] applies RFC 9110 §14.3's advice: ranges whose gap is
+//! smaller than a part's headers are merged (sending the gap costs less than a new part), and a
+//! multipart body that would be longer than the representation becomes one covering range.
+//! So a multi-range reply is never longer than the whole representation.
 
 use std::ops::Range;
 
+use super::range::Ranges;
 use super::response::ContentRange;
 
 /// One piece of a multipart body, in sending order.
@@ -116,6 +122,61 @@ impl Multipart {
     }
 }
 
+/// Bytes of the delimiter and part headers in front of `r`'s bytes (the CRLF that ends the
+/// previous part included, as if it were not the first part).
+fn part_overhead(r: &Range<u64>, len: u64, content_type: &str, boundary: &str) -> u64 {
+    let digits = |n: u64| u64::from(n.checked_ilog10().unwrap_or(0) + 1);
+    let ct = if content_type.is_empty() {
+        0
+    } else {
+        "Content-Type: \r\n".len() as u64 + content_type.len() as u64
+    };
+    let cr = "Content-Range: bytes -/\r\n".len() as u64
+        + digits(r.start)
+        + digits(r.end - 1)
+        + digits(len);
+    "\r\n--\r\n".len() as u64 + boundary.len() as u64 + ct + cr + "\r\n".len() as u64
+}
+
+/// What to send for several satisfiable `ranges` (as [`crate::http::resolve_ranges`] returns
+/// them: ascending, disjoint, within `0..len`) of a representation of `len` bytes, RFC 9110
+/// §14.3: ranges separated by a gap smaller than the headers of a part are merged; if one range
+/// remains it is a single-part reply; and if the multipart body would still be longer than
+/// `len`, the answer is the one range covering them all (never much more than the
+/// representation).
+pub fn coalesce(ranges: &[Range<u64>], len: u64, content_type: &str, boundary: &str) -> Ranges {
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last)
+                if r.start.saturating_sub(last.end)
+                    < part_overhead(r, len, content_type, boundary) =>
+            {
+                last.end = last.end.max(r.end);
+            }
+            _ => merged.push(r.clone()),
+        }
+    }
+    let cover = |m: &[Range<u64>]| match (m.first(), m.last()) {
+        (Some(a), Some(b)) => a.start..b.end,
+        _ => 0..0,
+    };
+    if merged.len() <= 1 {
+        return Ranges::One(cover(&merged));
+    }
+    let body: u64 = merged
+        .iter()
+        .map(|r| r.end - r.start + part_overhead(r, len, content_type, boundary))
+        .sum::<u64>()
+        + "--\r\n".len() as u64
+        + boundary.len() as u64
+        + 2;
+    if body > len {
+        return Ranges::One(cover(&merged));
+    }
+    Ranges::Many(merged)
+}
+
 /// A deterministic boundary for a representation: `weir-` and the ETag's letters and digits
 /// (up to 70 characters in all). With ETags derived from content hashes the boundary is a
 /// long random-looking string, so it occurring inside the data is practically impossible.
@@ -193,7 +254,69 @@ mod tests {
         assert!(!is_boundary("a\r\n"));
     }
 
+    #[test]
+    fn part_overhead_is_exact() {
+        let m = Multipart::new(&[0..3, 2000..2011], 100_000, "text/plain", "B0UND");
+        let Piece::Literal(second) = &m.pieces()[2] else {
+            panic!("a literal")
+        };
+        assert_eq!(
+            part_overhead(&(2000..2011), 100_000, "text/plain", "B0UND"),
+            second.len() as u64
+        );
+    }
+
+    #[test]
+    fn small_gaps_are_coalesced() {
+        // 64 one-byte ranges of a 4 KiB file, 64 bytes apart: sending the gaps is cheaper.
+        let ranges: Vec<Range<u64>> = (0..64).map(|i| i * 64..i * 64 + 1).collect();
+        let b = "weir-0123456789abcdef0123456789abcdef";
+        let out = coalesce(&ranges, 4096, "application/octet-stream", b);
+        assert_eq!(out, Ranges::One(0..63 * 64 + 1));
+        // Far apart: kept as parts, and the multipart body stays under the length.
+        let far = [0..10, 50_000..50_010, 90_000..90_010];
+        assert_eq!(
+            coalesce(&far, 100_000, "application/octet-stream", b),
+            Ranges::Many(far.to_vec())
+        );
+        // Two parts of a small file whose headers would outweigh it: one covering range.
+        assert_eq!(
+            coalesce(&[0..1, 199..200], 200, "application/octet-stream", b),
+            Ranges::One(0..200)
+        );
+        // Gaps of mixed sizes: only the small ones merge.
+        let mixed = [0..10, 20..30, 10_000..10_010];
+        assert_eq!(
+            coalesce(&mixed, 100_000, "", b),
+            Ranges::Many(vec![0..30, 10_000..10_010])
+        );
+    }
+
     proptest! {
+        #[test]
+        fn coalesced_never_exceeds_the_length(
+            cuts in proptest::collection::btree_set(0u64..5000, 4..200),
+            len_extra in 0u64..100,
+        ) {
+            let cuts: Vec<u64> = cuts.into_iter().collect();
+            let len = cuts[cuts.len() - 1] + len_extra + 1;
+            let ranges: Vec<Range<u64>> = cuts.chunks_exact(2).map(|c| c[0]..c[1]).collect();
+            let b = "weir-x";
+            let out = coalesce(&ranges, len, "application/zip", b);
+            let cover = ranges[0].start..ranges[ranges.len() - 1].end;
+            match &out {
+                Ranges::One(r) => prop_assert_eq!(r.clone(), cover),
+                Ranges::Many(v) => {
+                    let m = Multipart::new(v, len, "application/zip", b);
+                    prop_assert!(m.content_length() <= len);
+                    // Every asked byte is still in some part.
+                    for r in &ranges {
+                        prop_assert!(v.iter().any(|p| p.start <= r.start && r.end <= p.end));
+                    }
+                }
+            }
+        }
+
         #[test]
         fn length_is_exact(
             cuts in proptest::collection::btree_set(0u64..1000, 2..20),

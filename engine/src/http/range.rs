@@ -9,7 +9,8 @@
 //!   unsatisfiable and dropped. If nothing satisfiable remains (always so when `len` is 0) the
 //!   answer is [`RangeOutcome::Unsatisfiable`], a 416.
 //! - Several ranges are sorted and overlapping or adjacent ones merged (RFC 9110 §14.3 allows
-//!   it); the result is in ascending order, whatever order the client asked in.
+//!   it); the result is in ascending order, whatever order the client asked in. Ranges with
+//!   small gaps are merged later, by [`crate::http::coalesce`], which knows the part overhead.
 //! - **Abuse policy**: more than [`MAX_RANGES`] satisfiable ranges, or more than
 //!   [`MAX_OVERLAPS`] overlaps among them, is not served as a multipart body: the answer is the
 //!   single range covering them all (a 206 whose body contains every byte asked for, at the

@@ -3,13 +3,16 @@
 //! [`parse_request`] runs `httparse` over the connection's read buffer (no allocation per header:
 //! the header slots live on the stack), then applies weir's own rules:
 //!
-//! - only GET and HEAD are served; anything else is [`RequestError::MethodNotAllowed`], decided
+//! - only GET and HEAD are served; anything else (`OPTIONS *` and `CONNECT host:port`
+//!   included) is [`RequestError::MethodNotAllowed`], decided
 //!   after the whole head has been read and validated;
 //! - weir never reads a request body, so every shape that could smuggle one is refused with 400:
 //!   any `Transfer-Encoding`, a `Content-Length` that is repeated (even with equal values), not
 //!   plain decimal, or non-zero on GET/HEAD;
 //! - `httparse` already refuses obs-fold and whitespace between a field name and its colon in
 //!   requests (both are tested here);
+//! - `Host` must be an RFC 3986 authority without userinfo (RFC 9112 §3.2): `Host: a b` and
+//!   `Host: a@b` are 400;
 //! - size limits ([`Limits`]) turn into 414 and 431 as early as the bytes seen allow.
 //!
 //! After any [`RequestError`] the connection answers with [`RequestError::status`] and closes.
@@ -72,11 +75,18 @@ pub struct RequestHead {
     pub if_none_match: Option<String>,
     /// Raw `If-Modified-Since` value.
     pub if_modified_since: Option<String>,
+    /// Raw `If-Match` value; several fields are joined with `", "` (it is a list).
+    pub if_match: Option<String>,
+    /// Raw `If-Unmodified-Since` value.
+    pub if_unmodified_since: Option<String>,
     /// Raw `Authorization` value.
     pub authorization: Option<String>,
 }
 
 /// The result of looking at the bytes received so far.
+// Returned by value once per request and consumed at once: boxing the head would cost an
+// allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// The head is not complete yet; read more and call again with the whole buffer.
@@ -175,7 +185,6 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError
         return Err(RequestError::UriTooLong);
     }
     let http10 = version == 0;
-    let (path, query) = split_target(raw_target)?;
 
     let mut fields = Fields::default();
     for h in req.headers.iter() {
@@ -189,11 +198,14 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError
     if !http10 && !fields.host {
         return Err(RequestError::BadRequest("missing Host"));
     }
+    // Any other method is 405 whatever its target's form (`OPTIONS *`, `CONNECT host:port`):
+    // the form is only checked for the methods weir serves.
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         _ => return Err(RequestError::MethodNotAllowed),
     };
+    let (path, query) = split_target(raw_target)?;
     if fields.content_length.is_some_and(|n| n != 0) {
         return Err(RequestError::BadRequest("request body on GET/HEAD"));
     }
@@ -213,6 +225,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, RequestError
             if_range: fields.if_range.map(str::to_owned),
             if_none_match: fields.if_none_match.map(|l| l.join()),
             if_modified_since: fields.if_modified_since.map(str::to_owned),
+            if_match: fields.if_match.map(|l| l.join()),
+            if_unmodified_since: fields.if_unmodified_since.map(str::to_owned),
             authorization: fields.authorization.map(str::to_owned),
         },
         consumed,
@@ -311,6 +325,8 @@ struct Fields<'b> {
     if_range: Option<&'b str>,
     if_none_match: Option<List<'b>>,
     if_modified_since: Option<&'b str>,
+    if_match: Option<List<'b>>,
+    if_unmodified_since: Option<&'b str>,
     authorization: Option<&'b str>,
 }
 
@@ -338,6 +354,9 @@ impl<'b> Fields<'b> {
                 if self.host {
                     return Err(RequestError::BadRequest("duplicate Host"));
                 }
+                if !valid_host(trim(value)) {
+                    return Err(RequestError::BadRequest("invalid Host"));
+                }
                 self.host = true;
             }
             5 if is("range") => single(&mut self.range, value, "duplicate Range")?,
@@ -355,18 +374,13 @@ impl<'b> Fields<'b> {
             13 if is("authorization") => {
                 single(&mut self.authorization, value, "duplicate Authorization")?
             }
-            13 if is("if-none-match") => {
-                let v = text(value)?;
-                self.if_none_match = Some(match self.if_none_match.take() {
-                    None => List::One(v),
-                    Some(prev) => {
-                        let mut s = prev.join();
-                        s.push_str(", ");
-                        s.push_str(v);
-                        List::Many(s)
-                    }
-                });
-            }
+            13 if is("if-none-match") => append(&mut self.if_none_match, text(value)?),
+            8 if is("if-match") => append(&mut self.if_match, text(value)?),
+            19 if is("if-unmodified-since") => single(
+                &mut self.if_unmodified_since,
+                value,
+                "duplicate If-Unmodified-Since",
+            )?,
             14 if is("content-length") => {
                 if self.content_length.is_some() {
                     return Err(RequestError::BadRequest("duplicate Content-Length"));
@@ -383,6 +397,82 @@ impl<'b> Fields<'b> {
         }
         Ok(())
     }
+}
+
+/// Adds one field line of a list-valued field.
+fn append<'b>(slot: &mut Option<List<'b>>, v: &'b str) {
+    *slot = Some(match slot.take() {
+        None => List::One(v),
+        Some(prev) => {
+            let mut s = prev.join();
+            s.push_str(", ");
+            s.push_str(v);
+            List::Many(s)
+        }
+    });
+}
+
+/// A `Host` value (RFC 9112 §3.2): `uri-host [ ":" port ]`, where `uri-host` is an RFC 3986
+/// IP-literal, IPv4 address or reg-name (unreserved, pct-encoded, sub-delims) and `port` is
+/// digits. No userinfo (`@`), no whitespace. An empty value is allowed (an empty authority).
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        // IP-literal: IPv6address or IPvFuture, checked for its character set.
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &rest[..close];
+        let ip_char = |b: u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+        let future = |b: u8| is_unreserved(b) || is_sub_delim(b) || b == b':';
+        let ok = match inner {
+            [b'v' | b'V', ..] => inner.len() > 3 && inner.iter().all(|&b| future(b)),
+            _ => !inner.is_empty() && inner.iter().all(|&b| ip_char(b)),
+        };
+        if !ok {
+            return false;
+        }
+        match &rest[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &[][..]),
+        }
+    };
+    if !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if is_unreserved(b) || is_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// RFC 3986 `unreserved`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `sub-delims`.
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 fn single<'b>(
@@ -569,6 +659,50 @@ mod tests {
     }
 
     #[test]
+    fn host_is_an_authority_without_userinfo() {
+        for ok in [
+            "a",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]:80",
+            "[fe80::1%25eth0]",
+            "[v1.x]",
+            "x%41y",
+            "a:",
+            "",
+        ] {
+            let fixed = ok.replace("%25eth0", "");
+            head(&format!("GET / HTTP/1.1\r\nHost: {fixed}\r\n\r\n"));
+        }
+        for bad_host in [
+            "a b", "a@b", "u:p@h", "a/b", "a?b", "a#b", "[::1", "[::1]x", "[]", "a:8x", "%zz",
+            "a\"b", "a<b",
+        ] {
+            bad(&format!("GET / HTTP/1.1\r\nHost: {bad_host}\r\n\r\n"));
+        }
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"),
+            Err(RequestError::BadRequest("invalid Host"))
+        );
+    }
+
+    #[test]
+    fn if_match_fields_are_copied() {
+        let h = head(
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-Match: \"a\"\r\nIf-Match: \"b\"\r\n\
+             If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
+        );
+        assert_eq!(h.if_match.as_deref(), Some("\"a\", \"b\""));
+        assert_eq!(
+            h.if_unmodified_since.as_deref(),
+            Some("Sun, 06 Nov 1994 08:49:37 GMT")
+        );
+        bad(
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-Unmodified-Since: x\r\nIf-Unmodified-Since: y\r\n\r\n",
+        );
+    }
+
+    #[test]
     fn zero_content_length_is_fine() {
         head("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         head("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 000\r\n\r\n");
@@ -592,6 +726,15 @@ mod tests {
         assert_eq!(parse("POST / HTTP/1.1\r\nHost: a\r\n"), Ok(Parsed::Partial));
         // Smuggling shapes are 400 whatever the method.
         bad("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // Asterisk-form and authority-form targets belong to OPTIONS and CONNECT: still 405.
+        for s in [
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        ] {
+            assert_eq!(parse(s), Err(RequestError::MethodNotAllowed), "{s:?}");
+        }
+        // ...but not for GET.
+        bad("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[test]

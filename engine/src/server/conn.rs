@@ -25,7 +25,7 @@ use super::resources::Resource;
 use super::respond::{self, Repr, Response};
 use super::send::{self, SendBuf, SendPlan};
 use super::shaping::{Allowance, ConnShaping, ShapeClass};
-use super::socket::{ConnSocket, FdSocket};
+use super::socket::{ConnSocket, FdSocket, SendBufferTuner};
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: Duration = Duration::from_secs(5);
@@ -96,6 +96,8 @@ pub struct Conn<S = FdSocket> {
     lingering: bool,
     /// The shaper's view of this connection (its key, grant in flight, wait).
     pub shaping: ConnShaping,
+    /// The send buffer of an unshaped download, sized from its delivery rate.
+    sndbuf: SendBufferTuner,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -124,6 +126,7 @@ impl<S: ConnSocket> Conn<S> {
             credit: ConnCredit::default(),
             lingering: false,
             shaping: ConnShaping::default(),
+            sndbuf: SendBufferTuner::default(),
         })
     }
 
@@ -369,6 +372,11 @@ impl<S: ConnSocket> Conn<S> {
             }
             _ => None,
         };
+        if !self.shaping.sizes_sndbuf() && resp.body_len() > 0 {
+            // Unshaped: bound the kernel memory a client that does not read can pin.
+            let cfg = ctx.shaping.shaper.config();
+            self.sndbuf.start(&mut self.sock, cfg, ctx.now);
+        }
         self.start(ctx, resp, marker)
     }
 
@@ -435,10 +443,10 @@ impl<S: ConnSocket> Conn<S> {
         let n = match res {
             Ok(0) => {
                 // Nothing went out although the socket took the send: a content file shrank
-                // under sendfile (or the peer is gone).
-                tracing::error!(
-                    "a send made no progress (content file truncated?); closing the connection"
-                );
+                // under sendfile (or the peer is gone). Logged once per blob, not per request.
+                if let Some(f) = self.resp.as_deref().and_then(Response::current_file) {
+                    f.mark_bad("a send from it made no progress (end of file)");
+                }
                 return Next::Close;
             }
             Ok(n) => n,
@@ -450,9 +458,9 @@ impl<S: ConnSocket> Conn<S> {
             Err(e) => {
                 ctx.stats.add(&ctx.stats.send_errors, 1);
                 if e.raw_os_error() == Some(libc::EFAULT) {
-                    tracing::error!(
-                        "a content-store file shrank under a send (EFAULT); closing the connection"
-                    );
+                    if let Some(f) = self.resp.as_deref().and_then(Response::current_file) {
+                        f.mark_bad("a send from it failed with EFAULT (truncated)");
+                    }
                 }
                 return Next::Close;
             }
@@ -465,6 +473,11 @@ impl<S: ConnSocket> Conn<S> {
         ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
         send::advance(resp, n, &mut self.credit);
         if !resp.done() {
+            if !self.shaping.sizes_sndbuf() {
+                // Due at most every 100 ms (one clock comparison per send otherwise).
+                let cfg = ctx.shaping.shaper.config();
+                self.sndbuf.tune(&mut self.sock, cfg, ctx.now);
+            }
             return Next::Write;
         }
         self.finish_response(ctx)
@@ -524,6 +537,10 @@ impl<S: ConnSocket> Conn<S> {
         let sending = self.resp.is_some();
         self.credit
             .sweep(&self.sock, &ctx.stats, &mut ctx.credits, ctx.now, sending);
+        if sending && !self.shaping.sizes_sndbuf() {
+            let cfg = ctx.shaping.shaper.config();
+            self.sndbuf.tune(&mut self.sock, cfg, ctx.now);
+        }
     }
 
     /// The connection is going away: credit what was delivered, release its shaper slot.

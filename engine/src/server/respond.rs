@@ -102,7 +102,19 @@ impl Response {
     pub fn body_len(&self) -> u64 {
         self.pieces.iter().map(BodyPiece::size).sum()
     }
+
+    /// The content file the next send reads from, if the current piece is one.
+    pub fn current_file(&self) -> Option<&MappedFile> {
+        match self.pieces.get(self.piece) {
+            Some(BodyPiece::File { file, .. }) => Some(file),
+            _ => None,
+        }
+    }
 }
+
+/// `Retry-After` of the 503 for an item whose content file is damaged: a restore is a
+/// human's job, so not every second.
+pub const BAD_BLOB_RETRY_AFTER: &str = "60";
 
 /// Extra headers of a short error response to a well-formed request.
 pub fn error_extra(status: u16) -> &'static [(&'static str, &'static str)] {
@@ -168,6 +180,15 @@ impl Repr<'_> {
         }
     }
 
+    /// Whether every content file this representation is sent from is available (see
+    /// [`MappedFile::available`]: a truncated or changed blob is not).
+    fn available(&self) -> bool {
+        match self {
+            Repr::Part(p, _) => p.file.available(),
+            Repr::Zip(res, _) => res.parts.iter().all(|p| p.file.available()),
+        }
+    }
+
     fn len(&self) -> u64 {
         match self {
             Repr::Part(p, _) => p.file.len(),
@@ -223,8 +244,9 @@ impl Repr<'_> {
         }
     }
 
-    /// Write the response to `head` for this representation: conditionals, then the full
-    /// body, one range, several (multipart) or none satisfiable.
+    /// Write the response to `head` for this representation: 503 while one of its content
+    /// files is damaged, then conditionals, then the full body, one range, several (multipart)
+    /// or none satisfiable.
     pub fn respond(
         &self,
         resp: &mut Response,
@@ -234,6 +256,11 @@ impl Repr<'_> {
     ) {
         let len = self.len();
         let head_only = head.method == Method::Head;
+        if !self.available() {
+            let retry = [("Retry-After", BAD_BLOB_RETRY_AFTER)];
+            error(resp, date, 503, head_only, keep_alive, &retry);
+            return;
+        }
         let v = self.validators();
         let ctype = self.content_type();
         resp.keep_alive = keep_alive;
@@ -263,6 +290,20 @@ impl Repr<'_> {
                 write_head(resp, 304, len, ctype, None);
                 return;
             }
+            Precondition::Failed => {
+                let body = http::error_body(412);
+                write_head(
+                    resp,
+                    412,
+                    body.len() as u64,
+                    "text/plain; charset=utf-8",
+                    None,
+                );
+                if !head_only {
+                    resp.head.extend_from_slice(body);
+                }
+                return;
+            }
             Precondition::Proceed { honor_range } => honor_range,
         };
         let outcome = match head.range.as_deref() {
@@ -286,6 +327,11 @@ impl Repr<'_> {
                 }
             }
             RangeOutcome::Partial(ranges) => {
+                let boundary = http::boundary_for(v.etag);
+                let ranges = match ranges {
+                    http::Ranges::Many(many) => http::coalesce(&many, len, ctype, &boundary),
+                    one => one,
+                };
                 let ranges = ranges.as_slice();
                 if let [r] = ranges {
                     let cr = Some(ContentRange::of(r, len));
@@ -294,7 +340,7 @@ impl Repr<'_> {
                         self.emit(r.clone(), &mut resp.pieces);
                     }
                 } else {
-                    let mp = Multipart::new(ranges, len, ctype, &http::boundary_for(v.etag));
+                    let mp = Multipart::new(ranges, len, ctype, &boundary);
                     let mp_type = mp.content_type();
                     write_head(resp, 206, mp.content_length(), &mp_type, None);
                     if !head_only {
