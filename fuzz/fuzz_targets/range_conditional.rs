@@ -61,11 +61,35 @@ fuzz_target!(|data: &[u8]| {
     };
     let pre = evaluate_preconditions(&head, &v);
     assert_eq!(pre, evaluate_preconditions(&head, &v));
-    match head.if_none_match.as_deref() {
-        Some("*") | Some(ETAG) | Some("W/\"3f2a9c\"") => assert_eq!(pre, Precondition::NotModified),
-        _ => {}
+    // RFC 9110 §13.2.2: If-Match, then If-Unmodified-Since, decide first (412).
+    // Only the clear cases are modelled: exactly `*` or the strong tag matches; a list that
+    // holds neither `*` nor the tag's text cannot.
+    let strong_match = match head.if_match.as_deref() {
+        None => None,
+        Some("*") | Some(ETAG) => Some(true),
+        Some(m) if !m.contains('*') && !m.contains(ETAG.trim_matches('"')) => Some(false),
+        Some(_) => None,
+    };
+    let unknown = head.if_match.is_some() && strong_match.is_none();
+    if !unknown
+        && (strong_match == Some(true)
+            || (head.if_match.is_none() && head.if_unmodified_since.is_none()))
+    {
+        match head.if_none_match.as_deref() {
+            Some("*") | Some(ETAG) | Some("W/\"3f2a9c\"") => {
+                assert_eq!(pre, Precondition::NotModified)
+            }
+            _ => {}
+        }
     }
-    if head.if_none_match.is_none() && head.if_modified_since.is_none() {
+    if strong_match == Some(false) {
+        assert_eq!(pre, Precondition::Failed);
+    }
+    if head.if_match.is_none()
+        && head.if_unmodified_since.is_none()
+        && head.if_none_match.is_none()
+        && head.if_modified_since.is_none()
+    {
         assert!(matches!(pre, Precondition::Proceed { .. }));
     }
     if let Precondition::Proceed { honor_range } = pre {
