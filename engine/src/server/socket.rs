@@ -30,6 +30,10 @@ pub trait ConnSocket {
     fn acked(&self) -> io::Result<AckState>;
     /// Bytes queued in the socket that TCP has not sent yet (`SIOCOUTQNSD`).
     fn unsent(&self) -> io::Result<u32>;
+    /// The client's address (the auth pool throttles failed attempts by it).
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// An accepted TCP socket, owned: dropping it closes the descriptor.
@@ -75,6 +79,11 @@ impl ConnSocket for FdSocket {
 
     fn unsent(&self) -> io::Result<u32> {
         unsent_bytes(self.raw())
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let addr = socket2::SockRef::from(&self.0).peer_addr().ok()?;
+        addr.as_socket().map(|a| a.ip())
     }
 }
 
