@@ -22,6 +22,7 @@
 mod admin;
 mod clients;
 mod completion;
+mod hostile;
 mod http_status;
 mod loadgen;
 mod robustness;

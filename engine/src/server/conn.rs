@@ -299,7 +299,8 @@ impl<S: ConnSocket> Conn<S> {
                 let head_only = p.head.method == Method::Head;
                 let secs = secs.to_string();
                 let extra = [("Retry-After", secs.as_str())];
-                self.error(ctx, 429, head_only, p.head.keep_alive, &extra)
+                // Closed: what a throttled client pipelined behind costs nothing more.
+                self.error(ctx, 429, head_only, false, &extra)
             }
             (Verdict::Unavailable, ..) => {
                 let head_only = p.head.method == Method::Head;
