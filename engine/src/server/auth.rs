@@ -732,3 +732,66 @@ impl AuthCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)));
+
+    #[test]
+    fn a_source_past_its_failure_budget_waits() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..FAIL_BURST as usize {
+            assert_eq!(t.admit(A, Some("alice"), now), Ok(()));
+            t.done(A);
+            t.failed(A, Some("alice"), now);
+        }
+        assert_eq!(t.admit(A, Some("alice"), now), Err(1));
+        // Another source with a clean record may still try alice's password.
+        assert_eq!(t.admit(B, Some("alice"), now), Ok(()));
+        t.done(B);
+        // One refill later, A may try once more.
+        assert_eq!(t.admit(A, Some("zed"), now + FAIL_REFILL), Ok(()));
+    }
+
+    #[test]
+    fn a_name_past_its_budget_is_refused_to_sources_that_failed() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        // Ten sources fail once each on alice.
+        for i in 0..FAIL_BURST as u8 {
+            let src = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)));
+            t.failed(src, Some("alice"), now);
+        }
+        let failed_before = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, 0)));
+        assert!(t.admit(failed_before, Some("alice"), now).is_err());
+        assert_eq!(t.admit(failed_before, Some("bob"), now), Ok(()));
+        assert_eq!(t.admit(A, Some("alice"), now), Ok(()), "a clean source");
+    }
+
+    #[test]
+    fn a_source_has_few_verifications_in_flight() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..PENDING_PER_SOURCE {
+            assert_eq!(t.admit(A, None, now), Ok(()));
+        }
+        assert_eq!(t.admit(A, None, now), Err(1));
+        t.done(A);
+        assert_eq!(t.admit(A, None, now), Ok(()));
+        assert_eq!(
+            t.admit(None, None, now),
+            Ok(()),
+            "no address: not throttled by source"
+        );
+    }
+
+    #[test]
+    fn retry_after_counts_the_refill() {
+        assert_eq!(retry_after(FAIL_BURST), 1);
+        assert_eq!(retry_after(FAIL_BURST + 4.0), 5);
+    }
+}
