@@ -256,9 +256,14 @@ impl Loop {
 /// Read what arrived; answer once the head and its body are complete.
 fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> Step {
     let mut chunk = [0u8; 4096];
+    let mut eof = false;
     loop {
         match c.stream.read(&mut chunk) {
-            Ok(0) => return Step::Close,
+            Ok(0) => {
+                // The client may have half-closed after its request: answer it if complete.
+                eof = true;
+                break;
+            }
             Ok(n) => {
                 c.buf.extend_from_slice(&chunk[..n]);
                 if c.buf.len() > MAX_HEAD + MAX_BODY {
@@ -278,6 +283,7 @@ fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> S
         Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
             return error(431, "request head too large")
         }
+        Ok(httparse::Status::Partial) if eof => return Step::Close,
         Ok(httparse::Status::Partial) => return Step::More,
         Err(httparse::Error::TooManyHeaders) => return error(431, "too many header fields"),
         Err(e) => return error(400, &format!("malformed request: {e}")),
@@ -300,7 +306,7 @@ fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> S
         return error(413, "request body too large");
     }
     if c.buf.len() < head_len + length {
-        return Step::More;
+        return if eof { Step::Close } else { Step::More };
     }
     let body = &c.buf[head_len..head_len + length];
     let method = req.method.unwrap_or("");
@@ -371,8 +377,9 @@ fn authorized(state: &AdminState, header: Option<&str>) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parse `{"rate": "..."}`; `Ok(None)` for "default".
-fn parse_rate_body(body: &[u8], allow_default: bool) -> Result<Option<Rate>, String> {
+/// Parse a rate body `{"rate": "..."}` (at most [`MAX_BODY`] bytes); `Ok(None)` for "default"
+/// when `allow_default`. Public for the fuzz target.
+pub fn parse_rate_body(body: &[u8], allow_default: bool) -> Result<Option<Rate>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let rate = v
