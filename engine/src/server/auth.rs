@@ -19,7 +19,7 @@
 //! - **per source address**: at most [`PENDING_PER_SOURCE`] verifications queued at once, and
 //!   a failed-attempt budget ([`Throttle`]): [`FAIL_BURST`] failures, refilled at one per
 //!   [`FAIL_REFILL`]; past it the request is answered `429 Too Many Requests` with
-//!   `Retry-After`, without running argon2;
+//!   `Retry-After`, without running argon2, [`THROTTLE_DELAY`] late, and the connection closes;
 //! - **per user name**: the same budget, applied only to sources that have themselves failed
 //!   recently, so a guessing campaign against one name cannot lock its owner out of a clean
 //!   address.
@@ -58,6 +58,9 @@ pub const PENDING_PER_SOURCE: u32 = 4;
 pub const FAIL_BURST: f64 = 10.0;
 /// One more failed attempt is allowed per this much time.
 pub const FAIL_REFILL: Duration = Duration::from_secs(1);
+/// A throttled request is answered this late (a tarpit): a guessing client that reconnects at
+/// once after each 429 would otherwise cost the server an accept and an answer per guess.
+pub const THROTTLE_DELAY: Duration = Duration::from_secs(1);
 /// Requests waiting on one credential's verification (more: 503).
 const WAITERS_PER_CREDENTIAL: usize = 4_096;
 
@@ -147,6 +150,8 @@ pub struct AuthPool {
     shared: Arc<Shared>,
     lookups: Sender<Lookup>,
     verifies: Sender<Verify>,
+    /// Throttled answers, sent when due by the tarpit thread.
+    tarpit: Sender<(Instant, usize, Reply)>,
     /// Unit tests: jobs go here untouched.
     #[cfg(test)]
     detached: Option<Sender<Job>>,
@@ -180,6 +185,8 @@ impl AuthPool {
         password::release_work_memory();
         let (lookups, lookup_rx) = crossbeam_channel::bounded::<Lookup>(LOOKUP_QUEUE);
         let (verifies, verify_rx) = crossbeam_channel::bounded::<Verify>(VERIFY_QUEUE);
+        // Unbounded, but at most one entry per open connection (its parked request).
+        let (tarpit, tarpit_rx) = crossbeam_channel::unbounded::<(Instant, usize, Reply)>();
         let shared = Arc::new(Shared {
             data_dir,
             inboxes,
@@ -194,9 +201,16 @@ impl AuthPool {
             shared: shared.clone(),
             lookups,
             verifies,
+            tarpit,
             #[cfg(test)]
             detached: None,
         };
+        {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("weir-tarpit".into())
+                .spawn(move || tarpit_thread(&shared, &tarpit_rx))?;
+        }
         for i in 0..threads.max(1) {
             let store = Store::open(&shared.data_dir)?;
             let rx: Receiver<Lookup> = lookup_rx.clone();
@@ -231,6 +245,7 @@ impl AuthPool {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(16);
         let (lookups, _) = crossbeam_channel::bounded(1);
         let (verifies, _) = crossbeam_channel::bounded(1);
+        let (tarpit, _) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             data_dir: Default::default(),
             inboxes: Vec::new(),
@@ -245,6 +260,7 @@ impl AuthPool {
             shared,
             lookups,
             verifies,
+            tarpit,
             detached: Some(tx),
         };
         (pool, rx)
@@ -293,8 +309,8 @@ impl AuthPool {
         if let Err(retry_after) = admitted {
             drop(inflight);
             let reply = Reply::new(job.conn, Verdict::Throttled(retry_after));
-            self.shared.send(job.worker, reply);
-            return true;
+            let due = Instant::now() + THROTTLE_DELAY;
+            return self.tarpit.send((due, job.worker, reply)).is_ok();
         }
         let peer = job.peer;
         inflight.insert(header.clone(), vec![job]);
@@ -375,6 +391,17 @@ impl AuthPool {
                 }
             }
         }
+    }
+}
+
+/// Send each throttled answer when it is due (they arrive in due order: one fixed delay).
+fn tarpit_thread(shared: &Shared, rx: &Receiver<(Instant, usize, Reply)>) {
+    for (due, worker, reply) in rx {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        shared.send(worker, reply);
     }
 }
 
