@@ -16,8 +16,8 @@
 //! Before a password reaches argon2 it passes three gates, in [`AuthPool::submit`]:
 //! - **single flight**: requests carrying the same `Authorization` value while it is being
 //!   verified wait for that one verification (40 connections of a download manager cost one);
-//! - **per source address**: at most [`PENDING_PER_SOURCE`] verifications queued at once, and
-//!   a failed-attempt budget ([`Throttle`]): [`FAIL_BURST`] failures, refilled at one per
+//! - **per source address**: at most [`PENDING_PER_CLEAN_SOURCE`] verifications queued at once
+//!   ([`PENDING_PER_SOURCE`] once it has failed recently), and a failed-attempt budget ([`Throttle`]): [`FAIL_BURST`] failures, refilled at one per
 //!   [`FAIL_REFILL`]; past it the request is answered `429 Too Many Requests` with
 //!   `Retry-After`, without running argon2, [`THROTTLE_DELAY`] late, and the connection closes;
 //! - **per user name**: the same budget, applied only to sources that have themselves failed
@@ -52,8 +52,11 @@ use super::sys;
 pub const LOOKUP_QUEUE: usize = 65_536;
 /// Distinct credentials waiting for argon2 before new ones are refused with 503.
 pub const VERIFY_QUEUE: usize = 1_024;
-/// Verifications one source address may have queued or running at once (more: 429).
+/// Verifications a source address that failed recently may have queued or running at once
+/// (more: 429).
 pub const PENDING_PER_SOURCE: u32 = 4;
+/// The same for an address with no recent failure (many users behind one NAT, a load test).
+pub const PENDING_PER_CLEAN_SOURCE: u32 = 32;
 /// Failed attempts a source address (or a user name) may make in a burst.
 pub const FAIL_BURST: f64 = 10.0;
 /// One more failed attempt is allowed per this much time.
@@ -551,7 +554,12 @@ impl Throttle {
         }
         if let Some(p) = peer {
             let pending = self.pending.entry(p).or_default();
-            if *pending >= PENDING_PER_SOURCE {
+            let cap = if source >= 1.0 {
+                PENDING_PER_SOURCE
+            } else {
+                PENDING_PER_CLEAN_SOURCE
+            };
+            if *pending >= cap {
                 return Err(1);
             }
             *pending += 1;
@@ -803,12 +811,18 @@ mod tests {
     fn a_source_has_few_verifications_in_flight() {
         let mut t = Throttle::default();
         let now = Instant::now();
-        for _ in 0..PENDING_PER_SOURCE {
+        for _ in 0..PENDING_PER_CLEAN_SOURCE {
             assert_eq!(t.admit(A, None, now), Ok(()));
         }
         assert_eq!(t.admit(A, None, now), Err(1));
         t.done(A);
         assert_eq!(t.admit(A, None, now), Ok(()));
+        // Once it failed, a source has fewer.
+        t.failed(B, None, now);
+        for _ in 0..PENDING_PER_SOURCE {
+            assert_eq!(t.admit(B, None, now), Ok(()));
+        }
+        assert_eq!(t.admit(B, None, now), Err(1));
         assert_eq!(
             t.admit(None, None, now),
             Ok(()),
