@@ -8,17 +8,41 @@
 //! | `PUT /global/rate` | body `{"rate": "25MiB" \| "unlimited"}`: applied live |
 //! | `POST /drain` | same as SIGTERM |
 //!
-//! Missing or wrong token → 401; malformed body or rate → 400 with the reason; unknown user →
-//! 404. It runs on its own thread with its own store connection, never on an I/O worker.
+//! Missing or wrong token → 401 (the scheme `Bearer` in any case); malformed body or rate →
+//! 400 with the reason; unknown user → 404.
+//!
+//! It runs on one thread with its own store connection, never on an I/O worker, as a small
+//! event loop (mio): no thread per connection, so no client can hold the API by holding a
+//! connection open. Every answer closes its connection. The limits ([`MAX_CONNECTIONS`],
+//! [`REQUEST_TIMEOUT`], [`MAX_HEAD`], [`MAX_BODY`]) apply before the token is checked:
+//! - the whole request (head and body) must arrive within [`REQUEST_TIMEOUT`] of the accept,
+//!   and the answer must be taken within as long again; otherwise the connection is closed;
+//! - a head larger than [`MAX_HEAD`] is answered 431, a body larger than [`MAX_BODY`] 413, a
+//!   chunked body 411;
+//! - at most [`MAX_CONNECTIONS`] connections are open; one more closes the oldest, so a client
+//!   holding many open cannot lock the others out.
 
-use std::io::Read;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
 use weir_shaper::Rate;
 
 use crate::storage::{Storage, Store, StoreError};
+
+/// Admin connections open at once; one more closes the oldest.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its whole request after connecting (and again to read the answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head (431 beyond).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body (413 beyond).
+pub const MAX_BODY: usize = 4 * 1024;
 
 /// Live rate changes, implemented by the server's shaper.
 pub trait RateControl: Send + Sync {
@@ -41,40 +65,296 @@ pub struct AdminState {
 
 /// Bind `addr` and serve the admin API on a thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, state: AdminState) -> anyhow::Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr)
+    let std_listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("admin listener on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("admin listener is not an IP socket"))?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    let listener = TcpListener::from_std(std_listener);
     let store = Store::open(&state.data_dir)?;
+    let poll = Poll::new()?;
     std::thread::Builder::new()
         .name("weir-admin".into())
         .spawn(move || {
-            for mut req in server.incoming_requests() {
-                let (status, body, ctype) = handle(&state, &store, &mut req);
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ctype) {
-                    resp.add_header(h);
-                }
-                if status == 401 {
-                    if let Ok(h) = tiny_http::Header::from_bytes("WWW-Authenticate", "Bearer") {
-                        resp.add_header(h);
-                    }
-                }
-                let _ = req.respond(resp);
-                // Drain only after the answer went out: a drained server exits.
-                if status == 202 {
-                    (state.drain)();
-                }
+            let mut lp = Loop {
+                poll,
+                listener,
+                conns: HashMap::new(),
+                next: 1,
+                state,
+                store,
+            };
+            if let Err(e) = lp.run() {
+                tracing::error!(error = %e, "the admin listener stopped");
             }
         })?;
     Ok(bound)
 }
 
+const LISTENER: Token = Token(0);
+
+/// One admin connection: reading its request, then writing its answer.
+struct AdminConn {
+    stream: TcpStream,
+    accepted: Instant,
+    deadline: Instant,
+    buf: Vec<u8>,
+    /// The answer, once the request is complete; `written` bytes of it sent.
+    out: Option<Vec<u8>>,
+    written: usize,
+    /// Drain the server once this answer is out.
+    drain_after: bool,
+}
+
+struct Loop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: HashMap<usize, AdminConn>,
+    next: usize,
+    state: AdminState,
+    store: Store,
+}
+
+/// What one read step decided.
+enum Step {
+    More,
+    Answer(u16, String, &'static str),
+    Close,
+}
+
+impl Loop {
+    fn run(&mut self) -> std::io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let mut events = Events::with_capacity(128);
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .conns
+                .values()
+                .map(|c| c.deadline.saturating_duration_since(now))
+                .min()
+                .map(|d| d + Duration::from_millis(1));
+            match self.poll.poll(&mut events, wait) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    Token(t) => self.ready(t),
+                }
+            }
+            let now = Instant::now();
+            let expired: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.deadline <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in expired {
+                self.close(t);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog until the next event.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CONNECTIONS {
+                let oldest = self
+                    .conns
+                    .iter()
+                    .min_by_key(|(_, c)| c.accepted)
+                    .map(|(t, _)| *t);
+                if let Some(t) = oldest {
+                    self.close(t);
+                }
+            }
+            let token = self.next;
+            self.next += 1;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(token), interest)
+                .is_err()
+            {
+                continue;
+            }
+            let now = Instant::now();
+            self.conns.insert(
+                token,
+                AdminConn {
+                    stream,
+                    accepted: now,
+                    deadline: now + REQUEST_TIMEOUT,
+                    buf: Vec::new(),
+                    out: None,
+                    written: 0,
+                    drain_after: false,
+                },
+            );
+            // The request may already be there (edge-triggered).
+            self.ready(token);
+        }
+    }
+
+    fn close(&mut self, token: usize) {
+        if let Some(mut c) = self.conns.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+
+    /// The connection may be readable or writable: make all the progress it allows.
+    fn ready(&mut self, token: usize) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if c.out.is_none() {
+            match read_request(c, &self.state, &self.store) {
+                Step::More => return,
+                Step::Close => return self.close(token),
+                Step::Answer(status, body, ctype) => {
+                    c.drain_after = status == 202;
+                    c.out = Some(render(status, &body, ctype));
+                    c.deadline = Instant::now() + REQUEST_TIMEOUT;
+                }
+            }
+        }
+        let Some(out) = &c.out else { return };
+        while c.written < out.len() {
+            match c.stream.write(&out[c.written..]) {
+                Ok(0) => return self.close(token),
+                Ok(n) => c.written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.close(token),
+            }
+        }
+        let _ = c.stream.flush();
+        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        let drain = c.drain_after;
+        self.close(token);
+        // Drain only after the answer went out: a drained server exits.
+        if drain {
+            (self.state.drain)();
+        }
+    }
+}
+
+/// Read what arrived; answer once the head and its body are complete.
+fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> Step {
+    let mut chunk = [0u8; 4096];
+    let mut eof = false;
+    loop {
+        match c.stream.read(&mut chunk) {
+            Ok(0) => {
+                // The client may have half-closed after its request: answer it if complete.
+                eof = true;
+                break;
+            }
+            Ok(n) => {
+                c.buf.extend_from_slice(&chunk[..n]);
+                if c.buf.len() > MAX_HEAD + MAX_BODY {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Step::Close,
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(&c.buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Complete(_)) => return error(431, "request head too large"),
+        Ok(httparse::Status::Partial) if c.buf.len() > MAX_HEAD => {
+            return error(431, "request head too large")
+        }
+        Ok(httparse::Status::Partial) if eof => return Step::Close,
+        Ok(httparse::Status::Partial) => return Step::More,
+        Err(httparse::Error::TooManyHeaders) => return error(431, "too many header fields"),
+        Err(e) => return error(400, &format!("malformed request: {e}")),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    if header("Transfer-Encoding").is_some() {
+        return error(411, "send the body with a Content-Length");
+    }
+    let length = match header("Content-Length").map(|v| v.trim().parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error(400, "malformed Content-Length"),
+    };
+    if length > MAX_BODY {
+        return error(413, "request body too large");
+    }
+    if c.buf.len() < head_len + length {
+        return if eof { Step::Close } else { Step::More };
+    }
+    let body = &c.buf[head_len..head_len + length];
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    let auth = header("Authorization");
+    let (status, text, ctype) = handle(state, store, method, path, auth.as_deref(), body);
+    Step::Answer(status, text, ctype)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        _ => "",
+    }
+}
+
+fn render(status: u16, body: &str, ctype: &str) -> Vec<u8> {
+    let reason = reason(status);
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 401 {
+        out.push_str("WWW-Authenticate: Bearer\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 const JSON: &str = "application/json";
 
-fn error(status: u16, reason: &str) -> (u16, String, &'static str) {
+fn error(status: u16, reason: &str) -> Step {
+    let (status, body, ctype) = answer_error(status, reason);
+    Step::Answer(status, body, ctype)
+}
+
+fn answer_error(status: u16, reason: &str) -> (u16, String, &'static str) {
     (
         status,
         serde_json::json!({ "error": reason }).to_string() + "\n",
@@ -82,13 +362,13 @@ fn error(status: u16, reason: &str) -> (u16, String, &'static str) {
     )
 }
 
-/// Constant-time comparison of the presented bearer token.
-fn authorized(state: &AdminState, req: &tiny_http::Request) -> bool {
-    let presented = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+/// Constant-time comparison of the presented bearer token; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn authorized(state: &AdminState, header: Option<&str>) -> bool {
+    let presented = header
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or("");
     let (a, b) = (presented.as_bytes(), state.token.as_bytes());
     if a.len() != b.len() || b.is_empty() {
@@ -97,18 +377,11 @@ fn authorized(state: &AdminState, req: &tiny_http::Request) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parse `{"rate": "..."}`; `Ok(None)` for "default".
-fn parse_rate_body(
-    req: &mut tiny_http::Request,
-    allow_default: bool,
-) -> Result<Option<Rate>, String> {
-    let mut body = String::new();
-    req.as_reader()
-        .take(4096)
-        .read_to_string(&mut body)
-        .map_err(|e| format!("unreadable body: {e}"))?;
+/// Parse a rate body `{"rate": "..."}` (at most [`MAX_BODY`] bytes); `Ok(None)` for "default"
+/// when `allow_default`. Public for the fuzz target.
+pub fn parse_rate_body(body: &[u8], allow_default: bool) -> Result<Option<Rate>, String> {
     let v: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("body is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let rate = v
         .get("rate")
         .and_then(|r| r.as_str())
@@ -122,21 +395,23 @@ fn parse_rate_body(
 fn handle(
     state: &AdminState,
     store: &dyn Storage,
-    req: &mut tiny_http::Request,
+    method: &str,
+    target: &str,
+    auth: Option<&str>,
+    body: &[u8],
 ) -> (u16, String, &'static str) {
-    if !authorized(state, req) {
+    let error = answer_error;
+    if !authorized(state, auth) {
         return error(401, "missing or wrong bearer token");
     }
-    let url = req.url().split('?').next().unwrap_or("").to_string();
+    let url = target.split('?').next().unwrap_or("");
     let parts: Vec<&str> = url.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    use tiny_http::Method::{Get, Post, Put};
-    match (&method, parts.as_slice()) {
-        (Get, ["metrics"]) => {
+    match (method, parts.as_slice()) {
+        ("GET", ["metrics"]) => {
             let text = (state.metrics)();
             (200, text, "text/plain; version=0.0.4")
         }
-        (Get, ["users", name]) => match store.user(name) {
+        ("GET", ["users", name]) => match store.user(name) {
             Ok(Some(u)) => {
                 let conns = state.rates.as_ref().map(|r| r.user_connections(name));
                 let body = serde_json::json!({
@@ -149,8 +424,8 @@ fn handle(
             Ok(None) => error(404, "unknown user"),
             Err(e) => error(500, &e.to_string()),
         },
-        (Put, ["users", name, "rate"]) => {
-            let rate = match parse_rate_body(req, true) {
+        ("PUT", ["users", name, "rate"]) => {
+            let rate = match parse_rate_body(body, true) {
                 Ok(r) => r,
                 Err(e) => return error(400, &e),
             };
@@ -171,8 +446,8 @@ fn handle(
                 Err(e) => error(500, &e.to_string()),
             }
         }
-        (Put, ["global", "rate"]) => {
-            let rate = match parse_rate_body(req, false) {
+        ("PUT", ["global", "rate"]) => {
+            let rate = match parse_rate_body(body, false) {
                 Ok(Some(r)) => r,
                 Ok(None) => return error(400, "the global rate has no default"),
                 Err(e) => return error(400, &e),
@@ -187,7 +462,7 @@ fn handle(
                 JSON,
             )
         }
-        (Post, ["drain"]) => (202, "{\"draining\":true}\n".into(), JSON),
+        ("POST", ["drain"]) => (202, "{\"draining\":true}\n".into(), JSON),
         _ => error(404, "no such admin route"),
     }
 }

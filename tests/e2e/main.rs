@@ -26,6 +26,7 @@ mod completion;
 mod crash;
 mod details;
 mod enospc;
+mod hostile;
 mod http_status;
 mod loadgen;
 mod robustness;

@@ -240,7 +240,7 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
-    /// Threads that verify passwords and read the store
+    /// Threads that verify passwords (as many again read carts and items)
     #[arg(long, env = "WEIR_AUTH_THREADS", value_name = "N")]
     pub auth_threads: Option<usize>,
     /// How long a verified password stays cached

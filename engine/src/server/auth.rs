@@ -3,11 +3,32 @@
 //! argon2id verification is slow by design (tens of milliseconds) and SQLite reads block, so
 //! neither runs on an I/O worker. A worker answers from its own caches when it can (verified
 //! credentials, cart grants, mapped resources: see [`AuthCache`]); on a miss it parks the
-//! connection and sends a [`Job`] to this small pool of threads, which replies through the
-//! worker's inbox and wakes it with an eventfd. The pool shares one verified-credentials cache so
-//! 40 connections of one download manager cost one argon2 verification, not 40.
+//! connection and submits a [`Job`] here, which replies through the worker's inbox and wakes it
+//! with an eventfd.
+//!
+//! Two queues, so that a flood of password guesses never delays anyone whose identity is
+//! already known:
+//! - **lookups** (signed links, credentials already verified, then cart grants, items and user
+//!   rates): their own threads and a bounded queue ([`LOOKUP_QUEUE`]);
+//! - **verifications** (argon2id): their own threads and a bounded queue ([`VERIFY_QUEUE`]). A
+//!   verified request then continues on the lookup queue.
+//!
+//! Before a password reaches argon2 it passes three gates, in [`AuthPool::submit`]:
+//! - **single flight**: requests carrying the same `Authorization` value while it is being
+//!   verified wait for that one verification (40 connections of a download manager cost one);
+//! - **per source address**: at most [`PENDING_PER_CLEAN_SOURCE`] verifications queued at once
+//!   ([`PENDING_PER_SOURCE`] once it has failed recently), and a failed-attempt budget ([`Throttle`]): [`FAIL_BURST`] failures, refilled at one per
+//!   [`FAIL_REFILL`]; past it the request is answered `429 Too Many Requests` with
+//!   `Retry-After`, without running argon2, [`THROTTLE_DELAY`] late, and the connection closes;
+//! - **per user name**: the same budget, applied only to sources that have themselves failed
+//!   recently, so a guessing campaign against one name cannot lock its owner out of a clean
+//!   address.
+//!
+//! A full queue is answered `503` with `Retry-After: 1`, as before.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +47,26 @@ use super::resources::Resource;
 use super::shaping::ShapeClass;
 use super::sys;
 
+/// Lookups waiting for a thread before new ones are refused with 503. Large enough for a
+/// login burst of thousands of download-manager connections.
+pub const LOOKUP_QUEUE: usize = 65_536;
+/// Distinct credentials waiting for argon2 before new ones are refused with 503.
+pub const VERIFY_QUEUE: usize = 1_024;
+/// Verifications a source address that failed recently may have queued or running at once
+/// (more: 429).
+pub const PENDING_PER_SOURCE: u32 = 4;
+/// The same for an address with no recent failure (many users behind one NAT, a load test).
+pub const PENDING_PER_CLEAN_SOURCE: u32 = 32;
+/// Failed attempts a source address (or a user name) may make in a burst.
+pub const FAIL_BURST: f64 = 10.0;
+/// One more failed attempt is allowed per this much time.
+pub const FAIL_REFILL: Duration = Duration::from_secs(1);
+/// A throttled request is answered this late (a tarpit): a guessing client that reconnects at
+/// once after each 429 would otherwise cost the server an accept and an answer per guess.
+pub const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+/// Requests waiting on one credential's verification (more: 503).
+const WAITERS_PER_CREDENTIAL: usize = 4_096;
+
 /// Who the request claims to be.
 pub enum Claim {
     /// `Authorization: Basic ...`, the header value as received.
@@ -40,9 +81,12 @@ pub struct Job {
     pub conn: u64,
     pub claim: Claim,
     pub item: String,
+    /// The client's address, for the failed-attempt throttle (`None`: not throttled by source).
+    pub peer: Option<IpAddr>,
 }
 
 /// The pool's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
     /// Missing or wrong credentials (401).
@@ -51,8 +95,11 @@ pub enum Verdict {
     Forbidden,
     /// No such item (404).
     NotFound,
-    /// The store failed (503).
+    /// The store failed, or a queue is full (503).
     Unavailable,
+    /// Too many failed attempts from this source or for this user name (429, `Retry-After`
+    /// this many seconds).
+    Throttled(u32),
 }
 
 pub struct Reply {
@@ -67,6 +114,19 @@ pub struct Reply {
     pub user_rate: Option<weir_shaper::Rate>,
 }
 
+impl Reply {
+    fn new(conn: u64, verdict: Verdict) -> Reply {
+        Reply {
+            conn,
+            verdict,
+            user: None,
+            verified_header: None,
+            resource: None,
+            user_rate: None,
+        }
+    }
+}
+
 /// A worker's mailbox: the channel and the eventfd that wakes it.
 #[derive(Clone)]
 pub struct Inbox {
@@ -74,10 +134,30 @@ pub struct Inbox {
     pub wake_fd: RawFd,
 }
 
+/// A job whose user is known: a signed link, or credentials verified (and which).
+struct Lookup {
+    job: Job,
+    user: Arc<str>,
+    verified_header: Option<String>,
+}
+
+/// One credential to verify; the jobs waiting on it are in [`Shared::inflight`].
+struct Verify {
+    header: String,
+    peer: Option<IpAddr>,
+}
+
 /// Handle to the pool, cloned into each worker.
 #[derive(Clone)]
 pub struct AuthPool {
-    tx: Sender<Job>,
+    shared: Arc<Shared>,
+    lookups: Sender<Lookup>,
+    verifies: Sender<Verify>,
+    /// Throttled answers, sent when due by the tarpit thread.
+    tarpit: Sender<(Instant, usize, Reply)>,
+    /// Unit tests: jobs go here untouched.
+    #[cfg(test)]
+    detached: Option<Sender<Job>>,
 }
 
 struct Shared {
@@ -85,6 +165,9 @@ struct Shared {
     inboxes: Vec<Inbox>,
     /// Basic header value -> (user, verified at).
     verified: Mutex<HashMap<String, (Arc<str>, Instant)>>,
+    /// Basic header value being verified -> the jobs waiting for it (single flight).
+    inflight: Mutex<HashMap<String, Vec<Job>>>,
+    throttle: Mutex<Throttle>,
     resources: Mutex<HashMap<String, Arc<Resource>>>,
     cred_ttl: Duration,
     /// Completed items stay downloadable this long.
@@ -92,7 +175,8 @@ struct Shared {
 }
 
 impl AuthPool {
-    /// Start `threads` pool threads. Each opens its own store connection.
+    /// Start `threads` verification threads and `threads` lookup threads. Each opens its own
+    /// store connection.
     pub fn start(
         data_dir: std::path::PathBuf,
         threads: usize,
@@ -101,78 +185,253 @@ impl AuthPool {
         cred_ttl: Duration,
         grace: Duration,
     ) -> anyhow::Result<AuthPool> {
-        // Bounded: when password checks pile up, new ones are refused with 503 instead of
-        // queueing forever. Large enough for a login burst of thousands of download-manager
-        // connections (jobs for a credential already verified are answered from the cache).
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(65_536);
+        password::release_work_memory();
+        let (lookups, lookup_rx) = crossbeam_channel::bounded::<Lookup>(LOOKUP_QUEUE);
+        let (verifies, verify_rx) = crossbeam_channel::bounded::<Verify>(VERIFY_QUEUE);
+        // Unbounded, but at most one entry per open connection (its parked request).
+        let (tarpit, tarpit_rx) = crossbeam_channel::unbounded::<(Instant, usize, Reply)>();
         let shared = Arc::new(Shared {
             data_dir,
             inboxes,
             verified: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
             resources: Mutex::new(resources),
             cred_ttl,
             grace,
         });
-        for i in 0..threads.max(1) {
-            let store = Store::open(&shared.data_dir)?;
-            let rx: Receiver<Job> = rx.clone();
+        let pool = AuthPool {
+            shared: shared.clone(),
+            lookups,
+            verifies,
+            tarpit,
+            #[cfg(test)]
+            detached: None,
+        };
+        {
             let shared = shared.clone();
             std::thread::Builder::new()
-                .name(format!("weir-auth-{i}"))
+                .name("weir-tarpit".into())
+                .spawn(move || tarpit_thread(&shared, &tarpit_rx))?;
+        }
+        for i in 0..threads.max(1) {
+            let store = Store::open(&shared.data_dir)?;
+            let rx: Receiver<Lookup> = lookup_rx.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("weir-lookup-{i}"))
                 .spawn(move || {
-                    for job in rx {
-                        let reply = shared.handle(&store, &job);
-                        let inbox = &shared.inboxes[job.worker];
-                        if inbox.tx.send(reply).is_ok() {
-                            sys::eventfd_wake(inbox.wake_fd);
-                        }
+                    for l in rx {
+                        let reply = shared.lookup(&store, l);
+                        shared.send(reply.0, reply.1);
                     }
                 })?;
         }
-        Ok(AuthPool { tx })
+        for i in 0..threads.max(1) {
+            let store = Store::open(&shared.data_dir)?;
+            let rx: Receiver<Verify> = verify_rx.clone();
+            let pool = pool.clone();
+            std::thread::Builder::new()
+                .name(format!("weir-verify-{i}"))
+                .spawn(move || {
+                    for v in rx {
+                        pool.verify(&store, v);
+                    }
+                })?;
+        }
+        Ok(pool)
     }
 
     /// A pool with no threads, for unit tests: its jobs wait in the returned receiver.
     #[cfg(test)]
     pub fn detached() -> (AuthPool, Receiver<Job>) {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(16);
-        (AuthPool { tx }, rx)
+        let (lookups, _) = crossbeam_channel::bounded(1);
+        let (verifies, _) = crossbeam_channel::bounded(1);
+        let (tarpit, _) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            data_dir: Default::default(),
+            inboxes: Vec::new(),
+            verified: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
+            resources: Mutex::new(HashMap::new()),
+            cred_ttl: Duration::ZERO,
+            grace: Duration::ZERO,
+        });
+        let pool = AuthPool {
+            shared,
+            lookups,
+            verifies,
+            tarpit,
+            detached: Some(tx),
+        };
+        (pool, rx)
     }
 
-    /// Queue a job; `false` when the pool is saturated (answer 503).
+    /// Queue a job; `false` when its queue is full (answer 503). A throttled job is accepted
+    /// and answered [`Verdict::Throttled`] through the worker's inbox.
     pub fn submit(&self, job: Job) -> bool {
-        match self.tx.try_send(job) {
+        #[cfg(test)]
+        if let Some(tx) = &self.detached {
+            return tx.try_send(job).is_ok();
+        }
+        let header = match job.claim {
+            Claim::Link { ref user } => {
+                let user = Arc::from(user.as_str());
+                return self.lookup_later(Lookup {
+                    job,
+                    user,
+                    verified_header: None,
+                });
+            }
+            Claim::Basic(ref h) => h.clone(),
+        };
+        if let Some(user) = self.shared.cached(&header) {
+            return self.lookup_later(Lookup {
+                job,
+                user,
+                verified_header: Some(header),
+            });
+        }
+        let mut inflight = self.shared.inflight.lock().unwrap();
+        if let Some(waiting) = inflight.get_mut(&header) {
+            if waiting.len() >= WAITERS_PER_CREDENTIAL {
+                return false;
+            }
+            waiting.push(job);
+            return true;
+        }
+        let name = decode_basic(&header).map(|(n, _)| n);
+        let admitted =
+            self.shared
+                .throttle
+                .lock()
+                .unwrap()
+                .admit(job.peer, name.as_deref(), Instant::now());
+        if let Err(retry_after) = admitted {
+            drop(inflight);
+            let reply = Reply::new(job.conn, Verdict::Throttled(retry_after));
+            let due = Instant::now() + THROTTLE_DELAY;
+            return self.tarpit.send((due, job.worker, reply)).is_ok();
+        }
+        let peer = job.peer;
+        inflight.insert(header.clone(), vec![job]);
+        drop(inflight);
+        match self.verifies.try_send(Verify {
+            header: header.clone(),
+            peer,
+        }) {
+            Ok(()) => true,
+            Err(_) => {
+                self.shared.throttle.lock().unwrap().done(peer);
+                let mut jobs = self
+                    .shared
+                    .inflight
+                    .lock()
+                    .unwrap()
+                    .remove(&header)
+                    .unwrap_or_default();
+                // The first job is the caller's: it answers 503 itself.
+                for job in jobs.drain(..).skip(1) {
+                    self.shared
+                        .send(job.worker, Reply::new(job.conn, Verdict::Unavailable));
+                }
+                false
+            }
+        }
+    }
+
+    fn lookup_later(&self, l: Lookup) -> bool {
+        match self.lookups.try_send(l) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
     }
+
+    /// On a verification thread: check one credential, then release everyone waiting on it.
+    fn verify(&self, store: &Store, v: Verify) {
+        let outcome = self.shared.verify_basic(store, &v.header);
+        let failed_name = match &outcome {
+            Ok(None) => decode_basic(&v.header).map(|(n, _)| n),
+            _ => None,
+        };
+        {
+            let mut throttle = self.shared.throttle.lock().unwrap();
+            throttle.done(v.peer);
+            if let Ok(None) = outcome {
+                throttle.failed(v.peer, failed_name.as_deref(), Instant::now());
+            }
+        }
+        let jobs = self
+            .shared
+            .inflight
+            .lock()
+            .unwrap()
+            .remove(&v.header)
+            .unwrap_or_default();
+        for job in jobs {
+            match &outcome {
+                Ok(Some(user)) => {
+                    let (worker, conn) = (job.worker, job.conn);
+                    let queued = self.lookup_later(Lookup {
+                        job,
+                        user: user.clone(),
+                        verified_header: Some(v.header.clone()),
+                    });
+                    if !queued {
+                        self.shared
+                            .send(worker, Reply::new(conn, Verdict::Unavailable));
+                    }
+                }
+                Ok(None) => self
+                    .shared
+                    .send(job.worker, Reply::new(job.conn, Verdict::Unauthorized)),
+                Err(e) => {
+                    tracing::error!(error = %e, "store error while verifying a password");
+                    self.shared
+                        .send(job.worker, Reply::new(job.conn, Verdict::Unavailable));
+                }
+            }
+        }
+    }
+}
+
+/// Send each throttled answer when it is due (they arrive in due order: one fixed delay).
+fn tarpit_thread(shared: &Shared, rx: &Receiver<(Instant, usize, Reply)>) {
+    for (due, worker, reply) in rx {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        shared.send(worker, reply);
+    }
 }
 
 impl Shared {
-    fn handle(&self, store: &Store, job: &Job) -> Reply {
-        let mut reply = Reply {
-            conn: job.conn,
-            verdict: Verdict::Unauthorized,
-            user: None,
-            verified_header: None,
-            resource: None,
-            user_rate: None,
-        };
-        let user: Arc<str> = match &job.claim {
-            Claim::Link { user } => Arc::from(user.as_str()),
-            Claim::Basic(header) => match self.verify_basic(store, header) {
-                Ok(Some(user)) => {
-                    reply.verified_header = Some(header.clone());
-                    user
-                }
-                Ok(None) => return reply,
-                Err(e) => {
-                    tracing::error!(error = %e, "store error while verifying a password");
-                    reply.verdict = Verdict::Unavailable;
-                    return reply;
-                }
-            },
-        };
+    fn send(&self, worker: usize, reply: Reply) {
+        let inbox = &self.inboxes[worker];
+        if inbox.tx.send(reply).is_ok() {
+            sys::eventfd_wake(inbox.wake_fd);
+        }
+    }
+
+    fn cached(&self, header: &str) -> Option<Arc<str>> {
+        match self.verified.lock().unwrap().get(header) {
+            Some((user, at)) if at.elapsed() < self.cred_ttl => Some(user.clone()),
+            _ => None,
+        }
+    }
+
+    /// On a lookup thread: the user's rate, the item, and whether the cart grants it.
+    fn lookup(&self, store: &Store, l: Lookup) -> (usize, Reply) {
+        let Lookup {
+            job,
+            user,
+            verified_header,
+        } = l;
+        let mut reply = Reply::new(job.conn, Verdict::Unauthorized);
+        reply.verified_header = verified_header;
         reply.user = Some(user.clone());
         if let Ok(Some(rec)) = store.user(&user) {
             reply.user_rate = rec.rate;
@@ -181,12 +440,12 @@ impl Shared {
             Ok(Some(r)) => reply.resource = Some(r),
             Ok(None) => {
                 reply.verdict = Verdict::NotFound;
-                return reply;
+                return (job.worker, reply);
             }
             Err(e) => {
                 tracing::error!(item = %job.item, error = %e, "cannot load item");
                 reply.verdict = Verdict::Unavailable;
-                return reply;
+                return (job.worker, reply);
             }
         }
         let grace_since = now_ms().saturating_sub(self.grace.as_millis() as u64);
@@ -201,15 +460,13 @@ impl Shared {
                 Verdict::Unavailable
             }
         };
-        reply
+        (job.worker, reply)
     }
 
     /// `Ok(Some(user))` when the Basic credentials are right.
     fn verify_basic(&self, store: &Store, header: &str) -> anyhow::Result<Option<Arc<str>>> {
-        if let Some((user, at)) = self.verified.lock().unwrap().get(header) {
-            if at.elapsed() < self.cred_ttl {
-                return Ok(Some(user.clone()));
-            }
+        if let Some(user) = self.cached(header) {
+            return Ok(Some(user));
         }
         let Some((name, pass)) = decode_basic(header) else {
             return Ok(None);
@@ -246,6 +503,102 @@ impl Shared {
             .insert(id.to_string(), r.clone());
         Ok(Some(r))
     }
+}
+
+/// A leaky bucket of failed attempts: each failure adds one, one drains per [`FAIL_REFILL`].
+#[derive(Clone, Copy)]
+struct Bucket {
+    level: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn level(&self, now: Instant) -> f64 {
+        let drained =
+            now.saturating_duration_since(self.at).as_secs_f64() / FAIL_REFILL.as_secs_f64();
+        (self.level - drained).max(0.0)
+    }
+}
+
+/// Failed password attempts by source address and by user name, and verifications in flight
+/// by source address.
+#[derive(Default)]
+struct Throttle {
+    by_source: HashMap<IpAddr, Bucket>,
+    by_name: HashMap<String, Bucket>,
+    pending: HashMap<IpAddr, u32>,
+}
+
+/// Seconds until `level` drops below the burst (at least 1).
+fn retry_after(level: f64) -> u32 {
+    let secs = (level - FAIL_BURST + 1.0) * FAIL_REFILL.as_secs_f64();
+    secs.ceil().clamp(1.0, 3600.0) as u32
+}
+
+impl Throttle {
+    /// May a verification for `name` from `peer` run now? `Err(seconds)`: answer 429.
+    fn admit(&mut self, peer: Option<IpAddr>, name: Option<&str>, now: Instant) -> Result<(), u32> {
+        let source = peer
+            .and_then(|p| self.by_source.get(&p))
+            .map_or(0.0, |b| b.level(now));
+        if source >= FAIL_BURST {
+            return Err(retry_after(source));
+        }
+        if source >= 1.0 {
+            let by_name = name
+                .and_then(|n| self.by_name.get(n))
+                .map_or(0.0, |b| b.level(now));
+            if by_name >= FAIL_BURST {
+                return Err(retry_after(by_name));
+            }
+        }
+        if let Some(p) = peer {
+            let pending = self.pending.entry(p).or_default();
+            let cap = if source >= 1.0 {
+                PENDING_PER_SOURCE
+            } else {
+                PENDING_PER_CLEAN_SOURCE
+            };
+            if *pending >= cap {
+                return Err(1);
+            }
+            *pending += 1;
+        }
+        Ok(())
+    }
+
+    /// A verification admitted for `peer` finished.
+    fn done(&mut self, peer: Option<IpAddr>) {
+        if let Some(p) = peer {
+            if let Some(n) = self.pending.get_mut(&p) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.pending.remove(&p);
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, peer: Option<IpAddr>, name: Option<&str>, now: Instant) {
+        if let Some(p) = peer {
+            add_failure(&mut self.by_source, p, now);
+        }
+        if let Some(n) = name {
+            add_failure(&mut self.by_name, n.to_string(), now);
+        }
+    }
+}
+
+fn add_failure<K: Hash + Eq>(map: &mut HashMap<K, Bucket>, key: K, now: Instant) {
+    if map.len() > 100_000 {
+        map.retain(|_, b| b.level(now) > 0.0);
+    }
+    let b = map.entry(key).or_insert(Bucket {
+        level: 0.0,
+        at: now,
+    });
+    b.level = b.level(now) + 1.0;
+    b.at = now;
 }
 
 fn now_ms() -> u64 {
@@ -412,5 +765,74 @@ impl AuthCache {
             self.grants
                 .insert(format!("{u}\0{item}"), now + self.grant_ttl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)));
+
+    #[test]
+    fn a_source_past_its_failure_budget_waits() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..FAIL_BURST as usize {
+            assert_eq!(t.admit(A, Some("alice"), now), Ok(()));
+            t.done(A);
+            t.failed(A, Some("alice"), now);
+        }
+        assert_eq!(t.admit(A, Some("alice"), now), Err(1));
+        // Another source with a clean record may still try alice's password.
+        assert_eq!(t.admit(B, Some("alice"), now), Ok(()));
+        t.done(B);
+        // One refill later, A may try once more.
+        assert_eq!(t.admit(A, Some("zed"), now + FAIL_REFILL), Ok(()));
+    }
+
+    #[test]
+    fn a_name_past_its_budget_is_refused_to_sources_that_failed() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        // Ten sources fail once each on alice.
+        for i in 0..FAIL_BURST as u8 {
+            let src = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)));
+            t.failed(src, Some("alice"), now);
+        }
+        let failed_before = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, 0)));
+        assert!(t.admit(failed_before, Some("alice"), now).is_err());
+        assert_eq!(t.admit(failed_before, Some("bob"), now), Ok(()));
+        assert_eq!(t.admit(A, Some("alice"), now), Ok(()), "a clean source");
+    }
+
+    #[test]
+    fn a_source_has_few_verifications_in_flight() {
+        let mut t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..PENDING_PER_CLEAN_SOURCE {
+            assert_eq!(t.admit(A, None, now), Ok(()));
+        }
+        assert_eq!(t.admit(A, None, now), Err(1));
+        t.done(A);
+        assert_eq!(t.admit(A, None, now), Ok(()));
+        // Once it failed, a source has fewer.
+        t.failed(B, None, now);
+        for _ in 0..PENDING_PER_SOURCE {
+            assert_eq!(t.admit(B, None, now), Ok(()));
+        }
+        assert_eq!(t.admit(B, None, now), Err(1));
+        assert_eq!(
+            t.admit(None, None, now),
+            Ok(()),
+            "no address: not throttled by source"
+        );
+    }
+
+    #[test]
+    fn retry_after_counts_the_refill() {
+        assert_eq!(retry_after(FAIL_BURST), 1);
+        assert_eq!(retry_after(FAIL_BURST + 4.0), 5);
     }
 }

@@ -272,6 +272,7 @@ impl<S: ConnSocket> Conn<S> {
             conn: self.token,
             claim,
             item: item.to_string(),
+            peer: self.sock.peer_ip(),
         };
         let item = job.item.clone();
         if !ctx.pool.submit(job) {
@@ -304,6 +305,13 @@ impl<S: ConnSocket> Conn<S> {
             (Verdict::Allowed, ..) | (Verdict::NotFound, ..) => self.simple(ctx, &p.head, 404),
             (Verdict::Unauthorized, ..) => self.simple(ctx, &p.head, 401),
             (Verdict::Forbidden, ..) => self.simple(ctx, &p.head, 403),
+            (Verdict::Throttled(secs), ..) => {
+                let head_only = p.head.method == Method::Head;
+                let secs = secs.to_string();
+                let extra = [("Retry-After", secs.as_str())];
+                // Closed: what a throttled client pipelined behind costs nothing more.
+                self.error(ctx, 429, head_only, false, &extra)
+            }
             (Verdict::Unavailable, ..) => {
                 let head_only = p.head.method == Method::Head;
                 self.error(

@@ -40,6 +40,11 @@ pub trait ConnSocket {
     fn unsent(&self) -> io::Result<u32>;
     /// Acknowledged bytes, delivery rate, RTT and window (`TCP_INFO`).
     fn rate(&self) -> io::Result<RateSample>;
+
+    /// The client's address (the auth pool throttles failed attempts by it).
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// The receive window assumed when the kernel does not report it, and the least assumed.
@@ -206,6 +211,11 @@ impl ConnSocket for FdSocket {
 
     fn rate(&self) -> io::Result<RateSample> {
         tcp_rate(self.raw())
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let addr = socket2::SockRef::from(&self.0).peer_addr().ok()?;
+        addr.as_socket().map(|a| a.ip())
     }
 }
 
