@@ -1,9 +1,8 @@
 //! The admin API's JSON bodies (`PUT /users/{name}/rate`, `PUT /global/rate`).
 //!
-//! The admin listener reads at most 4096 bytes of body as UTF-8, parses it as a
-//! `serde_json::Value`, takes the string `rate` and parses it as a `weir_shaper::Rate` (or
-//! "default" for a user). That function (`admin::parse_rate_body`) is private and takes a
-//! `tiny_http::Request`, so this target replays the same steps with the same public types.
+//! The admin listener reads at most 4096 bytes of body and hands them to
+//! `weir::admin::parse_rate_body`, which this target calls directly, for a user's rate
+//! ("default" allowed) and the global rate.
 //!
 //! The whole input is also tried as the rate string itself, so the rate grammar is reached
 //! without the fuzzer having to build JSON first.
@@ -21,16 +20,13 @@ fuzz_target!(|data: &[u8]| {
         check_rate(s);
     }
     let body = &data[..data.len().min(4096)];
-    let Ok(body) = std::str::from_utf8(body) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        return;
-    };
-    let Some(rate) = v.get("rate").and_then(|r| r.as_str()) else {
-        return;
-    };
-    check_rate(rate);
+    for allow_default in [true, false] {
+        match weir::admin::parse_rate_body(body, allow_default) {
+            Ok(Some(rate)) => check_rate(&rate.to_string()),
+            Ok(None) => assert!(allow_default, "\"default\" only where it is allowed"),
+            Err(_) => {}
+        }
+    }
 });
 
 fn check_rate(s: &str) {
