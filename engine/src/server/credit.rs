@@ -228,13 +228,14 @@ impl Accounting {
         });
     }
 
-    /// The tag of (`user`, `item`, `part`) in the current response.
+    /// The tag of (`user`, `item`, `part`) in the current response. Searched from the newest:
+    /// each response on a keep-alive connection may add one, and the current one is last.
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
         let started = self.started_ms;
         if let Some(i) = self
             .targets
             .iter()
-            .position(|(u, it, p, s)| *p == part && *s == started && u == user && it == item)
+            .rposition(|(u, it, p, s)| *p == part && *s == started && u == user && it == item)
         {
             return i as u32;
         }
