@@ -6,8 +6,10 @@
 //! with no syscall per credit: every I/O worker owns one file, `inflight/<pid>-<start time>-<worker>.map` in
 //! the data directory, mapped `MAP_SHARED`, made of fixed-size [`SLOT`]-byte records. A record
 //! describes one *run* of a live connection: contiguous content bytes of one (user, item, part)
-//! written on it, from `start`, with how far it was credited (`credited`: acknowledged by the
-//! client's TCP, handed to the ledger) and how far it was written to the kernel (`written`).
+//! written on it by one response (with the wall-clock millisecond that response started, which
+//! ties its credits to the purchase they were earned for), from `start`, with how far it was
+//! credited (`credited`: acknowledged by the client's TCP, handed to the ledger) and how far it
+//! was written to the kernel (`written`).
 //! Updates are plain memory stores into the mapping (under an uncontended per-worker lock, which
 //! costs no syscall); the kernel keeps the dirty pages of a shared file mapping when the process
 //! dies, whatever the signal, and writes them back.
@@ -41,8 +43,11 @@ pub const DEFAULT_SLOTS: u32 = 8192;
 /// The subdirectory of the data directory holding the map files.
 pub const DIR: &str = "inflight";
 
-/// Marks a record in use (any other value: free). Written last when a record is claimed.
-const LIVE: u64 = 0x7765_6972_5f72_756e; // "weir_run"
+/// Marks a record in use (any other value: free). Written last when a record is claimed. It is
+/// also the format marker: format 2 carries the response's start (`OFF_STARTED_MS`). Records of
+/// files written before it (marker `0x7765_6972_5f72_756e`, "weir_run") are read as free: their
+/// credits cannot be tied to a purchase, so they are ignored (never misapplied).
+const LIVE: u64 = 0x7765_6972_5f72_7632; // "weir_rv2"
 const OFF_STATE: usize = 0;
 const OFF_PART: usize = 8;
 const OFF_ULEN: usize = 12;
@@ -50,7 +55,8 @@ const OFF_ILEN: usize = 14;
 const OFF_START: usize = 16;
 const OFF_CREDITED: usize = 24;
 const OFF_WRITTEN: usize = 32;
-const OFF_NAMES: usize = 40;
+const OFF_STARTED_MS: usize = 40;
+const OFF_NAMES: usize = 48;
 /// Room for the user name and the item id together.
 pub const NAMES_MAX: usize = SLOT - OFF_NAMES;
 
@@ -60,6 +66,9 @@ pub struct Record {
     pub user: String,
     pub item: String,
     pub part: u32,
+    /// When the response carrying the run started (Unix milliseconds): its credits count only
+    /// for a purchase made no later (see [`super::ledger`]).
+    pub started_ms: i64,
     /// Content offset where the run started.
     pub start: u64,
     /// Content offset up to which the run was credited.
@@ -161,8 +170,16 @@ impl InflightFile {
     }
 
     /// Claims a record for a run of (`user`, `item`, `part`) starting at content offset `start`,
-    /// nothing credited or written yet. `None` when the names do not fit or no record is free.
-    pub fn claim(&self, user: &str, item: &str, part: u32, start: u64) -> Option<Slot> {
+    /// in a response started at `started_ms` (Unix milliseconds), nothing credited or written
+    /// yet. `None` when the names do not fit or no record is free.
+    pub fn claim(
+        &self,
+        user: &str,
+        item: &str,
+        part: u32,
+        started_ms: i64,
+        start: u64,
+    ) -> Option<Slot> {
         if user.len() + item.len() > NAMES_MAX {
             self.overflows.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -178,6 +195,7 @@ impl InflightFile {
             put(&mut m, at + OFF_PART, &part.to_le_bytes());
             put(&mut m, at + OFF_ULEN, &(user.len() as u16).to_le_bytes());
             put(&mut m, at + OFF_ILEN, &(item.len() as u16).to_le_bytes());
+            put(&mut m, at + OFF_STARTED_MS, &started_ms.to_le_bytes());
             put(&mut m, at + OFF_START, &start.to_le_bytes());
             put(&mut m, at + OFF_CREDITED, &start.to_le_bytes());
             put(&mut m, at + OFF_WRITTEN, &start.to_le_bytes());
@@ -315,6 +333,7 @@ pub fn parse(bytes: &[u8]) -> Vec<Record> {
         if ulen + ilen > NAMES_MAX || !(start <= credited && credited <= written) {
             continue;
         }
+        let started_ms = u64_at(rec, OFF_STARTED_MS) as i64;
         let names = &rec[OFF_NAMES..OFF_NAMES + ulen + ilen];
         let (Ok(user), Ok(item)) = (
             std::str::from_utf8(&names[..ulen]),
@@ -326,6 +345,7 @@ pub fn parse(bytes: &[u8]) -> Vec<Record> {
             user: user.to_owned(),
             item: item.to_owned(),
             part,
+            started_ms,
             start,
             credited,
             written,
@@ -379,19 +399,19 @@ mod tests {
         let w = Watermark::default();
         let f = InflightFile::create(dir.path(), 3, 4, w.clone()).unwrap();
         let f_name = f.path().file_name().unwrap().to_owned();
-        let a = f.claim("alice", "movie", 0, 1000).unwrap();
+        let a = f.claim("alice", "movie", 0, 42, 1000).unwrap();
         f.set_written(a, 5000);
         f.set_credited(a, 3000);
-        let b = f.claim("bob", "album", 2, 0).unwrap();
+        let b = f.claim("bob", "album", 2, 42, 0).unwrap();
         f.set_written(b, 10);
         f.release(b);
         f.stamp();
         // Not reused, and still in the file, until the ledger journaled what it credited.
-        let c = f.claim("carol", "x", 1, 7).unwrap();
+        let c = f.claim("carol", "x", 1, 43, 7).unwrap();
         assert_ne!(c, b);
         assert_eq!(parse(&std::fs::read(f.path()).unwrap()).len(), 3);
         w.advance(clock_ns());
-        let d = f.claim("dave", "y", 0, 0).unwrap();
+        let d = f.claim("dave", "y", 0, 44, 0).unwrap();
         f.release(d);
         assert_ne!(c, a);
         // Read the file as the next process would (SIGKILL leaves it as it is).
@@ -403,6 +423,7 @@ mod tests {
                     user: "alice".into(),
                     item: "movie".into(),
                     part: 0,
+                    started_ms: 42,
                     start: 1000,
                     credited: 3000,
                     written: 5000,
@@ -412,6 +433,7 @@ mod tests {
                     user: "dave".into(),
                     item: "y".into(),
                     part: 0,
+                    started_ms: 44,
                     start: 0,
                     credited: 0,
                     written: 0,
@@ -420,6 +442,7 @@ mod tests {
                     user: "carol".into(),
                     item: "x".into(),
                     part: 1,
+                    started_ms: 43,
                     start: 7,
                     credited: 7,
                     written: 7,
@@ -437,9 +460,9 @@ mod tests {
     fn names_that_do_not_fit_and_a_full_file_are_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let f = InflightFile::create(dir.path(), 0, 1, Watermark::default()).unwrap();
-        assert!(f.claim(&"u".repeat(NAMES_MAX), "i", 0, 0).is_none());
-        assert!(f.claim("u", "i", 0, 0).is_some());
-        assert!(f.claim("u", "j", 0, 0).is_none());
+        assert!(f.claim(&"u".repeat(NAMES_MAX), "i", 0, 0, 0).is_none());
+        assert!(f.claim("u", "i", 0, 0, 0).is_some());
+        assert!(f.claim("u", "j", 0, 0, 0).is_none());
         assert_eq!(f.overflows(), 2);
     }
 
@@ -447,7 +470,7 @@ mod tests {
     fn a_file_of_another_process_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let f = InflightFile::create(dir.path(), 0, 2, Watermark::default()).unwrap();
-        let s = f.claim("u", "i", 0, 0).unwrap();
+        let s = f.claim("u", "i", 0, 0, 0).unwrap();
         f.set_written(s, 9);
         let other = dir.path().join(DIR).join("1-0.map");
         std::fs::copy(&f.path, &other).unwrap();
@@ -458,5 +481,19 @@ mod tests {
         remove(&files);
         assert!(recover(dir.path()).unwrap().0.is_empty());
         drop(f);
+    }
+
+    /// A file from before the response start was recorded: its records are not read (their
+    /// credits could not be tied to a purchase).
+    #[test]
+    fn records_of_the_previous_format_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = InflightFile::create(dir.path(), 0, 2, Watermark::default()).unwrap();
+        let s = f.claim("u", "i", 0, 5, 0).unwrap();
+        f.set_written(s, 9);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        assert_eq!(parse(&bytes).len(), 1);
+        bytes[OFF_STATE..OFF_STATE + 8].copy_from_slice(&0x7765_6972_5f72_756e_u64.to_le_bytes());
+        assert!(parse(&bytes).is_empty());
     }
 }

@@ -12,6 +12,17 @@
 //!   manager's last ranges during the grace period after completion, a removed item) is ignored.
 //!   When the cart row disappears or its `added_at` changes (bought again), the old progress is
 //!   discarded, in memory and in the journal.
+//! - **A credit counts only for a purchase made no later than the response that delivered it
+//!   started.** Every [`Credit`] carries its response's start ([`Credit::started_ms`], the
+//!   wall clock the cart's `added_at` is taken with, read once per response), and so do the map
+//!   records replayed after a crash and the evidence spans made of them. A credit, replayed
+//!   record or evidence span whose response started before the current cart row's `added_at`
+//!   was earned for an earlier purchase (a connection still delivering the old download in the
+//!   grace period after the item was bought again, a record or span outliving its purchase): it
+//!   is ignored, never applied to the new purchase. Edge cases: a response started in the very
+//!   millisecond of the re-purchase counts for it (the clocks cannot tell them apart; see the
+//!   end of these docs), and a wall clock stepped back between a response's start and a
+//!   re-purchase can let that response count; either harms only that user's own cart.
 //! - Each part keeps an [`IntervalSet`]: part 0 of a file, part `n` (0-based) of an album's
 //!   track `n`. Ranges are clipped to the part's size; a part index the item does not have is
 //!   ignored. Zip ranges are mapped to tracks by the caller
@@ -85,7 +96,10 @@
 //!
 //! A re-purchase within the same millisecond as the previous `cart add` of the same item
 //! cannot be told apart from the earlier one; the earlier progress then carries over (those
-//! bytes were still delivered to that user).
+//! bytes were still delivered to that user). Likewise a response of the earlier purchase that
+//! started in the very millisecond the item was bought again counts for the new purchase
+//! (`started_ms == added_at`): the bound of the rule is the bytes of responses started in that
+//! one millisecond, of that user's own item.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -122,6 +136,9 @@ pub struct Credit {
     pub item: Arc<str>,
     /// 0 for a file; the 0-based track index for an album.
     pub part: u32,
+    /// When the response that delivered the range started (Unix milliseconds): the credit
+    /// counts only for a purchase whose `added_at` is no later.
+    pub started_ms: i64,
     /// Byte range within the part.
     pub range: Range<u64>,
 }
@@ -415,6 +432,11 @@ pub struct Evidence {
     pub user: String,
     pub item: String,
     pub part: u32,
+    /// When the response that wrote the span started (Unix milliseconds): it proves bytes
+    /// only for a purchase made no later. Spans saved before this field existed read as 0, so
+    /// they prove nothing for any purchase.
+    #[serde(default)]
+    pub started_ms: i64,
     pub from: u64,
     pub to: u64,
     /// Unix milliseconds after which the span is dropped.
@@ -563,10 +585,12 @@ impl State {
                     LedgerStats::add(&self.stats.evidence_credited, range.end - range.start);
                     tracing::info!(user = %e.user, item = %e.item, part = e.part, from = range.start, to = range.end,
                         "a resume inside a span written before a crash proves the client held it");
+                    // It counts as a credit of the response that wrote it: for its purchase only.
                     proven.push(Credit {
                         user: credit.user.clone(),
                         item: credit.item.clone(),
                         part: credit.part,
+                        started_ms: e.started_ms,
                         range,
                     });
                     false
@@ -600,6 +624,14 @@ impl State {
                 LedgerStats::add(&self.stats.credits_ignored, 1);
                 return;
             };
+            if credit.started_ms < added_at {
+                // Earned for an earlier purchase of the item (its response started before this
+                // one was made): it counts for no purchase, and this one's progress stays.
+                tracing::debug!(user = %key.0, item = %key.1, started_ms = credit.started_ms, added_at,
+                    "credit of a response started before the purchase; ignored");
+                LedgerStats::add(&self.stats.credits_ignored, 1);
+                return;
+            }
             let part = credit.part as usize;
             let credited = self.purchase(&key, added_at).and_then(|purchase| {
                 let size = *purchase.sizes.get(part)?;
@@ -910,6 +942,7 @@ impl State {
                     user: user.clone(),
                     item: item.clone(),
                     part: r.part,
+                    started_ms: r.started_ms,
                     range: r.start..r.credited,
                 });
             }
@@ -919,6 +952,7 @@ impl State {
                     user: r.user,
                     item: r.item,
                     part: r.part,
+                    started_ms: r.started_ms,
                     from: r.credited,
                     to: r.written,
                     expires_ms,
@@ -1092,11 +1126,18 @@ mod tests {
         }
     }
 
+    /// A credit of a response started now.
     fn credit(user: &str, item: &str, part: u32, range: Range<u64>) -> Credit {
+        credit_at(user, item, part, range, now_ms() as i64)
+    }
+
+    /// A credit of a response started at `started_ms`.
+    fn credit_at(user: &str, item: &str, part: u32, range: Range<u64>, started_ms: i64) -> Credit {
         Credit {
             user: user.into(),
             item: item.into(),
             part,
+            started_ms,
             range,
         }
     }
@@ -1353,7 +1394,8 @@ mod tests {
         ledger.credit(vec![credit("alice", "song", 0, 0..200)]);
         sync(&ledger);
         f.store.test_rebuy("alice", "song");
-        ledger.credit(vec![credit("alice", "song", 0, 200..400)]);
+        let rebought = f.store.cart_added_at("alice", "song").unwrap().unwrap();
+        ledger.credit(vec![credit_at("alice", "song", 0, 200..400, rebought)]);
         sync(&ledger);
         assert_eq!(f.completions("alice", "song"), 2);
         assert_eq!(f.progress_rows(), 1);
@@ -1430,10 +1472,22 @@ mod tests {
     /// A map file as a killed process leaves it: one run of `user`'s `item`, credited and
     /// written up to the given offsets.
     fn killed_process_file(f: &Fixture, user: &str, item: &str, credited: u64, written: u64) {
+        killed_process_file_at(f, user, item, credited, written, now_ms() as i64);
+    }
+
+    /// [`killed_process_file`] of a response started at `started_ms`.
+    fn killed_process_file_at(
+        f: &Fixture,
+        user: &str,
+        item: &str,
+        credited: u64,
+        written: u64,
+        started_ms: i64,
+    ) {
         let file =
             crate::completion::InflightFile::create(f.store.data_dir(), 0, 4, Default::default())
                 .unwrap();
-        let slot = file.claim(user, item, 0, 0).unwrap();
+        let slot = file.claim(user, item, 0, started_ms, 0).unwrap();
         file.set_written(slot, written);
         file.set_credited(slot, credited);
         let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
@@ -1499,6 +1553,99 @@ mod tests {
         sync(&ledger);
         assert_eq!(f.completions("alice", "movie"), 0);
         assert!(f.store.cart_contains("alice", "movie").unwrap());
+        thread.shutdown();
+    }
+
+    /// The chaos test's false completion: a connection still delivering the previous purchase
+    /// (in the grace period) after the item was bought again must not fill the new purchase.
+    #[test]
+    fn a_credit_of_a_response_started_before_a_repurchase_does_not_count() {
+        let f = Fixture::new();
+        f.file("song", 400);
+        f.store.cart_add("alice", "song").unwrap();
+        let first = f.store.cart_added_at("alice", "song").unwrap().unwrap();
+        let (ledger, thread) = f.start();
+        ledger.credit(vec![credit_at("alice", "song", 0, 0..400, first)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 1);
+
+        f.store.cart_add("alice", "song").unwrap();
+        let again = f.store.cart_added_at("alice", "song").unwrap().unwrap();
+        let old = again - 1;
+        // The new purchase's own download delivers half; the old connection delivers it all.
+        ledger.credit(vec![credit_at("alice", "song", 0, 0..200, again)]);
+        ledger.credit(vec![credit_at("alice", "song", 0, 0..400, old)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 1);
+        assert!(f.store.cart_contains("alice", "song").unwrap());
+        // The new purchase kept its own progress and completes with its own bytes.
+        ledger.credit(vec![credit_at("alice", "song", 0, 200..400, again)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "song"), 2);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn a_replayed_record_of_an_older_purchase_does_not_count() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        f.store.cart_add("bob", "movie").unwrap();
+        let alice = f.store.cart_added_at("alice", "movie").unwrap().unwrap();
+        let bob = f.store.cart_added_at("bob", "movie").unwrap().unwrap();
+        // Both killed with every byte credited; alice's run belonged to her previous purchase.
+        killed_process_file_at(&f, "alice", "movie", 10_000, 10_000, alice - 1);
+        killed_process_file_at(&f, "bob", "movie", 10_000, 10_000, bob);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 0);
+        assert!(f.store.cart_contains("alice", "movie").unwrap());
+        assert_eq!(f.completions("bob", "movie"), 1);
+        thread.shutdown();
+    }
+
+    #[test]
+    fn an_evidence_span_of_an_older_purchase_is_not_proven_into_a_newer_one() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        let now = f.store.cart_added_at("alice", "movie").unwrap().unwrap();
+        // The previous purchase's response had written everything, nothing acknowledged.
+        killed_process_file_at(&f, "alice", "movie", 0, 10_000, now - 1);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 1);
+        // The new purchase's download resumes inside the span: it proves nothing for it.
+        ledger.credit(vec![credit_at("alice", "movie", 0, 5000..10_000, now)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 0);
+        assert!(f.store.cart_contains("alice", "movie").unwrap());
+        // Its own bytes still complete it.
+        ledger.credit(vec![credit_at("alice", "movie", 0, 0..5000, now)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        thread.shutdown();
+    }
+
+    /// The edge case of the rule: a response started in the very millisecond of the purchase
+    /// counts for it; so a resume after a crash completes as before.
+    #[test]
+    fn a_resume_of_a_response_started_with_the_purchase_still_completes() {
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        let added = f.store.cart_added_at("alice", "movie").unwrap().unwrap();
+        killed_process_file_at(&f, "alice", "movie", 4000, 7000, added);
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        // The client resumes from what it holds, in a new response after the restart.
+        ledger.credit(vec![credit("alice", "movie", 0, 5500..10_000)]);
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(
+            ledger.stats().evidence_credited.load(Ordering::Relaxed),
+            1500
+        );
         thread.shutdown();
     }
 

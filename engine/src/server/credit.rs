@@ -85,22 +85,28 @@ impl CreditBatch {
     }
 }
 
-/// Merge a batch's overlapping or adjacent ranges of the same (user, item, part): a hot small
-/// item served many times per loop iteration reaches the ledger as one credit.
+/// Merge a batch's overlapping or adjacent ranges of the same (user, item, part) delivered by
+/// responses started in the same millisecond: a hot small item served many times per loop
+/// iteration reaches the ledger as one credit. (Credits of responses started at different
+/// moments stay apart: each counts only for a purchase made no later than its response.)
 fn coalesce(credits: &mut Vec<Credit>) {
     if credits.len() < 2 {
         return;
     }
     credits.sort_unstable_by(|a, b| {
-        (&*a.user, &*a.item, a.part, a.range.start).cmp(&(
+        (&*a.user, &*a.item, a.part, a.started_ms, a.range.start).cmp(&(
             &*b.user,
             &*b.item,
             b.part,
+            b.started_ms,
             b.range.start,
         ))
     });
     credits.dedup_by(|next, kept| {
-        let same = kept.part == next.part && kept.user == next.user && kept.item == next.item;
+        let same = kept.part == next.part
+            && kept.started_ms == next.started_ms
+            && kept.user == next.user
+            && kept.item == next.item;
         if same && next.range.start <= kept.range.end {
             kept.range.end = kept.range.end.max(next.range.end);
             true
@@ -114,8 +120,11 @@ fn coalesce(credits: &mut Vec<Credit>) {
 struct Accounting {
     /// Which stream offsets carried which content.
     map: StreamMap,
-    /// Tags used in `map`: (user, item, part).
-    targets: Vec<(Arc<str>, Arc<str>, u32)>,
+    /// Tags used in `map`: (user, item, part, when the response carrying it started).
+    targets: Vec<(Arc<str>, Arc<str>, u32, i64)>,
+    /// When the current response started (Unix milliseconds, the clock of the cart's
+    /// `added_at`): taken once per response by [`ConnCredit::start_response`].
+    started_ms: i64,
     /// Scratch for newly acknowledged ranges.
     acked: Vec<(u32, Range<u64>)>,
     /// Stream bytes the client provably read (it sent a later request).
@@ -181,8 +190,8 @@ impl Accounting {
                 return;
             }
         }
-        let (user, item, part) = &self.targets[tag as usize];
-        if let Some(slot) = f.claim(user, item, *part, start) {
+        let (user, item, part, started_ms) = &self.targets[tag as usize];
+        if let Some(slot) = f.claim(user, item, *part, *started_ms, start) {
             f.set_written(slot, start + len);
             self.runs.push(DurableRun {
                 tag,
@@ -219,15 +228,19 @@ impl Accounting {
         });
     }
 
+    /// The tag of (`user`, `item`, `part`) in the current response. Searched from the newest:
+    /// each response on a keep-alive connection may add one, and the current one is last.
     fn tag(&mut self, user: &Arc<str>, item: &Arc<str>, part: u32) -> u32 {
+        let started = self.started_ms;
         if let Some(i) = self
             .targets
             .iter()
-            .position(|(u, it, p)| *p == part && u == user && it == item)
+            .rposition(|(u, it, p, s)| *p == part && *s == started && u == user && it == item)
         {
             return i as u32;
         }
-        self.targets.push((user.clone(), item.clone(), part));
+        self.targets
+            .push((user.clone(), item.clone(), part, started));
         (self.targets.len() - 1) as u32
     }
 }
@@ -287,6 +300,7 @@ impl ConnCredit {
                 targets: Vec::new(),
                 acked: Vec::new(),
                 read_upto: 0,
+                started_ms: 0,
                 start_window: 0,
                 start_acked: 0,
                 next_poll: now,
@@ -295,6 +309,9 @@ impl ConnCredit {
                 runs: Vec::new(),
             })
         });
+        // Once per response (a vDSO clock read, no syscall): the credits of this response count
+        // only for a purchase made no later (see [`crate::completion::ledger`]).
+        a.started_ms = crate::storage::now_ms() as i64;
         if let Some(e) = empty {
             let tag = a.tag(e.user, e.item, e.part);
             a.empties.push((tag, e.at, written + e.head));
@@ -410,11 +427,12 @@ impl ConnCredit {
             a.durable_credited(*tag, range);
         }
         for (tag, range) in acked.drain(..) {
-            let (user, item, part) = &a.targets[tag as usize];
+            let (user, item, part, started_ms) = &a.targets[tag as usize];
             batch.credits.push(Credit {
                 user: user.clone(),
                 item: item.clone(),
                 part: *part,
+                started_ms: *started_ms,
                 range,
             });
         }
@@ -472,6 +490,7 @@ mod tests {
             targets: Vec::new(),
             acked: Vec::new(),
             read_upto,
+            started_ms: 0,
             start_window: window,
             start_acked,
             next_poll: Instant::now(),
@@ -571,7 +590,16 @@ mod tests {
         cc.account(&ack(199), &stats, &mut batch, false, false, true);
         assert!(batch.pending().is_empty());
         cc.account(&ack(200), &stats, &mut batch, false, true, true);
-        assert_eq!(batch.pending(), &[c("alice", "empty", 0, 0..0)]);
+        let got = batch.pending();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].started_ms > 0, "stamped with the response's start");
+        assert_eq!(
+            Credit {
+                started_ms: 0,
+                ..got[0].clone()
+            },
+            c("alice", "empty", 0, 0..0)
+        );
     }
 
     fn c(user: &str, item: &str, part: u32, r: Range<u64>) -> Credit {
@@ -579,6 +607,7 @@ mod tests {
             user: Arc::from(user),
             item: Arc::from(item),
             part,
+            started_ms: 0,
             range: r,
         }
     }
@@ -592,6 +621,10 @@ mod tests {
             c("a", "x", 0, 4096..5000),
             c("a", "x", 1, 0..10),
             c("a", "x", 0, 6000..7000),
+            Credit {
+                started_ms: 9,
+                ..c("a", "x", 0, 5000..6000)
+            },
         ];
         coalesce(&mut v);
         assert_eq!(
@@ -599,6 +632,11 @@ mod tests {
             vec![
                 c("a", "x", 0, 0..5000),
                 c("a", "x", 0, 6000..7000),
+                // Another response's credit: it may count for another purchase.
+                Credit {
+                    started_ms: 9,
+                    ..c("a", "x", 0, 5000..6000)
+                },
                 c("a", "x", 1, 0..10),
                 c("b", "x", 0, 0..10),
             ]
