@@ -481,11 +481,6 @@ impl<S: ConnSocket> Conn<S> {
         ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
         send::advance(resp, n, &mut self.credit);
         if !resp.done() {
-            if !self.shaping.sizes_sndbuf() {
-                // Due at most every 100 ms (one clock comparison per send otherwise).
-                let cfg = ctx.shaping.shaper.config();
-                self.sndbuf.tune(&mut self.sock, cfg, ctx.now);
-            }
             return Next::Write;
         }
         self.finish_response(ctx)

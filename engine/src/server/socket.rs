@@ -47,17 +47,11 @@ pub trait ConnSocket {
     }
 }
 
-/// The receive window assumed when the kernel does not report it, and the least assumed.
-const UNKNOWN_WINDOW: u64 = 512 * 1024;
-const MIN_WINDOW: u64 = 64 * 1024;
-
 /// The cap of [`ShaperConfig::sndbuf_for`].
 const MAX_SNDBUF: u32 = 4 << 20;
 
-/// First look at a new download's delivery this soon, then a growing buffer this often, a
-/// settled one less (the connection's sends and the worker's sweep, every 250 ms, ask).
-const TUNE_FIRST: Duration = Duration::from_millis(20);
-const TUNE_GROWING: Duration = Duration::from_millis(100);
+/// Re-evaluate a growing buffer this often (the worker's sweep period), a settled one less.
+const TUNE_GROWING: Duration = Duration::from_millis(250);
 const TUNE_SETTLED: Duration = Duration::from_secs(1);
 
 /// The send-buffer size of one unshaped connection, re-evaluated from `TCP_INFO` as the
@@ -68,10 +62,6 @@ pub struct SendBufferTuner {
     size: Option<u32>,
     /// `bytes_acked` and when, at the last evaluation.
     last: Option<(u64, Instant)>,
-    /// The buffer grows only once the peer acknowledged past this: more than twice its
-    /// receive window when the download began, which a client that does not read never does
-    /// (its kernel stops acknowledging when its receive buffer is full).
-    reading_past: u64,
     next: Option<Instant>,
 }
 
@@ -87,13 +77,8 @@ impl SendBufferTuner {
             sock.set_send_buffer(bytes as usize);
             self.size = Some(bytes);
         }
-        let sample = sock.rate().ok();
-        self.last = sample.map(|r| (r.bytes_acked, now));
-        self.reading_past = sample.map_or(u64::MAX, |r| {
-            let window = r.window.map_or(UNKNOWN_WINDOW, u64::from).max(MIN_WINDOW);
-            r.bytes_acked.saturating_add(2 * window)
-        });
-        self.next = Some(now + TUNE_FIRST);
+        self.last = sock.rate().ok().map(|r| (r.bytes_acked, now));
+        self.next = Some(now + TUNE_GROWING);
     }
 
     /// The current size, if this connection was sized.
@@ -101,7 +86,7 @@ impl SendBufferTuner {
         self.size
     }
 
-    /// Re-size from the delivery rate, if due (a clock comparison otherwise): the kernel's latest sample, but no more than what the
+    /// Re-size from the delivery rate: the kernel's latest sample, but no more than what the
     /// peer acknowledged since the last evaluation (a client that stopped reading, whose last
     /// sample is stale, or whose window is shut, counts as rate 0).
     pub fn tune(&mut self, sock: &mut impl ConnSocket, cfg: &ShaperConfig, now: Instant) {
@@ -130,10 +115,8 @@ impl SendBufferTuner {
         let Some(floor) = cfg.sndbuf_for(Rate::BytesPerSec(0), sample.rtt) else {
             return;
         };
-        let reading = sample.bytes_acked > self.reading_past;
-        let want = if rate == 0 || !reading {
-            // Not proven to read yet, stalled, or its window is shut: the floor (shrinking
-            // frees nothing already queued, but queues no more).
+        let want = if rate == 0 {
+            // Stalled, or its window is shut: back to the floor (what is queued stays queued).
             floor
         } else {
             let Some(by_rate) = cfg.sndbuf_for(Rate::BytesPerSec(rate), sample.rtt) else {
@@ -296,7 +279,7 @@ mod tests {
             ..ShaperConfig::default()
         };
         let t0 = Instant::now();
-        let step = |k: u32| t0 + TUNE_FIRST + TUNE_GROWING * k;
+        let step = |k: u32| t0 + TUNE_GROWING * k;
 
         // A reader at 1 GB/s: from the floor to the 4 MiB cap.
         let mut sock = FakeSocket {
@@ -322,14 +305,9 @@ mod tests {
         sock.rate = sample(128 * 1024, 3_000_000_000, 0);
         t.tune(&mut sock, &cfg, step(1));
         assert_eq!(t.size(), Some(32 * 1024));
-        // Its window still open at a look, having taken no more than its first receive
-        // buffers: not proven to read, no growth.
-        sock.rate = sample(120 * 1024, 3_000_000_000, 8000);
-        t.tune(&mut sock, &cfg, step(12));
-        assert_eq!(t.size(), Some(32 * 1024));
         // Window open again but nothing acknowledged since: the stale sample does not count.
         sock.rate = sample(128 * 1024, 3_000_000_000, 1000);
-        t.tune(&mut sock, &cfg, step(23));
+        t.tune(&mut sock, &cfg, step(6));
         assert_eq!(t.size(), Some(32 * 1024));
 
         // A slow reader (2 MB/s): 40 ms of its rate.
@@ -355,7 +333,7 @@ mod tests {
         assert_eq!(t.size(), Some(512 * 1024));
         // It stops reading: back to the floor.
         sock.rate = sample(1_600_000, 2_000_000, 0);
-        t.tune(&mut sock, &cfg, step(13));
+        t.tune(&mut sock, &cfg, step(7));
         assert_eq!(t.size(), Some(32 * 1024));
     }
 }
