@@ -47,9 +47,6 @@ pub trait ConnSocket {
     }
 }
 
-/// The cap of [`ShaperConfig::sndbuf_for`].
-const MAX_SNDBUF: u32 = 4 << 20;
-
 /// Re-evaluate a growing buffer this often (the worker's sweep period), a settled one less.
 const TUNE_GROWING: Duration = Duration::from_millis(250);
 const TUNE_SETTLED: Duration = Duration::from_secs(1);
@@ -99,12 +96,12 @@ impl SendBufferTuner {
         let Ok(sample) = sock.rate() else {
             return;
         };
-        let (delta, progress) = match self.last {
+        let progress = match self.last {
             Some((acked, at)) if now > at => {
-                let delta = sample.bytes_acked.saturating_sub(acked);
-                (delta, (delta as f64 / (now - at).as_secs_f64()) as u64)
+                let secs = (now - at).as_secs_f64();
+                (sample.bytes_acked.saturating_sub(acked) as f64 / secs) as u64
             }
-            _ => (0, 0),
+            _ => 0,
         };
         self.last = Some((sample.bytes_acked, now));
         let rate = if sample.window == Some(0) {
@@ -112,26 +109,8 @@ impl SendBufferTuner {
         } else {
             sample.delivery_rate.min(progress)
         };
-        let Some(floor) = cfg.sndbuf_for(Rate::BytesPerSec(0), sample.rtt) else {
+        let Some(want) = cfg.sndbuf_for(Rate::BytesPerSec(rate), sample.rtt) else {
             return;
-        };
-        let want = if rate == 0 {
-            // Stalled, or its window is shut: back to the floor (what is queued stays queued).
-            floor
-        } else {
-            let Some(by_rate) = cfg.sndbuf_for(Rate::BytesPerSec(rate), sample.rtt) else {
-                return;
-            };
-            // A reader that took a whole buffer or more since the last look was held back by
-            // the buffer itself (its rate is then the buffer's, not its own): grow at least
-            // fourfold, so a fast download reaches the cap within a few sweeps. A reader is
-            // never shrunk: only a stall does that.
-            let grown = if delta >= u64::from(size) {
-                by_rate.max(size.saturating_mul(4).min(MAX_SNDBUF))
-            } else {
-                by_rate
-            };
-            grown.max(size)
         };
         if want != size {
             sock.set_send_buffer(want as usize);
@@ -319,21 +298,6 @@ mod tests {
         t.start(&mut sock, &cfg, t0);
         sock.rate = sample(500_000, 2_000_000, 65535);
         t.tune(&mut sock, &cfg, step(1));
-        assert_eq!(
-            t.size(),
-            Some(128 * 1024),
-            "took a whole buffer: grows fourfold"
-        );
-        sock.rate = sample(1_000_000, 2_000_000, 65535);
-        t.tune(&mut sock, &cfg, step(2));
-        assert_eq!(t.size(), Some(512 * 1024));
-        // 500 KB a sweep no longer fills it: it stays, neither growing nor shrinking.
-        sock.rate = sample(1_500_000, 2_000_000, 65535);
-        t.tune(&mut sock, &cfg, step(3));
-        assert_eq!(t.size(), Some(512 * 1024));
-        // It stops reading: back to the floor.
-        sock.rate = sample(1_600_000, 2_000_000, 0);
-        t.tune(&mut sock, &cfg, step(7));
-        assert_eq!(t.size(), Some(32 * 1024));
+        assert_eq!(t.size(), Some(80_000));
     }
 }
