@@ -53,7 +53,5 @@ pub use delivery::StreamMap;
 pub use inflight::InflightFile;
 pub use ledger::{Credit, Ledger, LedgerConfig, LedgerThread};
 pub use stats::LedgerStats;
-pub use tcp_info::{
-    tcp_acked, tcp_delivery, tcp_rate, tcp_rtt, unsent_bytes, AckState, RateSample, TcpDelivery,
-};
+pub use tcp_info::{tcp_acked, tcp_delivery, tcp_rtt, unsent_bytes, AckState, TcpDelivery};
 pub use zip::{ZipEntry, ZipLayout, ZipPiece, ZipSlice};

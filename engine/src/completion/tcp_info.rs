@@ -200,30 +200,6 @@ pub fn tcp_rtt(fd: RawFd) -> io::Result<std::time::Duration> {
     Ok(std::time::Duration::from_micros(u64::from(info.rtt)))
 }
 
-/// What sizing an unshaped connection's send buffer needs, from one `getsockopt`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateSample {
-    /// `tcpi_bytes_acked`.
-    pub bytes_acked: u64,
-    /// `tcpi_delivery_rate`, bytes per second (the kernel's latest delivery-rate sample).
-    pub delivery_rate: u64,
-    /// `tcpi_rtt`, the smoothed round-trip time.
-    pub rtt: std::time::Duration,
-    /// `tcpi_snd_wnd` (Linux 5.4+): zero when the peer's receive buffer is full.
-    pub window: Option<u32>,
-}
-
-/// Reads [`RateSample`] for the TCP socket `fd`.
-pub fn tcp_rate(fd: RawFd) -> io::Result<RateSample> {
-    let (info, len) = read_tcp_info(fd)?;
-    Ok(RateSample {
-        bytes_acked: info.bytes_acked,
-        delivery_rate: info.delivery_rate,
-        rtt: std::time::Duration::from_micros(u64::from(info.rtt)),
-        window: (len >= SND_WND_LEN).then_some(info.snd_wnd),
-    })
-}
-
 /// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
 pub fn send_queue_bytes(fd: RawFd) -> io::Result<u32> {
     queue_ioctl(fd, libc::TIOCOUTQ as _)

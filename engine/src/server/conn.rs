@@ -25,7 +25,7 @@ use super::resources::Resource;
 use super::respond::{self, Repr, Response};
 use super::send::{self, SendBuf, SendPlan};
 use super::shaping::{Allowance, ConnShaping, ShapeClass};
-use super::socket::{ConnSocket, FdSocket, SendBufferTuner};
+use super::socket::{ConnSocket, FdSocket};
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: Duration = Duration::from_secs(5);
@@ -96,8 +96,6 @@ pub struct Conn<S = FdSocket> {
     lingering: bool,
     /// The shaper's view of this connection (its key, grant in flight, wait).
     pub shaping: ConnShaping,
-    /// The send buffer of an unshaped download, sized from its delivery rate.
-    sndbuf: SendBufferTuner,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -126,7 +124,6 @@ impl<S: ConnSocket> Conn<S> {
             credit: ConnCredit::default(),
             lingering: false,
             shaping: ConnShaping::default(),
-            sndbuf: SendBufferTuner::default(),
         })
     }
 
@@ -380,11 +377,6 @@ impl<S: ConnSocket> Conn<S> {
             }
             _ => None,
         };
-        if !self.shaping.sizes_sndbuf() && resp.body_len() > 0 {
-            // Unshaped: bound the kernel memory a client that does not read can pin.
-            let cfg = ctx.shaping.shaper.config();
-            self.sndbuf.start(&mut self.sock, cfg, ctx.now);
-        }
         self.start(ctx, resp, marker)
     }
 
@@ -540,10 +532,6 @@ impl<S: ConnSocket> Conn<S> {
         let sending = self.resp.is_some();
         self.credit
             .sweep(&self.sock, &ctx.stats, &mut ctx.credits, ctx.now, sending);
-        if sending && !self.shaping.sizes_sndbuf() {
-            let cfg = ctx.shaping.shaper.config();
-            self.sndbuf.tune(&mut self.sock, cfg, ctx.now);
-        }
     }
 
     /// The connection is going away: credit what was delivered, release its shaper slot.

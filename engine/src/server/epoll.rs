@@ -57,11 +57,17 @@ fn event_loop(w: &mut Worker, ep: &mut Epoll) -> io::Result<()> {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     loop {
         let wake_at = w.next_timer().map_or(w.next_sweep, |t| t.min(w.next_sweep));
-        let timeout = wake_at
-            .saturating_duration_since(Instant::now())
-            .as_micros()
-            .div_ceil(1000)
-            .min(1000) as i32;
+        // Connections that used their turn (`ready`) continue at once: do not sleep until the
+        // next timer with work queued (that stalled fast downloads to one turn per sweep).
+        let timeout = if w.ready.is_empty() {
+            wake_at
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000)
+                .min(1000) as i32
+        } else {
+            0
+        };
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
         let n = match unsafe {
             syscall!(epoll_wait(

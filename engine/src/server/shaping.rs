@@ -122,9 +122,6 @@ pub struct ConnShaping {
     /// Parked until then by the shaper, with no operation in flight: a timer or the shaper's
     /// `ready` list wakes it ([`ShaperWaits`]).
     pub wait: Option<Instant>,
-    /// `bind` sized the send buffer (a rate-limited user); otherwise
-    /// [`SendBufferTuner`](super::socket::SendBufferTuner) does.
-    sized_sndbuf: bool,
 }
 
 impl ConnShaping {
@@ -161,7 +158,6 @@ impl ConnShaping {
         // the user's rate (the user's connections so far, this one included), so that stalled
         // shaped downloads do not pin kernel memory. Unlimited users keep the kernel's
         // autotuning, and cost no syscall here.
-        self.sized_sndbuf = matches!(rate, Rate::BytesPerSec(_));
         if let Rate::BytesPerSec(b) = rate {
             let conns = stats.map_or(1, |s| s.active_connections.max(1));
             let share = Rate::BytesPerSec(b / u64::from(conns));
@@ -170,11 +166,6 @@ impl ConnShaping {
                 sock.set_send_buffer(bytes as usize);
             }
         }
-    }
-
-    /// Whether the shaper sized this connection's send buffer (its user is rate-limited).
-    pub fn sizes_sndbuf(&self) -> bool {
-        self.sized_sndbuf
     }
 
     /// How many body bytes the next send may carry. `want`: the body bytes left in the current
