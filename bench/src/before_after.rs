@@ -64,7 +64,9 @@ fn parse_build(s: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_owned(), PathBuf::from(path)))
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    // `--shaping-scenarios ''` parses as one empty name: it means "skip shaping".
+    a.shaping_scenarios.retain(|s| !s.is_empty());
     if a.builds.len() < 2 {
         bail!("give at least two --weir-bin NAME=PATH");
     }
