@@ -313,3 +313,44 @@ pub fn assert_result_dir(dir: &Path) -> Value {
     assert!(plot.starts_with("<svg"));
     s
 }
+
+/// What a test server read of one request head: `None` when the client closed the connection,
+/// else the `Range` header resolved against a body of `len` bytes (`None` without one, or one
+/// that does not fit).
+pub fn read_request_range(
+    reader: &mut std::io::BufReader<TcpStream>,
+    len: u64,
+) -> Option<Option<(u64, u64)>> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            return Some(range);
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("range") {
+                range = parse_range(v, len);
+            }
+        }
+    }
+}
+
+/// `bytes=A-B` or `bytes=A-` within a body of `len` bytes.
+fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
+    let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let a: u64 = a.parse().ok()?;
+    let b: u64 = if b.is_empty() {
+        len - 1
+    } else {
+        b.parse().ok()?
+    };
+    (a <= b && b < len).then_some((a, b.min(len - 1)))
+}

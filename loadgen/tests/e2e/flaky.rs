@@ -2,7 +2,7 @@
 //! closes) and some stall mid-body (the socket stays open, silent). forty must still assemble the
 //! exact bytes by reconnecting and resuming, and count each failure under its own kind.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,41 +48,14 @@ impl Drop for Flaky {
     }
 }
 
-fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
-    let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-    let a: u64 = a.parse().ok()?;
-    let b: u64 = if b.is_empty() {
-        len - 1
-    } else {
-        b.parse().ok()?
-    };
-    (a <= b && b < len).then_some((a, b.min(len - 1)))
-}
-
 fn serve(conn: TcpStream, data: &[u8], stop: &AtomicBool, ranged: &AtomicU64) {
     conn.set_nodelay(true).ok();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
     loop {
-        let mut range = None;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(range) = read_request_range(&mut reader, data.len() as u64) else {
             return;
-        }
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("range") {
-                    range = parse_range(v, data.len() as u64);
-                }
-            }
-        }
+        };
         let Some((a, b)) = range else {
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
             if out.write_all(head.as_bytes()).is_err() || out.write_all(data).is_err() {

@@ -3,7 +3,7 @@
 //! records each finished download and `--gate` holds the next one; and `--retry-for` gives a
 //! download up when nobody comes back.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,30 +36,9 @@ fn serve(conn: TcpStream, data: &[u8], dead: &AtomicBool, starts: &Mutex<Vec<u64
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
     loop {
-        let mut range = None;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(range) = read_request_range(&mut reader, data.len() as u64) else {
             return;
-        }
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("range") {
-                    let (a, b) = v
-                        .trim()
-                        .trim_start_matches("bytes=")
-                        .split_once('-')
-                        .unwrap();
-                    range = Some((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
-                }
-            }
-        }
+        };
         let (a, b) = range.expect("forty always asks for a range");
         starts.lock().unwrap().push(a);
         let body = &data[a as usize..=b as usize];
