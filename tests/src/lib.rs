@@ -714,3 +714,26 @@ macro_rules! on_every_driver {
         }
     )+};
 }
+
+/// Reads one webhook POST from a test receiver's connection: its `Idempotency-Key` (empty
+/// when absent) and its body.
+pub fn read_webhook_post(stream: &std::net::TcpStream) -> (String, Vec<u8>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the receiver's stream"));
+    let (mut key, mut len) = (String::new(), 0usize);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("idempotency-key:") {
+            key = line[line.len() - v.len()..].trim().to_string();
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    (key, body)
+}
