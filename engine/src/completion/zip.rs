@@ -163,23 +163,15 @@ impl ZipLayout {
             }
             let mut local = Vec::with_capacity(30 + name.len() + local_extra.len());
             put32(&mut local, LOCAL_HEADER_SIG);
-            put16(
-                &mut local,
-                if size64 {
-                    VERSION_ZIP64
-                } else {
-                    VERSION_DEFAULT
-                },
-            );
-            put16(&mut local, flags);
-            put16(&mut local, 0); // stored
-            put16(&mut local, time);
-            put16(&mut local, date);
-            put32(&mut local, entry.crc32);
-            put32(&mut local, size32); // compressed
-            put32(&mut local, size32); // uncompressed
-            put16(&mut local, name.len() as u16);
-            put16(&mut local, local_extra.len() as u16);
+            let common = HeaderFields {
+                flags,
+                time,
+                date,
+                crc32: entry.crc32,
+                size32,
+                name_len: name.len() as u16,
+            };
+            common.put(&mut local, size64, local_extra.len());
             local.extend_from_slice(name.as_bytes());
             local.extend_from_slice(&local_extra);
             out.literal(&local);
@@ -203,23 +195,7 @@ impl ZipLayout {
             let zip64 = size64 || offset64;
             put32(&mut central, CENTRAL_HEADER_SIG);
             put16(&mut central, MADE_BY);
-            put16(
-                &mut central,
-                if zip64 {
-                    VERSION_ZIP64
-                } else {
-                    VERSION_DEFAULT
-                },
-            );
-            put16(&mut central, flags);
-            put16(&mut central, 0); // stored
-            put16(&mut central, time);
-            put16(&mut central, date);
-            put32(&mut central, entry.crc32);
-            put32(&mut central, size32);
-            put32(&mut central, size32);
-            put16(&mut central, name.len() as u16);
-            put16(&mut central, central_extra.len() as u16);
+            common.put(&mut central, zip64, central_extra.len());
             put16(&mut central, 0); // comment length
             put16(&mut central, 0); // disk number start
             put16(&mut central, 0); // internal attributes
@@ -371,6 +347,39 @@ impl Pieces {
             });
             self.offset += len;
         }
+    }
+}
+
+/// The fields a local file header and its central directory entry share, from "version needed
+/// to extract" to "extra field length" (APPNOTE 4.3.7 and 4.3.12).
+struct HeaderFields {
+    flags: u16,
+    time: u16,
+    date: u16,
+    crc32: u32,
+    size32: u32,
+    name_len: u16,
+}
+
+impl HeaderFields {
+    fn put(&self, out: &mut Vec<u8>, zip64: bool, extra_len: usize) {
+        put16(
+            out,
+            if zip64 {
+                VERSION_ZIP64
+            } else {
+                VERSION_DEFAULT
+            },
+        );
+        put16(out, self.flags);
+        put16(out, 0); // stored
+        put16(out, self.time);
+        put16(out, self.date);
+        put32(out, self.crc32);
+        put32(out, self.size32); // compressed
+        put32(out, self.size32); // uncompressed
+        put16(out, self.name_len);
+        put16(out, extra_len as u16);
     }
 }
 
