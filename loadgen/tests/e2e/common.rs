@@ -354,3 +354,20 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     };
     (a <= b && b < len).then_some((a, b.min(len - 1)))
 }
+
+/// Writes the head of a 206 for bytes `a..=b` of `data` and returns that body slice, or `None`
+/// when the client is gone.
+pub fn write_partial_head<'d>(
+    out: &mut TcpStream,
+    data: &'d [u8],
+    (a, b): (u64, u64),
+) -> Option<&'d [u8]> {
+    use std::io::Write;
+    let body = &data[a as usize..=b as usize];
+    let head = format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n",
+        body.len(),
+        data.len()
+    );
+    out.write_all(head.as_bytes()).ok().map(|()| body)
+}

@@ -64,15 +64,9 @@ fn serve(conn: TcpStream, data: &[u8], stop: &AtomicBool, ranged: &AtomicU64) {
             continue;
         };
         let n = ranged.fetch_add(1, Ordering::Relaxed);
-        let body = &data[a as usize..=b as usize];
-        let head = format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n",
-            body.len(),
-            data.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() {
+        let Some(body) = write_partial_head(&mut out, data, (a, b)) else {
             return;
-        }
+        };
         let half = &body[..body.len() / 2];
         match n % 5 {
             // Cut: half the body, then close.

@@ -41,15 +41,9 @@ fn serve(conn: TcpStream, data: &[u8], dead: &AtomicBool, starts: &Mutex<Vec<u64
         };
         let (a, b) = range.expect("forty always asks for a range");
         starts.lock().unwrap().push(a);
-        let body = &data[a as usize..=b as usize];
-        let head = format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\n\r\n",
-            body.len(),
-            data.len()
-        );
-        if out.write_all(head.as_bytes()).is_err() {
+        let Some(body) = write_partial_head(&mut out, data, (a, b)) else {
             return;
-        }
+        };
         for chunk in body.chunks(16 << 10) {
             if dead.load(Ordering::Relaxed) {
                 // SIGKILL: the kernel resets what the process held.
