@@ -448,7 +448,7 @@ impl Shared {
                 return (job.worker, reply);
             }
         }
-        let grace_since = now_ms().saturating_sub(self.grace.as_millis() as u64);
+        let grace_since = crate::storage::now_ms().saturating_sub(self.grace.as_millis() as u64);
         let allowed = store.cart_contains(&user, &job.item).and_then(|in_cart| {
             Ok(in_cart || store.recently_completed(&user, &job.item, grace_since)?)
         });
@@ -599,13 +599,6 @@ fn add_failure<K: Hash + Eq>(map: &mut HashMap<K, Bucket>, key: K, now: Instant)
     });
     b.level = b.level(now) + 1.0;
     b.at = now;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
