@@ -46,6 +46,3 @@ pub mod password;
 pub mod server;
 pub mod storage;
 pub mod token;
-
-/// The old name of [`storage`], kept so `crate::store::Store` paths still resolve.
-pub use storage as store;

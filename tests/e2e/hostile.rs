@@ -382,7 +382,7 @@ fn base_memory_after_1000_logins() {
     let data = DataDir::new();
     data.alice_with_item("song", 4096, 1);
     {
-        let store = weir::store::Store::open(&data.path().join("data")).unwrap();
+        let store = weir::storage::Store::open(&data.path().join("data")).unwrap();
         let hash = weir::password::hash_password("pw-for-all").unwrap();
         for i in 0..1000 {
             let name = format!("user{i}");

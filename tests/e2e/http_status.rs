@@ -159,7 +159,7 @@ fn statuses(driver: Driver) {
     assert_eq!(r.body, f.content);
     let other_link = link.replacen("/d/song", "/d/other", 1);
     assert_eq!(curl(&srv.url(&other_link), &[]).status, 403);
-    let secret = weir::store::Store::open(&f.data.path().join("data"))
+    let secret = weir::storage::Store::open(&f.data.path().join("data"))
         .unwrap()
         .secret()
         .unwrap();

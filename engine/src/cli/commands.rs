@@ -14,7 +14,7 @@ use super::args::{
 use super::args::{TokenArgs, UserCommand};
 use crate::config;
 use crate::storage::Storage as _;
-use crate::store::{valid_id, ItemKind, Store};
+use crate::storage::{valid_id, ItemKind, Store};
 use crate::{catalog, demo, password, token};
 
 /// Runs parsed arguments, printing results to `out`.
@@ -78,10 +78,10 @@ fn user(store: &Store, cmd: UserCommand, out: &mut dyn Write) -> anyhow::Result<
             rate,
         } => {
             if !valid_id(&name) {
-                return Err(crate::store::StoreError::InvalidId(name).into());
+                return Err(crate::storage::StoreError::InvalidId(name).into());
             }
             if store.user(&name)?.is_some() {
-                return Err(crate::store::StoreError::UserExists(name).into());
+                return Err(crate::storage::StoreError::UserExists(name).into());
             }
             let Some(pw) = read_password(&password)? else {
                 bail!("give the password with --password-stdin or --password-file FILE");
@@ -100,7 +100,7 @@ fn user(store: &Store, cmd: UserCommand, out: &mut dyn Write) -> anyhow::Result<
                 bail!("nothing to change: give --rate, --password-stdin or --password-file");
             }
             if store.user(&name)?.is_none() {
-                return Err(crate::store::StoreError::UnknownUser(name).into());
+                return Err(crate::storage::StoreError::UnknownUser(name).into());
             }
             if let Some(pw) = pw {
                 store.set_user_password(&name, &password::hash_password(&pw)?)?;
@@ -134,10 +134,10 @@ fn add_item(
 ) -> anyhow::Result<()> {
     // Refuse early rather than after copying gigabytes.
     if !valid_id(id) {
-        return Err(crate::store::StoreError::InvalidId(id.to_owned()).into());
+        return Err(crate::storage::StoreError::InvalidId(id.to_owned()).into());
     }
     if store.item(id)?.is_some() {
-        return Err(crate::store::StoreError::ItemExists(id.to_owned()).into());
+        return Err(crate::storage::StoreError::ItemExists(id.to_owned()).into());
     }
     let content = store.content_dir();
     let parts = files

@@ -40,7 +40,7 @@ use weir_shaper::Rate;
 use crate::http::RequestHead;
 use crate::password;
 use crate::storage::Storage as _;
-use crate::store::Store;
+use crate::storage::Store;
 use crate::token;
 
 use super::resources::Resource;

@@ -583,7 +583,7 @@ mod tests {
     use crate::server::segment::MappedFile;
     use crate::server::shaping::{ShaperWaits, Shaping};
     use crate::server::socket::FakeSocket;
-    use crate::store::ItemKind;
+    use crate::storage::ItemKind;
 
     const AUTH: &str = "Basic YWxpY2U6cHc="; // alice:pw
 

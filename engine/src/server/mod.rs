@@ -51,7 +51,7 @@ use anyhow::Context;
 use crate::config::{DriverChoice, ServeConfig};
 use crate::demo::DemoInfo;
 use crate::storage::Storage as _;
-use crate::store::Store;
+use crate::storage::Store;
 
 use auth::{AuthPool, Inbox};
 use resources::Resource;

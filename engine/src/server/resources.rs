@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::completion::{ZipEntry, ZipLayout};
-use crate::store::{Item, ItemKind};
+use crate::storage::{Item, ItemKind};
 
 use super::segment::MappedFile;
 

@@ -12,7 +12,7 @@ use crate::http::{
     self, ContentRange, DateCache, Method, Multipart, Piece as HttpPiece, Precondition,
     RangeOutcome, RequestHead, ResponseHead, Route, Validators,
 };
-use crate::store::ItemKind;
+use crate::storage::ItemKind;
 
 use super::resources::{Part, Resource, ZipRep};
 use super::segment::MappedFile;
