@@ -36,6 +36,8 @@ use std::time::Instant;
 
 use memmap2::MmapMut;
 
+use super::orphans;
+
 /// Bytes per record.
 pub const SLOT: usize = 256;
 /// Records per worker file by default (2 MiB a worker).
@@ -44,10 +46,12 @@ pub const DEFAULT_SLOTS: u32 = 8192;
 pub const DIR: &str = "inflight";
 
 /// Marks a record in use (any other value: free). Written last when a record is claimed. It is
-/// also the format marker: format 2 carries the response's start (`OFF_STARTED_MS`). Records of
-/// files written before it (marker `0x7765_6972_5f72_756e`, "weir_run") are read as free: their
-/// credits cannot be tied to a purchase, so they are ignored (never misapplied).
-const LIVE: u64 = 0x7765_6972_5f72_7632; // "weir_rv2"
+/// also the format marker. Format 3 also carries the run's socket ([`Origin`]). Format 2
+/// records (`LIVE_V2`, no origin) are still read; records of files written before format 2
+/// (marker `0x7765_6972_5f72_756e`, "weir_run") are read as free: their credits cannot be tied
+/// to a purchase, so they are ignored (never misapplied).
+const LIVE: u64 = 0x7765_6972_5f72_7633; // "weir_rv3"
+const LIVE_V2: u64 = 0x7765_6972_5f72_7632; // "weir_rv2"
 const OFF_STATE: usize = 0;
 const OFF_PART: usize = 8;
 const OFF_ULEN: usize = 12;
@@ -56,9 +60,26 @@ const OFF_START: usize = 16;
 const OFF_CREDITED: usize = 24;
 const OFF_WRITTEN: usize = 32;
 const OFF_STARTED_MS: usize = 40;
-const OFF_NAMES: usize = 48;
+/// Format 3: the socket's cookie (0: unknown), the stream offset of content byte `start`, and
+/// the [`orphans::host_key`] the cookie belongs to.
+const OFF_COOKIE: usize = 48;
+const OFF_STREAM_AT: usize = 56;
+const OFF_HOST: usize = 64;
+const OFF_NAMES: usize = 72;
+/// Where format 2 kept the names.
+const OFF_NAMES_V2: usize = 48;
 /// Room for the user name and the item id together.
 pub const NAMES_MAX: usize = SLOT - OFF_NAMES;
+
+/// Where a run's bytes went: its socket and the stream offset of its first content byte. After
+/// a crash the kernel may still know how far that socket was acknowledged ([`orphans`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The socket's `SO_COOKIE`.
+    pub cookie: u64,
+    /// Stream offset (as `tcpi_bytes_acked` counts) of the run's content offset `start`.
+    pub stream_at: u64,
+}
 
 /// One record read back after a crash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +96,8 @@ pub struct Record {
     pub credited: u64,
     /// Content offset up to which the run was written to the kernel.
     pub written: u64,
+    /// The run's socket, when recorded on this boot and in this network namespace.
+    pub origin: Option<Origin>,
 }
 
 /// A claimed record of an [`InflightFile`].
@@ -179,6 +202,7 @@ impl InflightFile {
         part: u32,
         started_ms: i64,
         start: u64,
+        origin: Option<Origin>,
     ) -> Option<Slot> {
         if user.len() + item.len() > NAMES_MAX {
             self.overflows.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +223,10 @@ impl InflightFile {
             put(&mut m, at + OFF_START, &start.to_le_bytes());
             put(&mut m, at + OFF_CREDITED, &start.to_le_bytes());
             put(&mut m, at + OFF_WRITTEN, &start.to_le_bytes());
+            let (cookie, stream_at) = origin.map_or((0, 0), |o| (o.cookie, o.stream_at));
+            put(&mut m, at + OFF_COOKIE, &cookie.to_le_bytes());
+            put(&mut m, at + OFF_STREAM_AT, &stream_at.to_le_bytes());
+            put(&mut m, at + OFF_HOST, &orphans::host_key().to_le_bytes());
             put(&mut m, at + OFF_NAMES, user.as_bytes());
             put(&mut m, at + OFF_NAMES + user.len(), item.as_bytes());
         }
@@ -319,9 +347,11 @@ fn process_tag() -> &'static str {
 pub fn parse(bytes: &[u8]) -> Vec<Record> {
     let mut out = Vec::new();
     for rec in bytes.chunks_exact(SLOT) {
-        if u64_at(rec, OFF_STATE) != LIVE {
-            continue;
-        }
+        let names_at = match u64_at(rec, OFF_STATE) {
+            LIVE => OFF_NAMES,
+            LIVE_V2 => OFF_NAMES_V2,
+            _ => continue,
+        };
         let part = u32::from_le_bytes(rec[OFF_PART..OFF_PART + 4].try_into().expect("4 bytes"));
         let ulen = u16::from_le_bytes([rec[OFF_ULEN], rec[OFF_ULEN + 1]]) as usize;
         let ilen = u16::from_le_bytes([rec[OFF_ILEN], rec[OFF_ILEN + 1]]) as usize;
@@ -330,11 +360,18 @@ pub fn parse(bytes: &[u8]) -> Vec<Record> {
             u64_at(rec, OFF_CREDITED),
             u64_at(rec, OFF_WRITTEN),
         );
-        if ulen + ilen > NAMES_MAX || !(start <= credited && credited <= written) {
+        if names_at + ulen + ilen > SLOT || !(start <= credited && credited <= written) {
             continue;
         }
         let started_ms = u64_at(rec, OFF_STARTED_MS) as i64;
-        let names = &rec[OFF_NAMES..OFF_NAMES + ulen + ilen];
+        let names = &rec[names_at..names_at + ulen + ilen];
+        let origin = (names_at == OFF_NAMES
+            && u64_at(rec, OFF_COOKIE) != 0
+            && u64_at(rec, OFF_HOST) == orphans::host_key())
+        .then(|| Origin {
+            cookie: u64_at(rec, OFF_COOKIE),
+            stream_at: u64_at(rec, OFF_STREAM_AT),
+        });
         let (Ok(user), Ok(item)) = (
             std::str::from_utf8(&names[..ulen]),
             std::str::from_utf8(&names[ulen..]),
@@ -349,6 +386,7 @@ pub fn parse(bytes: &[u8]) -> Vec<Record> {
             start,
             credited,
             written,
+            origin,
         });
     }
     out
@@ -393,25 +431,32 @@ pub fn remove(files: &[PathBuf]) {
 mod tests {
     use super::*;
 
+    const ORIGIN: Origin = Origin {
+        cookie: 0x1234,
+        stream_at: 180,
+    };
+
     #[test]
     fn records_survive_without_a_clean_exit_and_freed_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let w = Watermark::default();
         let f = InflightFile::create(dir.path(), 3, 4, w.clone()).unwrap();
         let f_name = f.path().file_name().unwrap().to_owned();
-        let a = f.claim("alice", "movie", 0, 42, 1000).unwrap();
+        let a = f
+            .claim("alice", "movie", 0, 42, 1000, Some(ORIGIN))
+            .unwrap();
         f.set_written(a, 5000);
         f.set_credited(a, 3000);
-        let b = f.claim("bob", "album", 2, 42, 0).unwrap();
+        let b = f.claim("bob", "album", 2, 42, 0, None).unwrap();
         f.set_written(b, 10);
         f.release(b);
         f.stamp();
         // Not reused, and still in the file, until the ledger journaled what it credited.
-        let c = f.claim("carol", "x", 1, 43, 7).unwrap();
+        let c = f.claim("carol", "x", 1, 43, 7, None).unwrap();
         assert_ne!(c, b);
         assert_eq!(parse(&std::fs::read(f.path()).unwrap()).len(), 3);
         w.advance(clock_ns());
-        let d = f.claim("dave", "y", 0, 44, 0).unwrap();
+        let d = f.claim("dave", "y", 0, 44, 0, None).unwrap();
         f.release(d);
         assert_ne!(c, a);
         // Read the file as the next process would (SIGKILL leaves it as it is).
@@ -427,6 +472,7 @@ mod tests {
                     start: 1000,
                     credited: 3000,
                     written: 5000,
+                    origin: Some(ORIGIN),
                 },
                 // dave (in bob's freed record): released, not yet stamped: still live.
                 Record {
@@ -437,6 +483,7 @@ mod tests {
                     start: 0,
                     credited: 0,
                     written: 0,
+                    origin: None,
                 },
                 Record {
                     user: "carol".into(),
@@ -446,6 +493,7 @@ mod tests {
                     start: 7,
                     credited: 7,
                     written: 7,
+                    origin: None,
                 },
             ]
         );
@@ -460,9 +508,11 @@ mod tests {
     fn names_that_do_not_fit_and_a_full_file_are_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let f = InflightFile::create(dir.path(), 0, 1, Watermark::default()).unwrap();
-        assert!(f.claim(&"u".repeat(NAMES_MAX), "i", 0, 0, 0).is_none());
-        assert!(f.claim("u", "i", 0, 0, 0).is_some());
-        assert!(f.claim("u", "j", 0, 0, 0).is_none());
+        assert!(f
+            .claim(&"u".repeat(NAMES_MAX), "i", 0, 0, 0, None)
+            .is_none());
+        assert!(f.claim("u", "i", 0, 0, 0, None).is_some());
+        assert!(f.claim("u", "j", 0, 0, 0, None).is_none());
         assert_eq!(f.overflows(), 2);
     }
 
@@ -470,7 +520,7 @@ mod tests {
     fn a_file_of_another_process_is_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let f = InflightFile::create(dir.path(), 0, 2, Watermark::default()).unwrap();
-        let s = f.claim("u", "i", 0, 0, 0).unwrap();
+        let s = f.claim("u", "i", 0, 0, 0, None).unwrap();
         f.set_written(s, 9);
         let other = dir.path().join(DIR).join("1-0.map");
         std::fs::copy(&f.path, &other).unwrap();
@@ -489,11 +539,52 @@ mod tests {
     fn records_of_the_previous_format_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let f = InflightFile::create(dir.path(), 0, 2, Watermark::default()).unwrap();
-        let s = f.claim("u", "i", 0, 5, 0).unwrap();
+        let s = f.claim("u", "i", 0, 5, 0, None).unwrap();
         f.set_written(s, 9);
         let mut bytes = std::fs::read(f.path()).unwrap();
         assert_eq!(parse(&bytes).len(), 1);
         bytes[OFF_STATE..OFF_STATE + 8].copy_from_slice(&0x7765_6972_5f72_756e_u64.to_le_bytes());
         assert!(parse(&bytes).is_empty());
+    }
+
+    /// A file of format 2 (no socket): its records are read, with no origin.
+    #[test]
+    fn records_of_format_2_are_read_without_an_origin() {
+        let mut rec = vec![0u8; SLOT];
+        put(&mut rec, OFF_PART, &3u32.to_le_bytes());
+        put(&mut rec, OFF_ULEN, &1u16.to_le_bytes());
+        put(&mut rec, OFF_ILEN, &2u16.to_le_bytes());
+        put(&mut rec, OFF_START, &10u64.to_le_bytes());
+        put(&mut rec, OFF_CREDITED, &20u64.to_le_bytes());
+        put(&mut rec, OFF_WRITTEN, &30u64.to_le_bytes());
+        put(&mut rec, OFF_STARTED_MS, &99u64.to_le_bytes());
+        put(&mut rec, OFF_NAMES_V2, b"uit");
+        put(&mut rec, OFF_STATE, &LIVE_V2.to_le_bytes());
+        assert_eq!(
+            parse(&rec),
+            vec![Record {
+                user: "u".into(),
+                item: "it".into(),
+                part: 3,
+                started_ms: 99,
+                start: 10,
+                credited: 20,
+                written: 30,
+                origin: None,
+            }]
+        );
+    }
+
+    /// A cookie recorded on another boot or in another network namespace means nothing here.
+    #[test]
+    fn an_origin_of_another_host_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = InflightFile::create(dir.path(), 0, 1, Watermark::default()).unwrap();
+        f.claim("u", "i", 0, 0, 0, Some(ORIGIN)).unwrap();
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        assert_eq!(parse(&bytes)[0].origin, Some(ORIGIN));
+        let other = orphans::host_key().wrapping_add(1);
+        bytes[OFF_HOST..OFF_HOST + 8].copy_from_slice(&other.to_le_bytes());
+        assert_eq!(parse(&bytes)[0].origin, None);
     }
 }

@@ -441,7 +441,26 @@ pub struct Evidence {
     pub to: u64,
     /// Unix milliseconds after which the span is dropped.
     pub expires_ms: i64,
+    /// The dead process's socket that wrote the span, while the kernel may still be sending
+    /// it (see [`super::orphans`]): looked up every flush until the socket is done.
+    #[serde(default)]
+    pub watch: Option<Watch>,
 }
+
+/// An orphaned socket still sending a pending span: how to map its acknowledgements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Watch {
+    pub cookie: u64,
+    /// The run's first content offset and the stream offset that carried it.
+    pub start: u64,
+    pub stream_at: u64,
+    /// Unix milliseconds after which the socket is no longer looked up.
+    pub until_ms: i64,
+}
+
+/// How long an orphaned socket that is still sending is looked up (the kernel gives up on an
+/// orphan after `tcp_orphan_retries` back-offs, about two minutes at most by default).
+const WATCH_MS: i64 = 150 * 1000;
 
 impl Evidence {
     /// The range a credit starting at `n` proves, if it resumes inside this span.
@@ -548,6 +567,7 @@ impl State {
             }
             self.finish(&mut round);
             if Instant::now() >= next_flush {
+                self.watch_orphans();
                 if self.flush() {
                     if let Some(at) = drained {
                         self.durable.advance(at);
@@ -930,35 +950,60 @@ impl State {
                 return;
             }
         };
-        let expires_ms = now_ms() + EVIDENCE_TTL_MS;
+        let now = now_ms();
+        let expires_ms = now + EVIDENCE_TTL_MS;
+        // The kernel may have gone on sending what the dead process wrote: ask it how far each
+        // orphaned socket was acknowledged.
+        let cookies: HashSet<u64> = records
+            .iter()
+            .filter(|r| r.written > r.credited)
+            .filter_map(|r| r.origin.map(|o| o.cookie))
+            .collect();
+        let fates = super::orphans::lookup(&cookies).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot ask the kernel about the dead process's sockets (sock_diag)");
+            HashMap::new()
+        });
         let mut batch = Vec::new();
-        let mut replayed = 0;
+        let (mut replayed, mut orphaned) = (0, 0);
         for r in records {
             let (user, item): (Arc<str>, Arc<str>) =
                 (r.user.as_str().into(), r.item.as_str().into());
-            if r.credited > r.start {
+            let fate = r.origin.and_then(|o| Some((o, *fates.get(&o.cookie)?)));
+            let acked = fate.map_or(r.credited, |(o, f)| {
+                f.content_acked(r.start, o.stream_at, r.written)
+                    .max(r.credited)
+            });
+            if acked > r.start {
                 replayed += r.credited - r.start;
+                orphaned += acked - r.credited;
                 batch.push(Credit {
                     user: user.clone(),
                     item: item.clone(),
                     part: r.part,
                     started_ms: r.started_ms,
-                    range: r.start..r.credited,
+                    range: r.start..acked,
                 });
             }
-            if r.written > r.credited {
+            if r.written > acked {
                 self.evidence_dirty = true;
                 self.evidence.push(Evidence {
                     user: r.user,
                     item: r.item,
                     part: r.part,
                     started_ms: r.started_ms,
-                    from: r.credited,
+                    from: acked,
                     to: r.written,
                     expires_ms,
+                    watch: fate.filter(|(_, f)| !f.is_final()).map(|(o, _)| Watch {
+                        cookie: o.cookie,
+                        start: r.start,
+                        stream_at: o.stream_at,
+                        until_ms: now + WATCH_MS,
+                    }),
                 });
             }
         }
+        LedgerStats::add(&self.stats.orphan_credited, orphaned);
         let mut round = Round::default();
         self.apply(batch, &mut round);
         self.finish(&mut round);
@@ -971,12 +1016,76 @@ impl State {
             tracing::info!(
                 files = files.len(),
                 replayed_bytes = replayed,
+                acknowledged_after_death_bytes = orphaned,
                 pending_evidence = self.evidence.len(),
                 "replayed the credits of a process that did not exit cleanly"
             );
         }
         self.stale_maps = files;
         self.flush();
+    }
+
+    /// Looks up the orphaned sockets that were still sending pending spans: what their clients
+    /// acknowledged since is credited, and a socket that is done (all acknowledged, gone, or
+    /// watched long enough) is no longer looked up.
+    fn watch_orphans(&mut self) {
+        let now = now_ms();
+        let cookies: HashSet<u64> = self
+            .evidence
+            .iter()
+            .filter_map(|e| e.watch.filter(|w| w.until_ms > now).map(|w| w.cookie))
+            .collect();
+        if cookies.is_empty() && self.evidence.iter().all(|e| e.watch.is_none()) {
+            return;
+        }
+        let fates = match super::orphans::lookup(&cookies) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the kernel about the dead process's sockets (sock_diag)");
+                HashMap::new()
+            }
+        };
+        let mut batch = Vec::new();
+        let mut orphaned = 0;
+        for e in &mut self.evidence {
+            let Some(w) = e.watch else {
+                continue;
+            };
+            let fate = fates.get(&w.cookie).copied().filter(|_| w.until_ms > now);
+            if let Some(f) = fate {
+                let acked = f.content_acked(w.start, w.stream_at, e.to);
+                if acked > e.from {
+                    orphaned += acked - e.from;
+                    batch.push(Credit {
+                        user: e.user.as_str().into(),
+                        item: e.item.as_str().into(),
+                        part: e.part,
+                        started_ms: e.started_ms,
+                        range: e.from..acked,
+                    });
+                    e.from = acked;
+                }
+            }
+            if fate.is_none_or(|f| f.is_final()) || e.from >= e.to {
+                e.watch = None;
+            }
+        }
+        self.evidence.retain(|e| e.from < e.to);
+        self.evidence_dirty = true;
+        self.stats.evidence_pending.store(
+            self.evidence.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !batch.is_empty() {
+            LedgerStats::add(&self.stats.orphan_credited, orphaned);
+            tracing::info!(
+                bytes = orphaned,
+                "clients acknowledged what a killed process had written (orphaned sockets)"
+            );
+            let mut round = Round::default();
+            self.apply(batch, &mut round);
+            self.finish(&mut round);
+        }
     }
 
     fn write_dirty(&mut self) -> Result<usize, StoreError> {
@@ -1487,7 +1596,7 @@ mod tests {
         let file =
             crate::completion::InflightFile::create(f.store.data_dir(), 0, 4, Default::default())
                 .unwrap();
-        let slot = file.claim(user, item, 0, started_ms, 0).unwrap();
+        let slot = file.claim(user, item, 0, started_ms, 0, None).unwrap();
         file.set_written(slot, written);
         file.set_credited(slot, credited);
         let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
@@ -1534,6 +1643,73 @@ mod tests {
         ledger.credit(vec![credit("bob", "movie", 0, 6000..7001)]);
         sync(&ledger);
         assert_eq!(f.completions("bob", "movie"), 1);
+        thread.shutdown();
+    }
+
+    /// The kernel went on sending what the killed process had written, and the client
+    /// acknowledged all of it (and the FIN): the orphaned socket's TIME-WAIT entry says so, and
+    /// the item completes with no request from the client. A second run whose socket is gone
+    /// (reset) stays evidence.
+    #[test]
+    fn a_restart_credits_what_the_orphaned_socket_saw_acknowledged() {
+        use std::io::{Read, Write};
+        let f = Fixture::new();
+        f.file("movie", 10_000);
+        f.store.cart_add("alice", "movie").unwrap();
+        f.store.cart_add("bob", "movie").unwrap();
+        // A connection that carried a 300-byte head then 0..10000; 4000 credited when "killed".
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        let cookie = socket2::SockRef::from(&server).cookie().unwrap();
+        let file =
+            crate::completion::InflightFile::create(f.store.data_dir(), 0, 4, Default::default())
+                .unwrap();
+        let origin = crate::completion::inflight::Origin {
+            cookie,
+            stream_at: 300,
+        };
+        let started = now_ms() as i64;
+        let slot = file
+            .claim("alice", "movie", 0, started, 0, Some(origin))
+            .unwrap();
+        server.write_all(&vec![b'h'; 300]).unwrap();
+        server.write_all(&vec![b'x'; 10_000]).unwrap();
+        file.set_written(slot, 10_000);
+        file.set_credited(slot, 4000);
+        // Bob's socket no longer exists (a cookie no socket has): his span stays evidence.
+        let gone = crate::completion::inflight::Origin {
+            cookie: cookie ^ 0x5555_0000_0000,
+            stream_at: 0,
+        };
+        let bob = file
+            .claim("bob", "movie", 0, started, 0, Some(gone))
+            .unwrap();
+        file.set_written(bob, 10_000);
+        let dir = f.store.data_dir().join(crate::completion::inflight::DIR);
+        std::fs::copy(file.path(), dir.join("1-0-killed.map")).unwrap();
+        drop(file);
+        // The process "dies": its socket is closed and the kernel delivers the rest.
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), 10_300);
+        // Wait until the kernel has processed the client's ACK of the FIN.
+        let want = std::collections::HashSet::from([cookie]);
+        while crate::completion::orphans::lookup(&want)
+            .unwrap()
+            .get(&cookie)
+            != Some(&crate::completion::orphans::Fate::AllAcked)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (ledger, thread) = f.start();
+        sync(&ledger);
+        assert_eq!(f.completions("alice", "movie"), 1);
+        assert_eq!(ledger.stats().orphan_credited.load(Ordering::Relaxed), 6000);
+        assert_eq!(f.completions("bob", "movie"), 0);
+        assert_eq!(ledger.stats().evidence_pending.load(Ordering::Relaxed), 1);
+        drop(client);
         thread.shutdown();
     }
 

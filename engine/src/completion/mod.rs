@@ -21,6 +21,8 @@
 //! - [`webhook`]: the thread that POSTs the storage's outbox of completion events.
 //! - [`inflight`]: each live response run's credited and written offsets in a shared file
 //!   mapping per worker, so SIGKILL loses no credit; replayed by the ledger on start.
+//! - [`orphans`]: after a crash, how far clients acknowledged the dead process's sockets, which
+//!   the kernel went on sending (netlink `sock_diag`, by socket cookie).
 //! - [`stats`]: the counters both threads keep ([`LedgerStats`]).
 //!
 //! Imports go one way: `ledger` → `webhook` → `stats`, all of them → [`crate::storage`] and
@@ -43,6 +45,7 @@
 pub mod delivery;
 pub mod inflight;
 pub mod ledger;
+pub mod orphans;
 pub mod stats;
 pub mod tcp_info;
 pub mod webhook;

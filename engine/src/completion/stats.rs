@@ -26,6 +26,8 @@ pub struct LedgerStats {
     pub evidence_pending: AtomicU64,
     /// Bytes credited by the evidence rule (a resume starting inside a pending span).
     pub evidence_credited: AtomicU64,
+    /// Bytes credited after a crash because the kernel's orphaned socket was acknowledged.
+    pub orphan_credited: AtomicU64,
     /// Webhook events acknowledged with a 2xx.
     pub webhook_delivered: AtomicU64,
     /// Webhook attempts that failed (each retried later).
@@ -71,6 +73,11 @@ impl LedgerStats {
                 "weir_evidence_credited_bytes_total",
                 "Bytes credited because a resume started inside a pending span.",
                 v(&self.evidence_credited),
+            ),
+            (
+                "weir_orphan_credited_bytes_total",
+                "Bytes a killed process wrote that the kernel's orphaned sockets saw acknowledged.",
+                v(&self.orphan_credited),
             ),
             (
                 "weir_webhook_delivered_total",

@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::completion::inflight::{InflightFile, Slot};
+use crate::completion::inflight::{InflightFile, Origin, Slot};
 use crate::completion::{AckState, Ledger, StreamMap};
 
 use super::socket::ConnSocket;
@@ -142,12 +142,18 @@ struct Accounting {
     /// The worker's map file, and this connection's records in it, oldest first.
     inflight: Option<Arc<InflightFile>>,
     runs: Vec<DurableRun>,
+    /// The socket's `SO_COOKIE`, read once: recorded with each run so that, after a crash, the
+    /// kernel can say how far the orphaned socket was acknowledged.
+    cookie: Option<u64>,
 }
 
 /// One contiguous run of content of one tag, mirrored in the worker's map file.
 struct DurableRun {
     tag: u32,
     slot: Slot,
+    /// Where the run started: content offset, and the stream offset that carried it.
+    start: u64,
+    stream_at: u64,
     /// Content offsets: credited up to `credited`, written up to `written`.
     credited: u64,
     written: u64,
@@ -178,24 +184,28 @@ impl Accounting {
         !within_first_buffer || acked < self.start_acked.max(self.read_upto).min(written)
     }
 
-    /// Mirrors `len` content bytes written from `start` of tag `tag` into the map file.
-    fn durable_written(&mut self, tag: u32, start: u64, len: u64) {
+    /// Mirrors `len` content bytes written from `start` of tag `tag`, carried from stream
+    /// offset `stream_at`, into the map file. A run is contiguous in content and in the stream.
+    fn durable_written(&mut self, tag: u32, start: u64, len: u64, stream_at: u64) {
         let Some(f) = &self.inflight else {
             return;
         };
         if let Some(r) = self.runs.last_mut() {
-            if r.tag == tag && r.written == start {
+            if r.tag == tag && r.written == start && r.stream_at + (start - r.start) == stream_at {
                 r.written += len;
                 f.set_written(r.slot, r.written);
                 return;
             }
         }
         let (user, item, part, started_ms) = &self.targets[tag as usize];
-        if let Some(slot) = f.claim(user, item, *part, *started_ms, start) {
+        let origin = self.cookie.map(|cookie| Origin { cookie, stream_at });
+        if let Some(slot) = f.claim(user, item, *part, *started_ms, start, origin) {
             f.set_written(slot, start + len);
             self.runs.push(DurableRun {
                 tag,
                 slot,
+                start,
+                stream_at,
                 credited: start,
                 written: start + len,
             });
@@ -307,6 +317,7 @@ impl ConnCredit {
                 empties: Vec::new(),
                 inflight: batch.inflight.clone(),
                 runs: Vec::new(),
+                cookie: batch.inflight.as_ref().and_then(|_| sock.cookie()),
             })
         });
         // Once per response (a vDSO clock read, no syscall): the credits of this response count
@@ -351,8 +362,9 @@ impl ConnCredit {
     ) {
         if let Some(a) = self.acct.as_deref_mut() {
             let tag = a.tag(user, item, part);
+            let stream_at = a.map.written();
             a.map.push_content(tag, start, len);
-            a.durable_written(tag, start, len);
+            a.durable_written(tag, start, len, stream_at);
         }
     }
 
@@ -497,6 +509,7 @@ mod tests {
             empties: Vec::new(),
             inflight: None,
             runs: Vec::new(),
+            cookie: None,
         }
     }
 

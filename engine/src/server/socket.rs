@@ -35,6 +35,14 @@ pub trait ConnSocket {
     fn peer_ip(&self) -> Option<std::net::IpAddr> {
         None
     }
+
+    /// The socket's `SO_COOKIE` (unique in its network namespace since boot): how the kernel's
+    /// `sock_diag` names it after a crash (see [`crate::completion::orphans`]). `None` when the
+    /// byte stream's offsets are not the socket's (a layer such as TLS re-frames them) or the
+    /// kernel cannot tell.
+    fn cookie(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An accepted TCP socket, owned: dropping it closes the descriptor.
@@ -85,6 +93,10 @@ impl ConnSocket for FdSocket {
     fn peer_ip(&self) -> Option<std::net::IpAddr> {
         let addr = socket2::SockRef::from(&self.0).peer_addr().ok()?;
         addr.as_socket().map(|a| a.ip())
+    }
+
+    fn cookie(&self) -> Option<u64> {
+        socket2::SockRef::from(&self.0).cookie().ok()
     }
 }
 
