@@ -457,86 +457,95 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        for &(ud, res, flags) in &cqes {
-            let token = ud & !OP_MASK;
-            match ud & OP_MASK {
-                OP_ACCEPT => on_accept(w, d, res, flags),
-                OP_WAKE => {
-                    w.on_wake(d);
-                    if !w.ctx.draining || !w.conns.is_empty() {
-                        d.arm_wake(wake_fd, fixed);
+        // Send completions first: each moves its connection's written offset in the worker's
+        // map file, and until it does, a SIGKILL would leave bytes the kernel already took
+        // unrecorded (the client may then hold them with no trace of them after a restart).
+        // Nothing else in the batch delays that record.
+        for sends in [true, false] {
+            for &(ud, res, flags) in &cqes {
+                if (ud & OP_MASK == OP_SEND) != sends {
+                    continue;
+                }
+                let token = ud & !OP_MASK;
+                match ud & OP_MASK {
+                    OP_ACCEPT => on_accept(w, d, res, flags),
+                    OP_WAKE => {
+                        w.on_wake(d);
+                        if !w.ctx.draining || !w.conns.is_empty() {
+                            d.arm_wake(wake_fd, fixed);
+                        }
                     }
-                }
-                OP_TIMER => {
-                    w.next_sweep = w.ctx.now;
-                    let every = if w.accept_paused_until.is_some() {
-                        EMFILE_BACKOFF
-                    } else {
-                        SWEEP_EVERY
-                    };
-                    d.arm_timer(every, fixed);
-                }
-                OP_POLL => {
-                    let Some(c) = op_done(&mut w.conns, token) else {
-                        continue;
-                    };
-                    let next = if res < 0 {
-                        Next::Close
-                    } else {
-                        c.readable = true;
-                        c.on_readable(&mut w.ctx)
-                    };
-                    d.drive(w, token, next);
-                }
-                OP_RECV => {
-                    let bid = cqueue::buffer_select(flags);
-                    let Some(c) = op_done(&mut w.conns, token) else {
-                        if let (Some(b), Some(bid)) = (d.bufs.as_mut(), bid) {
-                            b.give_back(bid);
-                        }
-                        continue;
-                    };
-                    let next = match (res, bid, d.bufs.as_mut()) {
-                        // The peer's FIN (no buffer is taken for it).
-                        (0, None, _) => c.feed(&mut w.ctx, &[]),
-                        (n, Some(bid), Some(b)) if n >= 0 => {
-                            // SAFETY: the kernel just handed `bid` back in this completion; it
-                            // is given back only after `feed` is done with the bytes.
-                            let data = unsafe { b.data(bid, n as usize) };
-                            let next = c.feed(&mut w.ctx, data);
-                            b.give_back(bid);
-                            next
-                        }
-                        // The pool ran dry: read this one with poll + recv.
-                        (n, _, _) if n == -libc::ENOBUFS => {
+                    OP_TIMER => {
+                        w.next_sweep = w.ctx.now;
+                        let every = if w.accept_paused_until.is_some() {
+                            EMFILE_BACKOFF
+                        } else {
+                            SWEEP_EVERY
+                        };
+                        d.arm_timer(every, fixed);
+                    }
+                    OP_POLL => {
+                        let Some(c) = op_done(&mut w.conns, token) else {
+                            continue;
+                        };
+                        let next = if res < 0 {
+                            Next::Close
+                        } else {
                             c.readable = true;
                             c.on_readable(&mut w.ctx)
-                        }
-                        _ => Next::Close,
-                    };
-                    d.drive(w, token, next);
+                        };
+                        d.drive(w, token, next);
+                    }
+                    OP_RECV => {
+                        let bid = cqueue::buffer_select(flags);
+                        let Some(c) = op_done(&mut w.conns, token) else {
+                            if let (Some(b), Some(bid)) = (d.bufs.as_mut(), bid) {
+                                b.give_back(bid);
+                            }
+                            continue;
+                        };
+                        let next = match (res, bid, d.bufs.as_mut()) {
+                            // The peer's FIN (no buffer is taken for it).
+                            (0, None, _) => c.feed(&mut w.ctx, &[]),
+                            (n, Some(bid), Some(b)) if n >= 0 => {
+                                // SAFETY: the kernel just handed `bid` back in this completion; it
+                                // is given back only after `feed` is done with the bytes.
+                                let data = unsafe { b.data(bid, n as usize) };
+                                let next = c.feed(&mut w.ctx, data);
+                                b.give_back(bid);
+                                next
+                            }
+                            // The pool ran dry: read this one with poll + recv.
+                            (n, _, _) if n == -libc::ENOBUFS => {
+                                c.readable = true;
+                                c.on_readable(&mut w.ctx)
+                            }
+                            _ => Next::Close,
+                        };
+                        d.drive(w, token, next);
+                    }
+                    OP_SHAPE_TIMER => d.armed_wakeup = None,
+                    OP_WPOLL => {
+                        let Some(_) = op_done(&mut w.conns, token) else {
+                            continue;
+                        };
+                        let next = if res < 0 { Next::Close } else { Next::Write };
+                        d.drive(w, token, next);
+                    }
+                    OP_SEND => {
+                        let Some(c) = op_done(&mut w.conns, token) else {
+                            continue;
+                        };
+                        let r = if res < 0 {
+                            Err(io::Error::from_raw_os_error(-res))
+                        } else {
+                            Ok(res as usize)
+                        };
+                        let next = c.on_sent(&mut w.ctx, r);
+                        d.drive(w, token, next);
+                    }
+                    _ => {}
                 }
-                OP_SHAPE_TIMER => d.armed_wakeup = None,
-                OP_WPOLL => {
-                    let Some(_) = op_done(&mut w.conns, token) else {
-                        continue;
-                    };
-                    let next = if res < 0 { Next::Close } else { Next::Write };
-                    d.drive(w, token, next);
-                }
-                OP_SEND => {
-                    let Some(c) = op_done(&mut w.conns, token) else {
-                        continue;
-                    };
-                    let r = if res < 0 {
-                        Err(io::Error::from_raw_os_error(-res))
-                    } else {
-                        Ok(res as usize)
-                    };
-                    let next = c.on_sent(&mut w.ctx, r);
-                    d.drive(w, token, next);
-                }
-                _ => {}
             }
         }
         cqes.clear();
