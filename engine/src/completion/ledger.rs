@@ -965,10 +965,20 @@ impl State {
         });
         let mut batch = Vec::new();
         let (mut replayed, mut orphaned) = (0, 0);
+        // Runs with unacknowledged bytes: whose socket the kernel still knew, and whose it did
+        // not (reset, or recorded without a cookie).
+        let (mut sockets_found, mut sockets_gone) = (0, 0);
         for r in records {
             let (user, item): (Arc<str>, Arc<str>) =
                 (r.user.as_str().into(), r.item.as_str().into());
             let fate = r.origin.and_then(|o| Some((o, *fates.get(&o.cookie)?)));
+            if r.written > r.credited {
+                if fate.is_some() {
+                    sockets_found += 1;
+                } else {
+                    sockets_gone += 1;
+                }
+            }
             let acked = fate.map_or(r.credited, |(o, f)| {
                 f.content_acked(r.start, o.stream_at, r.written)
                     .max(r.credited)
@@ -1017,6 +1027,8 @@ impl State {
                 files = files.len(),
                 replayed_bytes = replayed,
                 acknowledged_after_death_bytes = orphaned,
+                sockets_found,
+                sockets_gone,
                 pending_evidence = self.evidence.len(),
                 "replayed the credits of a process that did not exit cleanly"
             );
