@@ -78,9 +78,20 @@
 //! acknowledged when weir died (its send queue plus what was in flight and in the client's
 //! receive buffer), once. A client that lies about `n` gains only that span of its *own* cart
 //! item: a false completion can harm only the liar. A download that is never resumed is never
-//! credited more than its acknowledged bytes, so it never completes. What is still lost: a
-//! client that received the tail after weir died (the kernel sends a dead process's send
-//! queue) and never asks again; and, while the journal is failing, credits of runs already
+//! credited more than its acknowledged bytes, so it never completes.
+//!
+//! 3. **What the kernel saw acknowledged after weir died is delivery.** The kernel closes a
+//!    killed process's sockets gracefully and goes on sending their queues; a client reading
+//!    on may hold a span no resume will ever start inside. Records carry their socket's cookie
+//!    ([`inflight::Origin`]); on start the orphaned sockets are looked up ([`super::orphans`])
+//!    and what they saw acknowledged is credited (FIN-WAIT-2 and TIME-WAIT: everything
+//!    written), the rest stays evidence; sockets still sending are looked up again every flush
+//!    ([`Watch`]) for up to 150 s.
+//!
+//! What is still lost: bytes of a send the kernel executed that the worker had not recorded
+//! when it was killed (a SIGKILL arriving during `io_uring_enter` or `sendmsg` takes effect as
+//! the call returns, after the kernel queued the bytes), when the client completes its range
+//! with them and never asks again; and, while the journal is failing, credits of runs already
 //! over if the process is then killed (a double fault).
 //!
 //! # A full disk

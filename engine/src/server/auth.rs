@@ -17,7 +17,7 @@
 //! - **single flight**: requests carrying the same `Authorization` value while it is being
 //!   verified wait for that one verification (40 connections of a download manager cost one);
 //! - **per source address**: at most [`PENDING_PER_CLEAN_SOURCE`] verifications queued at once
-//!   ([`PENDING_PER_SOURCE`] once it has failed recently), and a failed-attempt budget ([`Throttle`]): [`FAIL_BURST`] failures, refilled at one per
+//!   ([`PENDING_PER_SOURCE`] once it has failed recently), and a failed-attempt budget (`Throttle`): [`FAIL_BURST`] failures, refilled at one per
 //!   [`FAIL_REFILL`]; past it the request is answered `429 Too Many Requests` with
 //!   `Retry-After`, without running argon2, [`THROTTLE_DELAY`] late, and the connection closes;
 //! - **per user name**: the same budget, applied only to sources that have themselves failed

@@ -405,7 +405,7 @@ impl<S: ConnSocket> Conn<S> {
         Next::Write
     }
 
-    /// Describe the next send: [`Conn::send`] for bytes in memory, a `sendfile` range for
+    /// Describe the next send: the connection's send buffer for bytes in memory, a `sendfile` range for
     /// large file pieces, or a wait for the shaper.
     pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
         let Some(resp) = self.resp.as_deref() else {
