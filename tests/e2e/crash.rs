@@ -362,3 +362,64 @@ fn killed_and_never_resumed_never_completes_on_epoll() {
 }
 
 on_every_driver!(empty_item_completes_once);
+
+/// Size of the item whose tail the kernel delivers after the kill: small enough that weir has
+/// handed all of it to the kernel long before the rate-limited client has read it.
+const TAIL_SIZE: usize = 1 << 20;
+
+/// weir is killed while curl, reading slowly, still has most of the item to read: the kernel
+/// goes on delivering what weir had written (the killed process's sockets close gracefully),
+/// curl finishes normally and never asks again. weir, restarted, learns from the kernel how far
+/// its dead sockets were acknowledged (`sock_diag`), so the item completes, once, with no
+/// further request from the client.
+fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
+    let data = DataDir::new();
+    let file = data.alice_with_item("movie", TAIL_SIZE, 15);
+    let dir = data.path().join("client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hook, keys) = webhook();
+    let flags = ["--webhook", hook.as_str()];
+    let srv = data.serve(driver, &flags);
+    let out = dir.join("movie");
+    let client = Running(
+        Command::new("curl")
+            .args(["-s", "-f", "-u", ALICE, "--limit-rate", "200K", "-o"])
+            .arg(&out)
+            .arg(srv.url("/d/movie"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run curl"),
+    );
+    // Killed once curl has started saving (what its user sees), long before it has read it all.
+    assert!(
+        eventually(Duration::from_secs(30), || std::fs::metadata(&out)
+            .is_ok_and(|m| m.len() >= 64 << 10)),
+        "curl never started saving"
+    );
+    srv.signal(libc::SIGKILL);
+    drop(srv);
+    // Restarted at once, as a supervisor would, while curl still reads.
+    let srv = data.serve(driver, &flags);
+    let st = client.wait();
+    assert!(st.success(), "curl did not get the whole item: {st}");
+    assert_eq!(sha256_file(&out), sha256_file(&file));
+    assert!(
+        eventually(Duration::from_secs(15), || history(&data) == ["movie"]),
+        "curl holds every byte, acknowledged by its TCP, but the item did not complete: cart {:?}",
+        cart(&data)
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || !keys.lock().unwrap().is_empty()),
+        "the webhook never heard of the completion"
+    );
+    srv.stop();
+    let srv = data.serve(driver, &flags);
+    srv.stop();
+    assert_eq!(history(&data), ["movie"], "completed more than once");
+    let mut keys = keys.lock().unwrap().clone();
+    keys.dedup();
+    assert_eq!(keys.len(), 1, "one idempotency key: {keys:?}");
+}
+
+on_every_driver!(a_tail_delivered_after_the_kill_completes_without_a_request);

@@ -208,12 +208,20 @@ impl BufRing {
     fn give_back(&mut self, bid: u16) {
         let idx = usize::from(self.tail & (RING_ENTRIES - 1));
         let addr = self.bufs.as_ptr() as u64 + (usize::from(bid) * RING_BUF) as u64;
-        // SAFETY: `idx < RING_ENTRIES`, inside the mapping (see INVARIANT); the kernel only
-        // reads entries past the published tail, and this one is not yet published.
-        let entry = unsafe { &mut *self.entries.add(idx) };
-        entry.set_addr(addr);
-        entry.set_len(RING_BUF as u32);
-        entry.set_bid(bid);
+        // The entry's fields are written through raw pointers, never through a `&mut` to the
+        // whole entry: entry 0's last field is the ring's tail, which the kernel reads
+        // concurrently (`struct io_uring_buf { __u64 addr; __u32 len; __u16 bid; __u16 resv; }`,
+        // `resv` of entry 0 aliasing `io_uring_buf_ring.tail`).
+        const _: () = assert!(std::mem::size_of::<types::BufRingEntry>() == 16);
+        // SAFETY: `idx < RING_ENTRIES`, inside the mapping (see INVARIANT), and the offsets are
+        // those of the kernel's struct above (16 bytes, asserted); the kernel reads entries only
+        // up to the published tail, and this one is not yet published; `resv` is not touched.
+        unsafe {
+            let entry = self.entries.add(idx).cast::<u8>();
+            entry.cast::<u64>().write(addr);
+            entry.add(8).cast::<u32>().write(RING_BUF as u32);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail field lives in the first entry of the registered ring; the kernel
         // reads it concurrently, so publish it with a release store.
