@@ -25,6 +25,7 @@ mod clients;
 mod completion;
 mod crash;
 mod details;
+mod empty_album;
 mod enospc;
 mod hostile;
 mod http_status;

@@ -52,6 +52,20 @@ pub struct Response {
     /// Offset inside the current piece.
     pub offset: u64,
     pub keep_alive: bool,
+    /// Empty tracks of an album zip this response delivers (see [`EmptyTrack`]).
+    pub empties: Vec<EmptyTrack>,
+}
+
+/// An empty track inside a zip response: it has no byte to acknowledge, so it is delivered once
+/// the client acknowledged the zip up to the end of its entry's local header, `body_end` bytes
+/// into the body (the way a 0-byte file is delivered by its head; see
+/// [`ConnCredit::start_response`](super::credit::ConnCredit::start_response)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmptyTrack {
+    /// The track's part index.
+    pub part: u32,
+    /// Body bytes (from the first body byte) the client must acknowledge.
+    pub body_end: u64,
 }
 
 impl Response {
@@ -65,6 +79,7 @@ impl Response {
                 r.pieces.clear();
                 r.piece = 0;
                 r.offset = 0;
+                r.empties.clear();
                 r
             }
             None => Box::new(Response {
@@ -75,6 +90,7 @@ impl Response {
                 piece: 0,
                 offset: 0,
                 keep_alive: true,
+                empties: Vec::new(),
             }),
         }
     }
@@ -216,11 +232,13 @@ impl Repr<'_> {
         }
     }
 
-    /// Append the body pieces for `range` of this representation.
-    fn emit(&self, range: Range<u64>, out: &mut Vec<BodyPiece>) {
+    /// Append the body pieces for `range` of this representation to `resp`, and the empty zip
+    /// tracks whose local header ends inside `range` to its `empties`.
+    fn emit(&self, range: Range<u64>, resp: &mut Response) {
         if range.is_empty() {
             return;
         }
+        let out = &mut resp.pieces;
         match self {
             Repr::Part(p, part) => out.push(BodyPiece::File {
                 file: p.file.clone(),
@@ -229,6 +247,18 @@ impl Repr<'_> {
                 part: *part,
             }),
             Repr::Zip(res, z) => {
+                let body_start: u64 = out.iter().map(BodyPiece::size).sum();
+                for (track, part) in res.parts.iter().enumerate() {
+                    let Some(data) = z.layout.track_range(track) else {
+                        continue;
+                    };
+                    if part.file.len() == 0 && range.start < data.start && data.start <= range.end {
+                        resp.empties.push(EmptyTrack {
+                            part: track as u32,
+                            body_end: body_start + (data.start - range.start),
+                        });
+                    }
+                }
                 for slice in z.layout.slice(range) {
                     out.push(match slice {
                         ZipSlice::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
@@ -314,7 +344,7 @@ impl Repr<'_> {
             RangeOutcome::Full => {
                 write_head(resp, 200, len, ctype, None);
                 if !head_only {
-                    self.emit(0..len, &mut resp.pieces);
+                    self.emit(0..len, resp);
                 }
             }
             RangeOutcome::Unsatisfiable => {
@@ -337,7 +367,7 @@ impl Repr<'_> {
                     let cr = Some(ContentRange::of(r, len));
                     write_head(resp, 206, r.end - r.start, ctype, cr);
                     if !head_only {
-                        self.emit(r.clone(), &mut resp.pieces);
+                        self.emit(r.clone(), resp);
                     }
                 } else {
                     let mp = Multipart::new(ranges, len, ctype, &boundary);
@@ -349,7 +379,7 @@ impl Repr<'_> {
                                 HttpPiece::Literal(bytes) => {
                                     resp.pieces.push(BodyPiece::Literal(bytes.clone()))
                                 }
-                                HttpPiece::File(r) => self.emit(r.clone(), &mut resp.pieces),
+                                HttpPiece::File(r) => self.emit(r.clone(), resp),
                             }
                         }
                     }
