@@ -252,7 +252,7 @@ impl Repr<'_> {
                     let Some(data) = z.layout.track_range(track) else {
                         continue;
                     };
-                    if part.file.len() == 0 && range.start < data.start && data.start <= range.end {
+                    if part.file.is_empty() && range.start < data.start && data.start <= range.end {
                         resp.empties.push(EmptyTrack {
                             part: track as u32,
                             body_end: body_start + (data.start - range.start),
