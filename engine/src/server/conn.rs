@@ -616,6 +616,8 @@ mod tests {
             etag: "\"e\"".into(),
             last_modified: SystemTime::UNIX_EPOCH,
             name: "song".into(),
+            disposition: "attachment; filename=\"song\"".into(),
+            content_type: "application/octet-stream",
         };
         let res = Arc::new(Resource {
             id: "song".into(),

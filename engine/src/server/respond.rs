@@ -227,8 +227,16 @@ impl Repr<'_> {
 
     fn content_type(&self) -> &'static str {
         match self {
-            Repr::Part(..) => "application/octet-stream",
+            Repr::Part(p, _) => p.content_type,
             Repr::Zip(..) => "application/zip",
+        }
+    }
+
+    /// `Content-Disposition`: the file name a client saves this representation as.
+    fn disposition(&self) -> &str {
+        match self {
+            Repr::Part(p, _) => &p.disposition,
+            Repr::Zip(_, z) => &z.disposition,
         }
     }
 
@@ -293,6 +301,8 @@ impl Repr<'_> {
         }
         let v = self.validators();
         let ctype = self.content_type();
+        // On the responses that carry (or, for 304 and HEAD, describe) the content.
+        let named = [("Content-Disposition", self.disposition())];
         resp.keep_alive = keep_alive;
         let mut write_head = |resp: &mut Response,
                               status: u16,
@@ -310,7 +320,11 @@ impl Repr<'_> {
                     last_modified: Some(v.last_modified),
                     content_range,
                     accept_ranges: true,
-                    extra: &[],
+                    extra: if matches!(status, 200 | 206 | 304) {
+                        &named
+                    } else {
+                        &[]
+                    },
                 },
                 date.now(),
             );
