@@ -30,5 +30,6 @@ mod enospc;
 mod hostile;
 mod http_status;
 mod loadgen;
+mod names;
 mod robustness;
 mod shaping;
