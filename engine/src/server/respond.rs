@@ -402,3 +402,105 @@ impl Repr<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, Limits, Parsed};
+    use crate::storage::{Blob, Item};
+
+    /// Album `a` of tracks "e1" (empty), "x" (`x_len` bytes), "e3" (empty), as a resource.
+    fn album(dir: &std::path::Path, x_len: usize) -> Resource {
+        let parts = [("e1", 0), ("x", x_len), ("e3", 0)].map(|(name, len)| {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![1u8; len]).unwrap();
+            Blob {
+                sha256: format!("{name:0>64}"),
+                size: len as u64,
+                crc32: 0,
+                name: name.into(),
+                mtime: 0,
+                path,
+            }
+        });
+        let item = Item {
+            id: "a".into(),
+            kind: ItemKind::Album,
+            name: Some("Ä \"b\"".into()),
+            parts: parts.to_vec(),
+        };
+        Resource::load(&item).unwrap()
+    }
+
+    fn get(target: &str, range: Option<&str>) -> RequestHead {
+        let range = range.map_or(String::new(), |r| format!("Range: bytes={r}\r\n"));
+        let req = format!("GET {target} HTTP/1.1\r\nHost: h\r\n{range}\r\n");
+        match parse_request(req.as_bytes(), &Limits::default()) {
+            Ok(Parsed::Complete { head, .. }) => head,
+            _ => panic!("bad request"),
+        }
+    }
+
+    fn respond(res: &Resource, head: &RequestHead) -> Box<Response> {
+        let mut resp = Response::recycle(&mut None);
+        Repr::select(head, res)
+            .unwrap()
+            .respond(&mut resp, &mut DateCache::new(), head, true);
+        resp
+    }
+
+    /// Each empty track is due once the body reached the end of its local header (30 bytes +
+    /// a 2-byte name), counted in body bytes of this response.
+    #[test]
+    fn empty_tracks_are_due_at_the_end_of_their_local_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = album(dir.path(), 100);
+        let e1 = |body_end| EmptyTrack { part: 0, body_end };
+        let e3 = |body_end| EmptyTrack { part: 2, body_end };
+        // Whole zip: e1's header ends at 32; x's header (31) and data (100) follow; e3 at 195.
+        let resp = respond(&res, &get("/d/a.zip", None));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.empties, [e1(32), e3(32 + 31 + 100 + 32)]);
+        // A range from byte 100: only e3, 95 bytes into this body.
+        let resp = respond(&res, &get("/d/a.zip", Some("100-")));
+        assert_eq!(resp.empties, [e3(95)]);
+        // A range ending inside e1's header: nothing.
+        let resp = respond(&res, &get("/d/a.zip", Some("0-30")));
+        assert!(resp.empties.is_empty());
+        // Two ranges (multipart): offsets count the boundaries in between.
+        let resp = respond(&res, &get("/d/a.zip", Some("0-31,190-194")));
+        let text = String::from_utf8_lossy(&resp.head);
+        assert!(text.contains("multipart/byteranges"), "{text}");
+        // The last piece is the closing boundary; e3's header ends right before it.
+        let to_e3_end: u64 = resp.pieces[..resp.pieces.len() - 1]
+            .iter()
+            .map(BodyPiece::size)
+            .sum();
+        let first_boundary = resp.pieces[0].size();
+        assert_eq!(resp.empties, [e1(first_boundary + 32), e3(to_e3_end)]);
+        // A track is no zip: no entries.
+        assert!(respond(&res, &get("/d/a/2", None)).empties.is_empty());
+    }
+
+    /// The zip and each track carry their names and types.
+    #[test]
+    fn names_and_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = album(dir.path(), 10);
+        let head = String::from_utf8(respond(&res, &get("/d/a.zip", None)).head).unwrap();
+        assert!(
+            head.contains(
+                "\r\nContent-Disposition: attachment; filename=\"_ _b_.zip\"; \
+                 filename*=UTF-8''%C3%84%20%22b%22.zip\r\n"
+            ),
+            "{head}"
+        );
+        assert!(head.contains("\r\nContent-Type: application/zip\r\n"));
+        let head = String::from_utf8(respond(&res, &get("/d/a/2", None)).head).unwrap();
+        assert!(
+            head.contains("filename=\"x\"; filename*=UTF-8''x\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nContent-Type: application/octet-stream\r\n"));
+    }
+}
