@@ -189,6 +189,7 @@ fn wget_saves_the_utf8_names(driver: Driver) {
             .args(["-nv", "--content-disposition", "--user", "alice"])
             .args(["--password", "wonderland"])
             .arg(srv.url(path))
+            // A UTF-8 terminal, as a user's: in the C locale wget escapes non-ASCII bytes.
             .env("LC_ALL", "C.UTF-8")
             .output()
             .unwrap();
