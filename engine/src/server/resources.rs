@@ -60,6 +60,20 @@ fn file_download_name(display: Option<&str>, original: &str) -> String {
     }
 }
 
+/// The name an album's zip downloads as: its display name (or id) + `.zip`, unless the name
+/// already ends so.
+fn zip_download_name(name: &str) -> String {
+    let has_zip = name.len() > 4
+        && name
+            .get(name.len() - 4..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(".zip"));
+    if has_zip {
+        name.to_owned()
+    } else {
+        format!("{name}.zip")
+    }
+}
+
 /// A catalog item ready to serve.
 pub struct Resource {
     pub id: String,
@@ -118,9 +132,8 @@ impl Resource {
                     .map(|p| p.last_modified)
                     .max()
                     .unwrap_or(UNIX_EPOCH),
-                disposition: content_disposition(&format!(
-                    "{}.zip",
-                    item.name.as_deref().unwrap_or(&item.id)
+                disposition: content_disposition(&zip_download_name(
+                    item.name.as_deref().unwrap_or(&item.id),
                 )),
             }
         });
@@ -136,7 +149,7 @@ impl Resource {
 
 #[cfg(test)]
 mod tests {
-    use super::file_download_name;
+    use super::{file_download_name, zip_download_name};
 
     #[test]
     fn a_display_name_keeps_the_original_extension() {
@@ -154,5 +167,13 @@ mod tests {
             file_download_name(Some("Take 2."), "a.flac"),
             "Take 2..flac"
         );
+    }
+
+    #[test]
+    fn a_zip_is_named_once() {
+        assert_eq!(zip_download_name("best"), "best.zip");
+        assert_eq!(zip_download_name("Best Of.ZIP"), "Best Of.ZIP");
+        assert_eq!(zip_download_name(".zip"), ".zip.zip");
+        assert_eq!(zip_download_name("Ünïcode"), "Ünïcode.zip");
     }
 }
