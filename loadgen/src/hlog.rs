@@ -1,5 +1,6 @@
-//! The interval log (`intervals.hlog`, HdrHistogram's V2 log format): one histogram per metric per
-//! second, tagged with the metric name, so a run can be replayed over time and merged exactly
+//! The interval log (`intervals.hlog`, HdrHistogram's standard interval log with compressed V2
+//! payloads, written by [`IntervalLogWriter`]): one histogram per metric per second, tagged with
+//! the metric name, so a run can be replayed over time and merged exactly
 //! (`--processes` sums the children's logs).
 //!
 //! Workers send one [`IntervalReport`] per second; [`IntervalSink`] merges the workers' reports of
@@ -12,12 +13,10 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use hdrhistogram::serialization::interval_log::{
-    IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag,
-};
-use hdrhistogram::serialization::{Deserializer, V2Serializer};
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
 
-use crate::histograms::{Histograms, Metric};
+use crate::histograms::{Histograms, IntervalLogWriter, Metric};
 use crate::worker::{IntervalReport, INTERVAL};
 
 /// The file name inside a results directory.
@@ -32,21 +31,15 @@ pub fn write_log(
     comment: &str,
 ) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
-    let mut out = BufWriter::new(file);
-    let mut serializer = V2Serializer::new();
-    let mut writer = IntervalLogWriterBuilder::new()
-        .add_comment(comment)
-        .add_comment("Tags are weir-load metric names; values in us, goodput in bytes/s")
-        .with_start_time(start)
-        .with_base_time(start)
-        .begin_log_with(&mut out, &mut serializer)
-        .map_err(std::io::Error::other)?;
+    let comments = [
+        comment,
+        "Tags are weir-load metric names; values in us, goodput in bytes/s",
+    ];
+    let mut writer = IntervalLogWriter::begin(BufWriter::new(file), &comments, start)?;
     let mut pending: BTreeMap<u64, (usize, Histograms)> = BTreeMap::new();
     let mut write = |index: u64, h: &Histograms| -> std::io::Result<()> {
         for (m, hist) in h.non_empty() {
-            writer
-                .write_histogram(hist, INTERVAL * index as u32, INTERVAL, Tag::new(m.name()))
-                .map_err(std::io::Error::other)?;
+            writer.write(m, hist, INTERVAL * index as u32, INTERVAL)?;
         }
         Ok(())
     };
@@ -68,8 +61,7 @@ pub fn write_log(
     for (idx, (_, h)) in std::mem::take(&mut pending) {
         write(idx, &h)?;
     }
-    drop(writer);
-    out.flush()
+    writer.finish()?.flush()
 }
 
 /// Read a log back: the sum of every interval per metric (the run's whole histograms), and the
@@ -117,41 +109,24 @@ pub fn merge_logs(
     start: SystemTime,
     comment: &str,
 ) -> anyhow::Result<Histograms> {
-    let mut by_interval: BTreeMap<(u128, &'static str), hdrhistogram::Histogram<u64>> =
-        BTreeMap::new();
+    let mut by_interval: BTreeMap<(u128, Metric), hdrhistogram::Histogram<u64>> = BTreeMap::new();
     let mut totals = Histograms::default();
     for path in inputs {
         for_each_interval(path, |metric, start, _, h| {
             totals.merge_one(metric, &h);
             let slot = by_interval
-                .entry((start.as_millis(), metric.name()))
+                .entry((start.as_millis(), metric))
                 .or_insert_with(crate::histograms::new_histogram);
             let _ = slot.add(&h);
         })?;
     }
     let file = std::fs::File::create(out)?;
-    let mut w = BufWriter::new(file);
-    let mut serializer = V2Serializer::new();
-    {
-        let mut writer = IntervalLogWriterBuilder::new()
-            .add_comment(comment)
-            .add_comment("Merged from the interval logs of every process")
-            .with_start_time(start)
-            .with_base_time(start)
-            .begin_log_with(&mut w, &mut serializer)
-            .map_err(std::io::Error::other)?;
-        for ((ms, tag), h) in &by_interval {
-            writer
-                .write_histogram(
-                    h,
-                    Duration::from_millis(*ms as u64),
-                    INTERVAL,
-                    Tag::new(tag),
-                )
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        }
+    let comments = [comment, "Merged from the interval logs of every process"];
+    let mut writer = IntervalLogWriter::begin(BufWriter::new(file), &comments, start)?;
+    for ((ms, metric), h) in &by_interval {
+        writer.write(*metric, h, Duration::from_millis(*ms as u64), INTERVAL)?;
     }
-    w.flush()?;
+    writer.finish()?.flush()?;
     Ok(totals)
 }
 

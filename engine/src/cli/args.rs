@@ -119,10 +119,13 @@ pub enum ItemCommand {
         id: String,
         /// The file to import (copied; later changes to it do not matter)
         file: PathBuf,
+        /// Display name: the file name browsers save the download as (default: FILE's name)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
     /// List all items, files and albums
     List {
-        /// One JSON object per line: {"id", "kind", "size", "parts": [...]}
+        /// One JSON object per line: {"id", "kind", "name", "size", "parts": [...]}
         #[arg(long)]
         json: bool,
     },
@@ -143,6 +146,9 @@ pub enum AlbumCommand {
         /// Track files, in album order; their file names must differ
         #[arg(required = true, value_name = "TRACK_FILE")]
         tracks: Vec<PathBuf>,
+        /// Display name: the zip downloads as NAME.zip (default: ID.zip)
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
 }
 

@@ -26,13 +26,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::User(cmd) => user(&open(data_dir)?, cmd, out),
-        Command::Item(ItemCommand::Add { id, file }) => {
-            add_item(&open(data_dir)?, &id, ItemKind::File, &[file], out)
+        Command::Item(ItemCommand::Add { id, file, name }) => {
+            add_item(&open(data_dir)?, &id, ItemKind::File, name, &[file], out)
         }
         Command::Item(ItemCommand::List { json }) => list_items(&open(data_dir)?, json, out),
         Command::Item(ItemCommand::Verify { ids }) => verify_items(&open(data_dir)?, &ids, out),
-        Command::Album(AlbumCommand::Add { id, tracks }) => {
-            add_item(&open(data_dir)?, &id, ItemKind::Album, &tracks, out)
+        Command::Album(AlbumCommand::Add { id, tracks, name }) => {
+            add_item(&open(data_dir)?, &id, ItemKind::Album, name, &tracks, out)
         }
         Command::Cart(cmd) => cart(&open(data_dir)?, cmd, out),
         Command::History { user, json } => {
@@ -129,12 +129,16 @@ fn add_item(
     store: &Store,
     id: &str,
     kind: ItemKind,
+    name: Option<String>,
     files: &[PathBuf],
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     // Refuse early rather than after copying gigabytes.
     if !valid_id(id) {
         return Err(crate::storage::StoreError::InvalidId(id.to_owned()).into());
+    }
+    if let Some(name) = &name {
+        crate::storage::check_display_name(id, name)?;
     }
     if store.item(id)?.is_some() {
         return Err(crate::storage::StoreError::ItemExists(id.to_owned()).into());
@@ -144,7 +148,7 @@ fn add_item(
         .iter()
         .map(|f| catalog::import_file(&content, f))
         .collect::<Result<Vec<_>, _>>()?;
-    store.add_item(id, kind, &parts)?;
+    store.add_named_item(id, kind, name.as_deref(), &parts)?;
     let size: u64 = parts.iter().map(|p| p.size).sum();
     writeln!(
         out,
@@ -169,7 +173,8 @@ fn list_items(store: &Store, json: bool, out: &mut dyn Write) -> anyhow::Result<
                 })
                 .collect();
             let v = serde_json::json!({
-                "id": item.id, "kind": item.kind, "size": item.size(), "parts": parts,
+                "id": item.id, "kind": item.kind, "name": item.name, "size": item.size(),
+                "parts": parts,
             });
             writeln!(out, "{v}")?;
         } else {

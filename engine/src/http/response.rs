@@ -6,7 +6,9 @@
 //! from a [`DateCache`] the worker refreshes at most once a second.
 //!
 //! Every head carries `Date`, `Server: weir`, `Content-Length` and `Connection`; catalog
-//! responses (200/206/304/416) also `Accept-Ranges: bytes`. Values passed in (content type,
+//! responses (200/206/304/416) also `Accept-Ranges: bytes`. The values catalog responses name
+//! their content with are built here once per resource: [`content_disposition`] (the file name
+//! a client saves) and [`media_type`] (`Content-Type` from the name's extension). Values passed in (content type,
 //! ETag, extra fields) come from the server itself, never from a request, so they are only
 //! checked for CR/LF in debug builds.
 
@@ -323,6 +325,97 @@ impl DateCache {
     }
 }
 
+/// The `Content-Disposition` value that makes a client save the body as `name` (RFC 6266):
+/// `attachment; filename="FALLBACK"; filename*=UTF-8''ENCODED`.
+///
+/// `filename*` (RFC 8187) carries the exact name in UTF-8, percent-encoded outside RFC 8187's
+/// `attr-char` set; clients that read it (browsers, wget) use it. `filename` is the fallback for
+/// those that do not (curl `-J`): printable ASCII only, with every other character, `"` and
+/// `\` replaced by `_` (curl ends a quoted name at the first `"`, escaped or not, and strips
+/// everything up to a `\`), and a leading `.` too, so no fallback is a hidden file.
+pub fn content_disposition(name: &str) -> String {
+    let mut out = String::with_capacity(40 + name.len() * 4);
+    out.push_str("attachment; filename=\"");
+    for (i, c) in name.chars().enumerate() {
+        let keep = c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ';
+        out.push(if keep && !(i == 0 && c == '.') {
+            c
+        } else {
+            '_'
+        });
+    }
+    out.push_str("\"; filename*=UTF-8''");
+    for b in name.bytes() {
+        let attr_char = b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b);
+        if attr_char {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
+/// The `Content-Type` of a file named `name`, from its extension (case-insensitive): common
+/// audio, video, image and archive formats, PDF and EPUB; `application/octet-stream` for
+/// anything else, so nothing is guessed as text a browser would render.
+pub fn media_type(name: &str) -> &'static str {
+    let ext = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+        _ => return "application/octet-stream",
+    };
+    match ext.as_str() {
+        // Audio
+        "mp3" => "audio/mpeg",
+        "flac" => "audio/flac",
+        "ogg" | "oga" => "audio/ogg",
+        "opus" => "audio/opus",
+        "wav" => "audio/wav",
+        "m4a" | "m4b" => "audio/mp4",
+        "aac" => "audio/aac",
+        "aif" | "aiff" => "audio/aiff",
+        "mid" | "midi" => "audio/midi",
+        "weba" => "audio/webm",
+        "wma" => "audio/x-ms-wma",
+        // Video
+        "mp4" | "m4v" => "video/mp4",
+        "mkv" => "video/x-matroska",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "avi" => "video/x-msvideo",
+        "ogv" => "video/ogg",
+        "mpg" | "mpeg" => "video/mpeg",
+        "wmv" => "video/x-ms-wmv",
+        "3gp" => "video/3gpp",
+        // Images
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "svg" => "image/svg+xml",
+        "bmp" => "image/bmp",
+        "tif" | "tiff" => "image/tiff",
+        "ico" => "image/vnd.microsoft.icon",
+        "heic" => "image/heic",
+        // Archives
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "bz2" => "application/x-bzip2",
+        "xz" => "application/x-xz",
+        "zst" => "application/zstd",
+        "7z" => "application/x-7z-compressed",
+        "rar" => "application/vnd.rar",
+        // Documents
+        "pdf" => "application/pdf",
+        "epub" => "application/epub+zip",
+        _ => "application/octet-stream",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +558,40 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_secs(secs);
             let ours = fmt_http_date(t);
             prop_assert_eq!(std::str::from_utf8(&ours).unwrap(), httpdate::fmt_http_date(t));
+        }
+    }
+
+    #[test]
+    fn content_disposition_has_an_ascii_fallback_and_the_exact_utf8_name() {
+        assert_eq!(
+            content_disposition("02 Song.flac"),
+            "attachment; filename=\"02 Song.flac\"; filename*=UTF-8''02%20Song.flac"
+        );
+        assert_eq!(
+            content_disposition("Björk – Jóga.flac"),
+            "attachment; filename=\"Bj_rk _ J_ga.flac\"; \
+             filename*=UTF-8''Bj%C3%B6rk%20%E2%80%93%20J%C3%B3ga.flac"
+        );
+        // Quotes, backslashes, a leading dot, control characters: never in the fallback as
+        // they are; always exact in filename*.
+        assert_eq!(
+            content_disposition(".a\"b\\c\td;e.pdf"),
+            "attachment; filename=\"_a_b_c_d;e.pdf\"; filename*=UTF-8''.a%22b%5Cc%09d%3Be.pdf"
+        );
+        // Whatever the name, the value is one header line of visible ASCII.
+        let v = content_disposition("\r\n\u{0}\u{7f}\u{85}x");
+        assert!(v.bytes().all(|b| b == b' ' || b.is_ascii_graphic()), "{v}");
+    }
+
+    #[test]
+    fn media_types_by_extension() {
+        assert_eq!(media_type("02 Song.flac"), "audio/flac");
+        assert_eq!(media_type("MOVIE.MKV"), "video/x-matroska");
+        assert_eq!(media_type("a.b.jpeg"), "image/jpeg");
+        assert_eq!(media_type("x.tar.gz"), "application/gzip");
+        assert_eq!(media_type("book.pdf"), "application/pdf");
+        for other in ["README", ".flac", "page.html", "notes.txt", "x."] {
+            assert_eq!(media_type(other), "application/octet-stream", "{other}");
         }
     }
 }

@@ -398,6 +398,17 @@ impl<S: ConnSocket> Conn<S> {
                 empty,
                 ctx.now,
             );
+            // An album zip's empty tracks (see [`respond::EmptyTrack`]).
+            for t in &resp.empties {
+                let e = EmptyDelivery {
+                    user,
+                    item,
+                    part: t.part,
+                    at: 0,
+                    head: resp.head.len() as u64 + t.body_end,
+                };
+                self.credit.add_empty(self.written, e);
+            }
         }
         self.resp = Some(resp);
         self.state = State::Send;
@@ -605,6 +616,8 @@ mod tests {
             etag: "\"e\"".into(),
             last_modified: SystemTime::UNIX_EPOCH,
             name: "song".into(),
+            disposition: "attachment; filename=\"song\"".into(),
+            content_type: "application/octet-stream",
         };
         let res = Arc::new(Resource {
             id: "song".into(),

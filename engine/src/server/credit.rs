@@ -483,6 +483,16 @@ impl ConnCredit {
         }
         self.account(sock, stats, batch, false, false, !sending);
     }
+
+    /// One more empty delivery in the response [`ConnCredit::start_response`] just started at
+    /// stream offset `written`: an album zip's empty track, credited `e.at..e.at` once the
+    /// client acknowledged the stream up to `written + e.head` (its entry's local header).
+    pub fn add_empty(&mut self, written: u64, e: EmptyDelivery<'_>) {
+        if let Some(a) = self.acct.as_deref_mut() {
+            let tag = a.tag(e.user, e.item, e.part);
+            a.empties.push((tag, e.at, written + e.head));
+        }
+    }
 }
 
 #[cfg(test)]

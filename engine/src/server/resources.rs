@@ -2,6 +2,10 @@
 //!
 //! Resources are built off the I/O threads (at start, or by the auth pool when a worker meets an
 //! item added after start) and shared read-only between workers through `Arc`.
+//!
+//! Each representation's name is decided here, once: a file downloads under its display name
+//! (`--name`) or its original file name, a track under its own file name, an album's zip as
+//! its display name or id plus `.zip`; `Content-Type` follows the original name's extension.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::completion::{ZipEntry, ZipLayout};
+use crate::http::response::{content_disposition, media_type};
 use crate::storage::{Item, ItemKind};
 
 use super::segment::MappedFile;
@@ -19,8 +24,12 @@ pub struct Part {
     /// Strong ETag, quotes included: derived from the content hash, stable across restarts.
     pub etag: String,
     pub last_modified: SystemTime,
-    /// The original file name (zip entry names, Content-Disposition).
+    /// The original file name.
     pub name: String,
+    /// `Content-Disposition`: the name a client saves this part as.
+    pub disposition: String,
+    /// `Content-Type`, from the original name's extension.
+    pub content_type: &'static str,
 }
 
 /// An album's zip: laid out once (CRCs come from the import), served from literals and tracks.
@@ -29,6 +38,40 @@ pub struct ZipRep {
     /// Strong ETag over the tracks' hashes and names: the zip's bytes are a function of both.
     pub etag: String,
     pub last_modified: SystemTime,
+    /// `Content-Disposition`: the album's display name (or id) + `.zip`.
+    pub disposition: String,
+}
+
+/// The name a file item downloads as: its display name, given the original's extension when
+/// it has none (a browser picks what opens a download by its extension), or the original name.
+fn file_download_name(display: Option<&str>, original: &str) -> String {
+    let Some(display) = display else {
+        return original.to_owned();
+    };
+    let has_ext = |n: &str| {
+        n.rsplit_once('.')
+            .is_some_and(|(stem, e)| !stem.is_empty() && !e.is_empty())
+    };
+    match original.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() && !has_ext(display) => {
+            format!("{display}.{ext}")
+        }
+        _ => display.to_owned(),
+    }
+}
+
+/// The name an album's zip downloads as: its display name (or id) + `.zip`, unless the name
+/// already ends so.
+fn zip_download_name(name: &str) -> String {
+    let has_zip = name.len() > 4
+        && name
+            .get(name.len() - 4..)
+            .is_some_and(|e| e.eq_ignore_ascii_case(".zip"));
+    if has_zip {
+        name.to_owned()
+    } else {
+        format!("{name}.zip")
+    }
 }
 
 /// A catalog item ready to serve.
@@ -50,11 +93,17 @@ impl Resource {
         let mut parts = Vec::with_capacity(item.parts.len());
         for blob in &item.parts {
             let file = Arc::new(MappedFile::open(&blob.path, blob.size)?);
+            let saved_as = match item.kind {
+                ItemKind::File => file_download_name(item.name.as_deref(), &blob.name),
+                ItemKind::Album => blob.name.clone(),
+            };
             parts.push(Part {
                 file,
                 etag: format!("\"{}\"", &blob.sha256[..32.min(blob.sha256.len())]),
                 last_modified: UNIX_EPOCH + Duration::from_secs(blob.mtime),
                 name: blob.name.clone(),
+                disposition: content_disposition(&saved_as),
+                content_type: media_type(&blob.name),
             });
         }
         let zip = (item.kind == ItemKind::Album).then(|| {
@@ -83,6 +132,9 @@ impl Resource {
                     .map(|p| p.last_modified)
                     .max()
                     .unwrap_or(UNIX_EPOCH),
+                disposition: content_disposition(&zip_download_name(
+                    item.name.as_deref().unwrap_or(&item.id),
+                )),
             }
         });
         Ok(Resource {
@@ -92,5 +144,36 @@ impl Resource {
             parts,
             zip,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{file_download_name, zip_download_name};
+
+    #[test]
+    fn a_display_name_keeps_the_original_extension() {
+        assert_eq!(file_download_name(None, "movie.mkv"), "movie.mkv");
+        assert_eq!(
+            file_download_name(Some("My Movie"), "movie.mkv"),
+            "My Movie.mkv"
+        );
+        assert_eq!(
+            file_download_name(Some("My Movie.webm"), "movie.mkv"),
+            "My Movie.webm"
+        );
+        assert_eq!(file_download_name(Some("Notes"), "README"), "Notes");
+        assert_eq!(
+            file_download_name(Some("Take 2."), "a.flac"),
+            "Take 2..flac"
+        );
+    }
+
+    #[test]
+    fn a_zip_is_named_once() {
+        assert_eq!(zip_download_name("best"), "best.zip");
+        assert_eq!(zip_download_name("Best Of.ZIP"), "Best Of.ZIP");
+        assert_eq!(zip_download_name(".zip"), ".zip.zip");
+        assert_eq!(zip_download_name("Ünïcode"), "Ünïcode.zip");
     }
 }

@@ -52,6 +52,20 @@ pub struct Response {
     /// Offset inside the current piece.
     pub offset: u64,
     pub keep_alive: bool,
+    /// Empty tracks of an album zip this response delivers (see [`EmptyTrack`]).
+    pub empties: Vec<EmptyTrack>,
+}
+
+/// An empty track inside a zip response: it has no byte to acknowledge, so it is delivered once
+/// the client acknowledged the zip up to the end of its entry's local header, `body_end` bytes
+/// into the body (the way a 0-byte file is delivered by its head; see
+/// [`ConnCredit::start_response`](super::credit::ConnCredit::start_response)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmptyTrack {
+    /// The track's part index.
+    pub part: u32,
+    /// Body bytes (from the first body byte) the client must acknowledge.
+    pub body_end: u64,
 }
 
 impl Response {
@@ -65,6 +79,7 @@ impl Response {
                 r.pieces.clear();
                 r.piece = 0;
                 r.offset = 0;
+                r.empties.clear();
                 r
             }
             None => Box::new(Response {
@@ -75,6 +90,7 @@ impl Response {
                 piece: 0,
                 offset: 0,
                 keep_alive: true,
+                empties: Vec::new(),
             }),
         }
     }
@@ -211,16 +227,26 @@ impl Repr<'_> {
 
     fn content_type(&self) -> &'static str {
         match self {
-            Repr::Part(..) => "application/octet-stream",
+            Repr::Part(p, _) => p.content_type,
             Repr::Zip(..) => "application/zip",
         }
     }
 
-    /// Append the body pieces for `range` of this representation.
-    fn emit(&self, range: Range<u64>, out: &mut Vec<BodyPiece>) {
+    /// `Content-Disposition`: the file name a client saves this representation as.
+    fn disposition(&self) -> &str {
+        match self {
+            Repr::Part(p, _) => &p.disposition,
+            Repr::Zip(_, z) => &z.disposition,
+        }
+    }
+
+    /// Append the body pieces for `range` of this representation to `resp`, and the empty zip
+    /// tracks whose local header ends inside `range` to its `empties`.
+    fn emit(&self, range: Range<u64>, resp: &mut Response) {
         if range.is_empty() {
             return;
         }
+        let out = &mut resp.pieces;
         match self {
             Repr::Part(p, part) => out.push(BodyPiece::File {
                 file: p.file.clone(),
@@ -229,6 +255,18 @@ impl Repr<'_> {
                 part: *part,
             }),
             Repr::Zip(res, z) => {
+                let body_start: u64 = out.iter().map(BodyPiece::size).sum();
+                for (track, part) in res.parts.iter().enumerate() {
+                    let Some(data) = z.layout.track_range(track) else {
+                        continue;
+                    };
+                    if part.file.is_empty() && range.start < data.start && data.start <= range.end {
+                        resp.empties.push(EmptyTrack {
+                            part: track as u32,
+                            body_end: body_start + (data.start - range.start),
+                        });
+                    }
+                }
                 for slice in z.layout.slice(range) {
                     out.push(match slice {
                         ZipSlice::Literal(bytes) => BodyPiece::Literal(bytes.to_vec()),
@@ -263,6 +301,8 @@ impl Repr<'_> {
         }
         let v = self.validators();
         let ctype = self.content_type();
+        // On the responses that carry (or, for 304 and HEAD, describe) the content.
+        let named = [("Content-Disposition", self.disposition())];
         resp.keep_alive = keep_alive;
         let mut write_head = |resp: &mut Response,
                               status: u16,
@@ -280,7 +320,11 @@ impl Repr<'_> {
                     last_modified: Some(v.last_modified),
                     content_range,
                     accept_ranges: true,
-                    extra: &[],
+                    extra: if matches!(status, 200 | 206 | 304) {
+                        &named
+                    } else {
+                        &[]
+                    },
                 },
                 date.now(),
             );
@@ -314,7 +358,7 @@ impl Repr<'_> {
             RangeOutcome::Full => {
                 write_head(resp, 200, len, ctype, None);
                 if !head_only {
-                    self.emit(0..len, &mut resp.pieces);
+                    self.emit(0..len, resp);
                 }
             }
             RangeOutcome::Unsatisfiable => {
@@ -337,7 +381,7 @@ impl Repr<'_> {
                     let cr = Some(ContentRange::of(r, len));
                     write_head(resp, 206, r.end - r.start, ctype, cr);
                     if !head_only {
-                        self.emit(r.clone(), &mut resp.pieces);
+                        self.emit(r.clone(), resp);
                     }
                 } else {
                     let mp = Multipart::new(ranges, len, ctype, &boundary);
@@ -349,12 +393,114 @@ impl Repr<'_> {
                                 HttpPiece::Literal(bytes) => {
                                     resp.pieces.push(BodyPiece::Literal(bytes.clone()))
                                 }
-                                HttpPiece::File(r) => self.emit(r.clone(), &mut resp.pieces),
+                                HttpPiece::File(r) => self.emit(r.clone(), resp),
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, Limits, Parsed};
+    use crate::storage::{Blob, Item};
+
+    /// Album `a` of tracks "e1" (empty), "x" (`x_len` bytes), "e3" (empty), as a resource.
+    fn album(dir: &std::path::Path, x_len: usize) -> Resource {
+        let parts = [("e1", 0), ("x", x_len), ("e3", 0)].map(|(name, len)| {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![1u8; len]).unwrap();
+            Blob {
+                sha256: format!("{name:0>64}"),
+                size: len as u64,
+                crc32: 0,
+                name: name.into(),
+                mtime: 0,
+                path,
+            }
+        });
+        let item = Item {
+            id: "a".into(),
+            kind: ItemKind::Album,
+            name: Some("Ä \"b\"".into()),
+            parts: parts.to_vec(),
+        };
+        Resource::load(&item).unwrap()
+    }
+
+    fn get(target: &str, range: Option<&str>) -> RequestHead {
+        let range = range.map_or(String::new(), |r| format!("Range: bytes={r}\r\n"));
+        let req = format!("GET {target} HTTP/1.1\r\nHost: h\r\n{range}\r\n");
+        match parse_request(req.as_bytes(), &Limits::default()) {
+            Ok(Parsed::Complete { head, .. }) => head,
+            _ => panic!("bad request"),
+        }
+    }
+
+    fn respond(res: &Resource, head: &RequestHead) -> Box<Response> {
+        let mut resp = Response::recycle(&mut None);
+        Repr::select(head, res)
+            .unwrap()
+            .respond(&mut resp, &mut DateCache::new(), head, true);
+        resp
+    }
+
+    /// Each empty track is due once the body reached the end of its local header (30 bytes +
+    /// a 2-byte name), counted in body bytes of this response.
+    #[test]
+    fn empty_tracks_are_due_at_the_end_of_their_local_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = album(dir.path(), 100);
+        let e1 = |body_end| EmptyTrack { part: 0, body_end };
+        let e3 = |body_end| EmptyTrack { part: 2, body_end };
+        // Whole zip: e1's header ends at 32; x's header (31) and data (100) follow; e3 at 195.
+        let resp = respond(&res, &get("/d/a.zip", None));
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.empties, [e1(32), e3(32 + 31 + 100 + 32)]);
+        // A range from byte 100: only e3, 95 bytes into this body.
+        let resp = respond(&res, &get("/d/a.zip", Some("100-")));
+        assert_eq!(resp.empties, [e3(95)]);
+        // A range ending inside e1's header: nothing.
+        let resp = respond(&res, &get("/d/a.zip", Some("0-30")));
+        assert!(resp.empties.is_empty());
+        // Two ranges (multipart): offsets count the boundaries in between.
+        let resp = respond(&res, &get("/d/a.zip", Some("0-31,190-194")));
+        let text = String::from_utf8_lossy(&resp.head);
+        assert!(text.contains("multipart/byteranges"), "{text}");
+        // The last piece is the closing boundary; e3's header ends right before it.
+        let to_e3_end: u64 = resp.pieces[..resp.pieces.len() - 1]
+            .iter()
+            .map(BodyPiece::size)
+            .sum();
+        let first_boundary = resp.pieces[0].size();
+        assert_eq!(resp.empties, [e1(first_boundary + 32), e3(to_e3_end)]);
+        // A track is no zip: no entries.
+        assert!(respond(&res, &get("/d/a/2", None)).empties.is_empty());
+    }
+
+    /// The zip and each track carry their names and types.
+    #[test]
+    fn names_and_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = album(dir.path(), 10);
+        let head = String::from_utf8(respond(&res, &get("/d/a.zip", None)).head).unwrap();
+        assert!(
+            head.contains(
+                "\r\nContent-Disposition: attachment; filename=\"_ _b_.zip\"; \
+                 filename*=UTF-8''%C3%84%20%22b%22.zip\r\n"
+            ),
+            "{head}"
+        );
+        assert!(head.contains("\r\nContent-Type: application/zip\r\n"));
+        let head = String::from_utf8(respond(&res, &get("/d/a/2", None)).head).unwrap();
+        assert!(
+            head.contains("filename=\"x\"; filename*=UTF-8''x\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nContent-Type: application/octet-stream\r\n"));
     }
 }

@@ -135,6 +135,45 @@ pub(crate) fn items_files_and_albums(s: &dyn Storage) {
     let ids: Vec<_> = s.items().unwrap().into_iter().map(|i| i.id).collect();
     assert_eq!(ids, ["album", "movie", "movie-copy"]);
     assert_eq!(s.items().unwrap()[0], album);
+    assert_eq!(movie.name, None, "no --name: no display name");
+
+    // A display name is kept as given, non-ASCII and quotes included; a path or a control
+    // character is refused.
+    let named = "Björk – \"Jóga\" (live).mkv";
+    s.add_named_item(
+        "named",
+        ItemKind::File,
+        Some(named),
+        std::slice::from_ref(&f),
+    )
+    .unwrap();
+    assert_eq!(
+        s.item("named").unwrap().unwrap().name.as_deref(),
+        Some(named)
+    );
+    let listed = s.items().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|i| i.id == "named")
+            .unwrap()
+            .name
+            .as_deref(),
+        Some(named)
+    );
+    for bad in ["", "a/b", "a\nb", "..", &"x".repeat(256)] {
+        let r = s.add_named_item(
+            "bad-name",
+            ItemKind::File,
+            Some(bad),
+            std::slice::from_ref(&f),
+        );
+        assert!(
+            matches!(r, Err(StoreError::InvalidItem { .. })),
+            "{bad:?}: {r:?}"
+        );
+    }
+    assert_eq!(s.item("bad-name").unwrap(), None);
 
     let err = |r: Result<(), StoreError>| r.unwrap_err();
     let one = std::slice::from_ref(&f);
@@ -175,7 +214,11 @@ pub(crate) fn items_files_and_albums(s: &dyn Storage) {
         StoreError::InvalidItem { .. }
     ));
     // Failed adds left nothing behind.
-    assert_eq!(s.items().unwrap().len(), 3);
+    assert_eq!(
+        s.items().unwrap().len(),
+        4,
+        "movie, movie-copy, album, named"
+    );
     assert!(Path::new(&album.parts[1].path).is_file());
 }
 

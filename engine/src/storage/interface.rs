@@ -114,6 +114,9 @@ impl FromStr for ItemKind {
 pub struct Item {
     pub id: String,
     pub kind: ItemKind,
+    /// The display name set with `--name` (see [`check_display_name`]): a file is saved under
+    /// it, an album's zip as `NAME.zip`. `None`: the original file name, or the album's id.
+    pub name: Option<String>,
     /// A file: exactly one part; an album: its tracks in order.
     pub parts: Vec<Blob>,
 }
@@ -261,7 +264,17 @@ pub trait Storage: Send {
     // --- catalog ---
 
     /// Adds an item made of blobs already in the content store (checked by [`check_item`]).
-    fn add_item(&self, id: &str, kind: ItemKind, parts: &[Blob]) -> Result<(), StoreError>;
+    fn add_item(&self, id: &str, kind: ItemKind, parts: &[Blob]) -> Result<(), StoreError> {
+        self.add_named_item(id, kind, None, parts)
+    }
+    /// As [`Storage::add_item`], with a display name (checked by [`check_display_name`]).
+    fn add_named_item(
+        &self,
+        id: &str,
+        kind: ItemKind,
+        name: Option<&str>,
+        parts: &[Blob],
+    ) -> Result<(), StoreError>;
     /// One item with its parts in order, or `None`.
     fn item(&self, id: &str) -> Result<Option<Item>, StoreError>;
     /// All items with their parts, by id.
@@ -370,6 +383,27 @@ pub fn check_item(
         if !on_disk.is_ok_and(|m| m.is_file() && m.len() == p.size) {
             return Err(StoreError::MissingBlob(p.sha256.clone()));
         }
+    }
+    Ok(())
+}
+
+/// Checks an item's display name: what a browser saves the download as, so a plain file name
+/// of 1 to 255 bytes: no `/`, no control character, not `.` or `..`. Any other character,
+/// non-ASCII ones included, is kept (`Content-Disposition` carries it in UTF-8).
+pub fn check_display_name(id: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains('/')
+        || name.chars().any(char::is_control)
+        || name == "."
+        || name == ".."
+    {
+        return Err(StoreError::InvalidItem {
+            id: id.to_owned(),
+            reason: format!(
+                "{name:?} is not a usable name: 1-255 bytes, no '/' or control characters"
+            ),
+        });
     }
     Ok(())
 }

@@ -89,8 +89,15 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_at_ms);
 ";
 
+/// Version 3: an item's display name (`weir item add --name`, `weir album add --name`): the file
+/// name a file is saved under, the zip's name for an album. NULL: the original file name, or the
+/// album's id.
+const V3: &str = "
+ALTER TABLE items ADD COLUMN name TEXT;
+";
+
 /// Every migration, in order: entry `i` takes version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

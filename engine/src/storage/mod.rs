@@ -64,9 +64,9 @@ pub(crate) mod conformance;
 pub use crate::catalog::Blob;
 pub(crate) use interface::create_private_file;
 pub use interface::{
-    check_item, idempotency_key, now_ms, valid_id, webhook_payload, CartEntry, Completed,
-    Completion, HistoryEntry, Item, ItemKind, JournaledPurchase, OutboxEntry, ProgressRow,
-    ProgressWrite, Storage, StoreError, UserRecord,
+    check_display_name, check_item, idempotency_key, now_ms, valid_id, webhook_payload, CartEntry,
+    Completed, Completion, HistoryEntry, Item, ItemKind, JournaledPurchase, OutboxEntry,
+    ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
 };
 pub use migrations::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteStore};

@@ -14,9 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use weir_shaper::Rate;
 
 use super::interface::{
-    check_item, create_private_file, idempotency_key, io_err, now_ms, valid_id, webhook_payload,
-    CartEntry, Completed, Completion, HistoryEntry, Item, ItemKind, JournaledPurchase, OutboxEntry,
-    ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
+    check_display_name, check_item, create_private_file, idempotency_key, io_err, now_ms, valid_id,
+    webhook_payload, CartEntry, Completed, Completion, HistoryEntry, Item, ItemKind,
+    JournaledPurchase, OutboxEntry, ProgressRow, ProgressWrite, Storage, StoreError, UserRecord,
 };
 use super::migrations;
 use crate::catalog::Blob;
@@ -323,14 +323,23 @@ impl Storage for SqliteStore {
         .collect()
     }
 
-    fn add_item(&self, id: &str, kind: ItemKind, parts: &[Blob]) -> Result<(), StoreError> {
+    fn add_named_item(
+        &self,
+        id: &str,
+        kind: ItemKind,
+        name: Option<&str>,
+        parts: &[Blob],
+    ) -> Result<(), StoreError> {
         check_item(&self.content_dir(), id, kind, parts)?;
+        if let Some(name) = name {
+            check_display_name(id, name)?;
+        }
         let tx = self.write_tx()?;
         let now = now_ms();
         let n = tx.execute(
-            "INSERT INTO items (id, kind, created_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO items (id, kind, name, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO NOTHING",
-            params![id, kind.as_str(), now],
+            params![id, kind.as_str(), name, now],
         )?;
         if n == 0 {
             return Err(StoreError::ItemExists(id.to_owned()));
@@ -352,10 +361,10 @@ impl Storage for SqliteStore {
     }
 
     fn item(&self, id: &str) -> Result<Option<Item>, StoreError> {
-        let Some(kind) = self
+        let Some((kind, name)) = self
             .conn
-            .query_row("SELECT kind FROM items WHERE id = ?1", [id], |r| {
-                r.get::<_, String>(0)
+            .query_row("SELECT kind, name FROM items WHERE id = ?1", [id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
             })
             .optional()?
         else {
@@ -371,6 +380,7 @@ impl Storage for SqliteStore {
         Ok(Some(Item {
             id: id.to_owned(),
             kind,
+            name,
             parts,
         }))
     }
@@ -389,13 +399,24 @@ impl Storage for SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT id, kind FROM items ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            .prepare("SELECT id, kind, name FROM items ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
         rows.map(|row| {
-            let (id, kind) = row?;
+            let (id, kind, name) = row?;
             let kind = kind_from(&id, &kind)?;
             let parts = parts.remove(&id).unwrap_or_default();
-            Ok(Item { id, kind, parts })
+            Ok(Item {
+                id,
+                kind,
+                name,
+                parts,
+            })
         })
         .collect()
     }
@@ -842,6 +863,7 @@ mod tests {
             assert_eq!(v, SCHEMA_VERSION);
             assert_eq!(store.user("alice").unwrap().unwrap().password_hash, "h");
             assert_eq!(store.item("song").unwrap().unwrap().size(), 10);
+            assert_eq!(store.item("song").unwrap().unwrap().name, None);
             assert_eq!(store.cart_added_at("alice", "song").unwrap(), Some(500));
             assert_eq!(store.history_list("alice").unwrap().len(), 1);
             let (delivered, queued) = if with_ledger { (4, 1) } else { (0, 0) };

@@ -7,5 +7,6 @@ mod cli;
 mod common;
 mod demo;
 mod flaky;
+mod hlog;
 mod nginx;
 mod restart;
