@@ -1,14 +1,17 @@
-//! One HTTP/1.1 client connection: a non-blocking socket and where it is in its request.
+//! One HTTP/1.1 client connection: a non-blocking socket, its TLS layer if the target is
+//! `https://`, and where it is in its request.
 //!
 //! A connection knows nothing of scenarios. It is opened (bind to a source address, non-blocking
-//! connect), given a request to write, and fed the bytes the worker reads. Its only allocations are
-//! the request and partial-head buffers, reused for every request it carries.
+//! connect), handshakes when it speaks TLS, is given a request to write, and hands the worker the
+//! plaintext it reads ([`Conn::read`]). Its only allocations are the request and partial-head
+//! buffers, reused for every request it carries, and the TLS state (rustls' own buffers).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use mio::net::TcpStream;
+use rustls::ClientConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::errors::ErrorKind;
@@ -19,6 +22,8 @@ use crate::http::BodyDecoder;
 pub enum Phase {
     /// Non-blocking connect in progress.
     Connecting,
+    /// TCP connected, TLS handshake in progress.
+    Handshaking,
     /// Connected, no request outstanding.
     Idle,
     /// Writing the request.
@@ -62,6 +67,13 @@ pub struct Conn {
     pub first_byte: bool,
     /// In the worker's "still readable" list.
     pub queued: bool,
+    /// The TLS layer (`https://` targets).
+    pub tls: Option<Box<ClientConnection>>,
+    /// TLS: the socket reached EOF while plaintext was still being handed out; the next
+    /// [`Conn::read`] reports the end.
+    pub tls_eof: bool,
+    /// When the TCP connection was established (the TLS handshake's start).
+    pub connected_at: Instant,
     /// Registered for writable events too (while connecting, or while a request waits for
     /// send-buffer space). Otherwise only readable: ACKs freeing send space would wake the loop
     /// for nothing.
@@ -74,8 +86,10 @@ impl Conn {
         target: SocketAddr,
         source: Option<IpAddr>,
         who: Who,
+        tls: Option<&crate::tls::Tls>,
         now: Instant,
     ) -> Result<Conn, ErrorKind> {
+        let tls = tls.map(|t| t.connection().map(Box::new)).transpose()?;
         let domain = Domain::for_address(target);
         let sock = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))
             .map_err(|e| ErrorKind::from_connect_error(&e))?;
@@ -110,6 +124,9 @@ impl Conn {
             last_body_read: None,
             first_byte: false,
             queued: false,
+            tls,
+            tls_eof: false,
+            connected_at: now,
             want_write: true,
         })
     }
@@ -129,8 +146,19 @@ impl Conn {
         }
     }
 
-    /// Write as much of the request as the socket takes. `Ok(true)` when all of it is written.
+    /// Write as much of the request as the socket takes. `Ok(true)` when all of it is written
+    /// (with TLS: encrypted and handed to the socket).
     pub fn write_request(&mut self) -> Result<bool, ErrorKind> {
+        if let Some(tls) = self.tls.as_mut() {
+            if self.sent < self.req.len() {
+                // rustls buffers the plaintext (a request head is far below its limit).
+                tls.writer()
+                    .write_all(&self.req[self.sent..])
+                    .map_err(|e| ErrorKind::from_io_error(&e))?;
+                self.sent = self.req.len();
+            }
+            return self.tls_flush();
+        }
         while self.sent < self.req.len() {
             match self.stream.write(&self.req[self.sent..]) {
                 Ok(0) => return Err(ErrorKind::Reset),
@@ -142,4 +170,151 @@ impl Conn {
         }
         Ok(true)
     }
+
+    /// TLS: write the records rustls has queued. `Ok(true)` when none is left.
+    fn tls_flush(&mut self) -> Result<bool, ErrorKind> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(true);
+        };
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.stream) {
+                Ok(0) => return Err(ErrorKind::Reset),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ErrorKind::from_io_error(&e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// TLS: read what the socket has into rustls and process it. `Ok(false)` when the socket
+    /// had nothing (would block); EOF sets `tls_eof`.
+    fn tls_fill(&mut self) -> Result<bool, ErrorKind> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(false);
+        };
+        loop {
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    self.tls_eof = true;
+                    break;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ErrorKind::from_io_error(&e)),
+            }
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // Tell the server why (the alert rustls queued), best effort.
+            let _ = self.tls_flush();
+            return Err(crate::tls::error_kind(&e));
+        }
+        Ok(true)
+    }
+
+    /// TLS: drive the handshake as far as the socket allows. `Ok(true)` once it is done and its
+    /// last flight is written.
+    pub fn handshake(&mut self) -> Result<bool, ErrorKind> {
+        loop {
+            if !self.tls_flush()? {
+                return Ok(false);
+            }
+            match self.tls.as_ref() {
+                Some(t) if t.is_handshaking() => {}
+                _ => return Ok(true),
+            }
+            if self.tls_eof {
+                return Err(ErrorKind::Tls);
+            }
+            if !self.tls_fill()? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Read response bytes (plaintext) into `buf`. With TLS this fills `buf` as far as the
+    /// socket allows, so a short read still means the socket is drained.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<ReadOutcome, ErrorKind> {
+        if self.tls.is_none() {
+            loop {
+                return match self.stream.read(buf) {
+                    Ok(0) => Ok(ReadOutcome::Eof),
+                    Ok(n) => Ok(ReadOutcome::Data(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(ErrorKind::from_io_error(&e)),
+                };
+            }
+        }
+        let mut n = 0;
+        loop {
+            let tls = self.tls.as_mut().expect("TLS connection");
+            match tls.reader().read(&mut buf[n..]) {
+                Ok(0) => {
+                    return Ok(if n > 0 {
+                        ReadOutcome::Data(n)
+                    } else {
+                        ReadOutcome::Eof
+                    })
+                }
+                Ok(k) => {
+                    n += k;
+                    if n == buf.len() {
+                        return Ok(ReadOutcome::Data(n));
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify: the end, as in clear text (a body
+                // with a length still has to be complete).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(if n > 0 {
+                        ReadOutcome::Data(n)
+                    } else {
+                        ReadOutcome::Eof
+                    })
+                }
+                Err(e) => return Err(ErrorKind::from_io_error(&e)),
+            }
+            if self.tls_eof {
+                return Ok(if n > 0 {
+                    ReadOutcome::Data(n)
+                } else {
+                    ReadOutcome::Eof
+                });
+            }
+            match self.tls_fill() {
+                Ok(true) => {
+                    // Anything rustls must answer (a key update) goes out best effort.
+                    let _ = self.tls_flush();
+                }
+                Ok(false) => {
+                    return Ok(if n > 0 {
+                        ReadOutcome::Data(n)
+                    } else {
+                        ReadOutcome::WouldBlock
+                    })
+                }
+                Err(kind) => return Err(kind),
+            }
+        }
+    }
+
+    /// TLS: the socket's end was seen but not yet reported by [`Conn::read`].
+    pub fn eof_pending(&self) -> bool {
+        self.tls_eof
+    }
+}
+
+/// What one [`Conn::read`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes of response.
+    Data(usize),
+    /// Nothing now; readiness will be signalled again.
+    WouldBlock,
+    /// The server closed the connection.
+    Eof,
 }
