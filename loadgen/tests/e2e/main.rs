@@ -9,3 +9,4 @@ mod demo;
 mod flaky;
 mod nginx;
 mod restart;
+mod tls;
