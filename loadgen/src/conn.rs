@@ -234,72 +234,129 @@ impl Conn {
         }
     }
 
-    /// Read response bytes (plaintext) into `buf`. With TLS this fills `buf` as far as the
-    /// socket allows, so a short read still means the socket is drained.
+    /// Read response bytes (plaintext) into `buf`. `Data::drained` says the socket's receive
+    /// queue is empty (a later byte raises a new readiness edge), so the caller may stop.
+    ///
+    /// With TLS the first half of `buf` receives plaintext and the second half is the staging
+    /// area of one large `recv` of ciphertext, fed to rustls from memory (rustls alone reads at
+    /// most 4 KiB per syscall). A `recv` asks for no more than the plaintext half can take after
+    /// a record rustls already holds in part, so nothing staged is left over when this returns.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<ReadOutcome, ErrorKind> {
         if self.tls.is_none() {
             loop {
                 return match self.stream.read(buf) {
                     Ok(0) => Ok(ReadOutcome::Eof),
-                    Ok(n) => Ok(ReadOutcome::Data(n)),
+                    Ok(n) => Ok(ReadOutcome::Data {
+                        n,
+                        drained: n < buf.len(),
+                    }),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => Err(ErrorKind::from_io_error(&e)),
                 };
             }
         }
+        let half = buf.len() / 2;
+        let (out, stage) = buf.split_at_mut(half);
         let mut n = 0;
+        let end = |n: usize| {
+            Ok(if n > 0 {
+                ReadOutcome::Data { n, drained: true }
+            } else {
+                ReadOutcome::Eof
+            })
+        };
         loop {
-            let tls = self.tls.as_mut().expect("TLS connection");
-            match tls.reader().read(&mut buf[n..]) {
-                Ok(0) => {
-                    return Ok(if n > 0 {
-                        ReadOutcome::Data(n)
-                    } else {
-                        ReadOutcome::Eof
-                    })
-                }
-                Ok(k) => {
-                    n += k;
-                    if n == buf.len() {
-                        return Ok(ReadOutcome::Data(n));
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The socket closed without close_notify: the end, as in clear text (a body
-                // with a length still has to be complete).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Ok(if n > 0 {
-                        ReadOutcome::Data(n)
-                    } else {
-                        ReadOutcome::Eof
-                    })
-                }
-                Err(e) => return Err(ErrorKind::from_io_error(&e)),
+            if self.drain_plaintext(out, &mut n)? {
+                self.tls_eof = true;
+                return end(n);
+            }
+            if n == out.len() {
+                return Ok(ReadOutcome::Data { n, drained: false });
             }
             if self.tls_eof {
+                return end(n);
+            }
+            let room = (out.len() - n).saturating_sub(TLS_RECORD_MAX);
+            if room < 4096 {
+                return Ok(ReadOutcome::Data { n, drained: false });
+            }
+            let want = room.min(stage.len());
+            let got = loop {
+                match self.stream.read(&mut stage[..want]) {
+                    Ok(k) => break k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(if n > 0 {
+                            ReadOutcome::Data { n, drained: true }
+                        } else {
+                            ReadOutcome::WouldBlock
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ErrorKind::from_io_error(&e)),
+                }
+            };
+            let tls = self.tls.as_mut().expect("TLS connection");
+            if got == 0 {
+                // Let rustls see the end: it then reports close_notify or a truncation.
+                let _ = tls.read_tls(&mut io::empty());
+                self.tls_eof = true;
+                self.tls_process()?;
+                continue;
+            }
+            let mut staged = &stage[..got];
+            while !staged.is_empty() {
+                let tls = self.tls.as_mut().expect("TLS connection");
+                if let Err(e) = tls.read_tls(&mut staged) {
+                    return Err(ErrorKind::from_io_error(&e));
+                }
+                self.tls_process()?;
+                if self.drain_plaintext(out, &mut n)? {
+                    // close_notify inside the staged bytes: what follows it is not the server's.
+                    self.tls_eof = true;
+                    return end(n);
+                }
+            }
+            if got < want {
+                // A short recv: the receive queue is empty.
                 return Ok(if n > 0 {
-                    ReadOutcome::Data(n)
+                    ReadOutcome::Data { n, drained: true }
                 } else {
-                    ReadOutcome::Eof
+                    ReadOutcome::WouldBlock
                 });
             }
-            match self.tls_fill() {
-                Ok(true) => {
-                    // Anything rustls must answer (a key update) goes out best effort.
-                    let _ = self.tls_flush();
-                }
-                Ok(false) => {
-                    return Ok(if n > 0 {
-                        ReadOutcome::Data(n)
-                    } else {
-                        ReadOutcome::WouldBlock
-                    })
-                }
-                Err(kind) => return Err(kind),
+        }
+    }
+
+    /// TLS: process the records rustls holds; answer what it must answer (a key update), best
+    /// effort.
+    fn tls_process(&mut self) -> Result<(), ErrorKind> {
+        let tls = self.tls.as_mut().expect("TLS connection");
+        if let Err(e) = tls.process_new_packets() {
+            let _ = self.tls_flush();
+            return Err(crate::tls::error_kind(&e));
+        }
+        if tls.wants_write() {
+            let _ = self.tls_flush();
+        }
+        Ok(())
+    }
+
+    /// TLS: move decrypted bytes into `out[*n..]`. `Ok(true)` when the stream has ended
+    /// (close_notify, or the socket closed without one: as in clear text, a body with a length
+    /// still has to be complete).
+    fn drain_plaintext(&mut self, out: &mut [u8], n: &mut usize) -> Result<bool, ErrorKind> {
+        let tls = self.tls.as_mut().expect("TLS connection");
+        while *n < out.len() {
+            match tls.reader().read(&mut out[*n..]) {
+                Ok(0) => return Ok(true),
+                Ok(k) => *n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                Err(e) => return Err(ErrorKind::from_io_error(&e)),
             }
         }
+        Ok(false)
     }
 
     /// TLS: the socket's end was seen but not yet reported by [`Conn::read`].
@@ -308,11 +365,15 @@ impl Conn {
     }
 }
 
+/// The most a TLS record takes on the wire (16 KiB of payload plus header, padding and tag):
+/// what rustls may already hold of a record when a read starts.
+const TLS_RECORD_MAX: usize = 16 * 1024 + 2048;
+
 /// What one [`Conn::read`] got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// This many bytes of response.
-    Data(usize),
+    /// `n` bytes of response; `drained` when the socket had no more for now.
+    Data { n: usize, drained: bool },
     /// Nothing now; readiness will be signalled again.
     WouldBlock,
     /// The server closed the connection.

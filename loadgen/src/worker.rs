@@ -701,7 +701,7 @@ fn read_ready<S: Scenario>(
                 on_eof(io, scenario, id);
                 return;
             }
-            Ok(ReadOutcome::Data(n)) => {
+            Ok(ReadOutcome::Data { n, drained }) => {
                 let eof_pending = conn.eof_pending();
                 // The first read of an event is timed by the poll that reported it (the bytes
                 // were there by then); a read after a full buffer is timed afresh, since copying
@@ -710,7 +710,7 @@ fn read_ready<S: Scenario>(
                     io.now = Instant::now();
                 }
                 process(io, scenario, id, &scratch[..n]);
-                if n < scratch.len() && !drain && !eof_pending {
+                if drained && !drain && !eof_pending {
                     return;
                 }
             }

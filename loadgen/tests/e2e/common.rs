@@ -243,13 +243,20 @@ impl Nginx {
                 (
                     " ssl",
                     format!(
-                        "ssl_certificate {};\n ssl_certificate_key {};\n",
+                        "ssl_certificate {};\n ssl_certificate_key {};\n \
+                         ssl_protocols TLSv1.2 TLSv1.3;\n",
                         cert.display(),
                         key.display()
                     ),
                 )
             }
             None => ("", String::new()),
+        };
+        // Over TLS each line also says which protocol and suite the request came over.
+        let ssl_log = if tls.is_some() {
+            "$ssl_protocol/$ssl_cipher "
+        } else {
+            ""
         };
         let conf = format!(
             "worker_processes 2;\n\
@@ -258,7 +265,7 @@ impl Nginx {
              worker_rlimit_nofile 8192;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n\
-               log_format weir '$request $status $http_range $remote_addr';\n\
+               log_format weir '$request $status $http_range {ssl_log}$remote_addr';\n\
                access_log {d}/access.log weir;\n\
                sendfile on;\n\
                keepalive_requests 100000;\n\
@@ -321,7 +328,8 @@ impl Nginx {
         )
     }
 
-    /// Lines of the access log: `$request $status $http_range $remote_addr`.
+    /// Lines of the access log: `$request $status $http_range $remote_addr` (over TLS
+    /// `$request $status $http_range $ssl_protocol/$ssl_cipher $remote_addr`).
     pub fn access_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()

@@ -1,5 +1,6 @@
 //! weir-load over HTTPS against nginx with ssl and a test CA made by the test: forty's 40
-//! connections with exact bytes (--cacert), urlopen with and without keep-alive (--insecure),
+//! connections with exact bytes (--cacert), urlopen with and without keep-alive (--insecure,
+//! TLS 1.3 and TLS 1.2 suites),
 //! rate, compare of TLS runs, and an untrusted certificate refused with a clear error.
 
 use crate::common::*;
@@ -62,7 +63,14 @@ fn urlopen_and_rate_over_https_insecure_and_compare_reads_them() {
     let sha = sha256_hex(&small);
     let kept = ngx.out("kept");
     let fresh = ngx.out("fresh");
-    for (dir, extra) in [(&kept, None), (&fresh, Some("--no-keepalive"))] {
+    // Keep-alive on TLS 1.3 (AES-128-GCM only); a connection per request on TLS 1.2.
+    let tls13 = ["--tls-ciphers", "TLS13_AES_128_GCM_SHA256"];
+    let tls12 = [
+        "--no-keepalive",
+        "--tls-ciphers",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ];
+    for (dir, extra) in [(&kept, &tls13[..]), (&fresh, &tls12[..])] {
         let mut args = vec!["urlopen", &url, "--threads", "4", "--duration", "2s"];
         args.extend(["--sha256", &sha, "--insecure", "--no-progress", "--out"]);
         args.push(dir.to_str().unwrap());
@@ -81,6 +89,18 @@ fn urlopen_and_rate_over_https_insecure_and_compare_reads_them() {
         );
         assert_eq!(s["errors_total"], 0, "errors: {}", s["errors"]);
     }
+    // nginx saw both protocols, each with the suite asked for.
+    let log = ngx.access_log();
+    let over = |p: &str| log.iter().filter(|l| l.contains(p)).count();
+    // (Requests still in flight when the run ended are in nginx's log too.)
+    let answered = k["responses"].as_u64().unwrap() as usize;
+    let asked = k["requests"].as_u64().unwrap() as usize;
+    let on13 = over(" TLSv1.3/TLS_AES_128_GCM_SHA256 ");
+    assert!(
+        (answered..=asked).contains(&on13),
+        "keep-alive run on TLS 1.3 AES-128-GCM: {on13} logged, {answered} answered, {asked} asked"
+    );
+    assert!(over(" TLSv1.2/ECDHE-ECDSA-AES128-GCM-SHA256 ") >= 10);
     // Keep-alive: one handshake per connection, many requests on each.
     let kh = k["tls_handshakes"].as_u64().unwrap();
     assert!((1..=k["connections_opened"].as_u64().unwrap()).contains(&kh));
