@@ -7,9 +7,11 @@
 //! Measurements (the five):
 //! - `big-40`: `weir-load forty --users 1 --connections 40` on the big file: throughput
 //!   (goodput) and the server's CPU (utime+stime of its processes) per GiB.
-//! - `4k-keepalive`: `weir-load urlopen --threads 100 --workers 1` on the 4 KiB file: requests/s.
+//! - `4k-keepalive`: `weir-load urlopen --threads 100 --workers 1` on the 4 KiB file (`/d/ID`
+//!   with an `Authorization: Basic` header, as wrk-4k in the first benchmark): requests/s.
 //! - `handshakes`: `weir-load urlopen --threads 40 --no-keepalive` on the 4 KiB file: a full TLS
-//!   handshake per request (weir-load never resumes sessions), new connections/s.
+//!   handshake per request (weir-load never resumes sessions; nginx has tickets and its session
+//!   cache off), new connections/s and server CPU per connection.
 //! - `idle`: N TLS keep-alive connections held by this process after one 4 KiB GET each: the
 //!   server's RssAnon per connection.
 //! - `stalled`: N TLS downloads of the big file that read 16 KiB and stop: RssAnon per
@@ -365,7 +367,14 @@ impl Bench {
         }
     }
 
-    /// `https://ADDR/PATH` of an item: weir's signed link, nginx's path.
+    /// `https://ADDR/d/ID`: the path clients with the `Authorization` header use (the 4 KiB
+    /// runs, as wrk-4k in the first benchmark; nginx ignores the header).
+    fn path_url(&self, srv: &Running, id: &str) -> String {
+        format!("https://{}{}", srv.addr, srv.path(id))
+    }
+
+    /// `https://ADDR/PATH` of an item for a download manager: weir's signed link (what a shop
+    /// hands out), nginx's path.
     fn url(&self, srv: &Running, id: &str) -> String {
         let path = srv
             .links
@@ -453,7 +462,7 @@ impl Bench {
                 let fresh = m == "handshakes";
                 let mut args = vec![
                     s("urlopen"),
-                    self.url(srv, &self.fx.small.id),
+                    self.path_url(srv, &self.fx.small.id),
                     s("--threads"),
                     s(if fresh { "40" } else { "100" }),
                     s("--workers"),
