@@ -32,6 +32,10 @@ pub enum Command {
     /// Issue 14: SIGKILL weir at random moments while users download with resuming clients;
     /// count completions lost, duplicated and false, and webhook keys per completion.
     Chaos(crate::chaos::Args),
+    /// Issue 15: weir --tls-listen vs nginx ssl: 1 GiB over 40 connections, 4 KiB keep-alive,
+    /// new TLS connections/s, idle and stalled TLS connection memory (`--servers nginx` alone
+    /// as a smoke test).
+    Tls(crate::tls_bench::Args),
     /// Renders the tables the top-level README quotes from the stored results under results/.
     Report(crate::results::Args),
 }

@@ -11,8 +11,8 @@
 //! Subcommands: `first` (weir vs nginx), `before-after` (two weir binaries, the first the
 //! baseline), `overhead` (accounting on/off), `loadgen` (weir-load vs wrk and axel), `shaping`
 //! (shaping accuracy), `send-path` (the kernel's send paths, no server), `chaos` (SIGKILL during
-//! resumed downloads: lost, duplicated and false completions) and `report` (the tables of the
-//! stored results).
+//! resumed downloads: lost, duplicated and false completions), `tls` (weir's own HTTPS against
+//! nginx with ssl) and `report` (the tables of the stored results).
 //!
 //! Layout: [`servers`] is the only place a server is started (its own session, stopped by
 //! PID); [`runner`] runs scenarios N times per target with the targets alternating;
@@ -43,6 +43,7 @@ pub mod scenarios;
 pub mod send_path;
 pub mod servers;
 pub mod shaping;
+pub mod tls_bench;
 pub mod util;
 
 use anyhow::{bail, Context, Result};
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Sub::SendPath(a) => send_path::run(a),
         Sub::BeforeAfter(a) => before_after::run(a),
         Sub::Chaos(a) => chaos::run(a),
+        Sub::Tls(a) => tls_bench::run(a),
         Sub::Report(a) => results::run(a),
     }
 }

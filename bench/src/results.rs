@@ -235,6 +235,7 @@ fn render_data(bench: &str, data: &Value) -> Result<Option<String>> {
         "loadgen" => crate::loadgen_bench::table(data.as_array().map_or(&[], |v| v)),
         "shaping" => crate::shaping::table(data.as_array().map_or(&[], |v| v)),
         "send-path" => crate::send_path::table_from_runs(data)?,
+        "tls" => crate::tls_bench::table_from(data)?,
         _ => return Ok(None),
     }))
 }

@@ -55,6 +55,17 @@ pub struct Common {
     /// No live progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// https:// targets: trust the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// https:// targets: accept any server certificate (handshake signatures are still checked).
+    #[arg(long, conflicts_with = "cacert")]
+    pub insecure: bool,
+    /// https:// targets: offer only these cipher suites, comma-separated rustls names
+    /// (TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ...) [default: all of rustls' safe ones].
+    #[arg(long, value_name = "LIST")]
+    pub tls_ciphers: Option<String>,
     /// Internal: this process is child I of N of a --processes run.
     #[arg(long, hide = true)]
     pub child: Option<String>,
@@ -63,7 +74,7 @@ pub struct Common {
 /// `forty` flags.
 #[derive(Debug, Clone, Args)]
 pub struct FortyArgs {
-    /// The file to download (http://host:port/path?query).
+    /// The file to download (http[s]://host:port/path?query).
     pub url: String,
     /// Simulated users, each one download manager.
     #[arg(long, default_value_t = 50)]

@@ -219,6 +219,9 @@ fn drive(args: &DemoArgs, child: &mut Child, listen: &str, log: &Path) -> anyhow
             workers: None,
             processes: 1,
             no_progress: args.no_progress,
+            cacert: None,
+            insecure: false,
+            tls_ciphers: None,
             child: None,
         },
     };

@@ -47,6 +47,8 @@ kinds! {
     AddrInUse => "addr_in_use", "No local port or source address left (EADDRINUSE, EADDRNOTAVAIL).";
     TooManyFiles => "too_many_files", "The process ran out of file descriptors (EMFILE, ENFILE).";
     Connect => "connect", "Any other failure to connect.";
+    TlsCertificate => "tls_certificate", "The server's certificate is not trusted (--cacert, --insecure) or not for this host.";
+    Tls => "tls", "Any other TLS failure: an alert, a bad record, no common cipher suite, closed during the handshake.";
     Reset => "reset", "The peer reset the connection (ECONNRESET, EPIPE).";
     Io => "io", "Any other read or write error.";
     ClosedBeforeResponse => "closed_before_response", "The connection closed before a response head arrived.";

@@ -683,6 +683,7 @@ pub fn command(
 ) -> anyhow::Result<(crate::summary::Summary, std::path::PathBuf)> {
     use crate::runner;
     let url = Url::parse(&args.url)?;
+    let tls = crate::tls::from_common(&url, &args.common)?;
     let auths: Vec<Arc<str>> = crate::target::load_credentials(
         args.credentials.as_deref(),
         args.credentials_file.as_deref(),
@@ -722,8 +723,11 @@ pub fn command(
             let deadline = started + args.duration.max(Duration::from_secs(60));
             match addrs.first().map(|a| {
                 crate::verify::reference_fetch(
-                    *a,
-                    sources.addrs().first().copied(),
+                    crate::verify::Peer {
+                        addr: *a,
+                        source: sources.addrs().first().copied(),
+                        tls: tls.as_deref(),
+                    },
                     &url,
                     auth,
                     &expected,
@@ -764,6 +768,7 @@ pub fn command(
         gate: args.gate.as_deref().map(Gate::new),
     };
     let plan = runner::RunPlan {
+        tls: tls.clone(),
         config: serde_json::json!({
             "users": args.users,
             "users_this_process": users.len(),

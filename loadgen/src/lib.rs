@@ -9,7 +9,11 @@
 //! results. The download-manager bookkeeping is in [`manager`], exact-bytes verification in
 //! [`verify`].
 //!
-//! What it is not: a browser, a TLS client, or a tool for targets you do not own. Every run is
+//! `https://` targets are spoken over TLS ([`tls`]: rustls, trust from `--cacert` or
+//! `--insecure`); the histograms measure the same things as in clear text, and the TLS handshake
+//! is counted on its own.
+//!
+//! What it is not: a browser, or a tool for targets you do not own. Every run is
 //! bounded by its duration and connection counts and stops by itself.
 //!
 //! The binary is a thin shell over [`run`], so tests drive it in-process:
@@ -43,6 +47,7 @@ pub mod stats;
 pub mod summary;
 pub mod sys;
 pub mod target;
+pub mod tls;
 pub mod urlopen;
 pub mod verify;
 pub mod worker;

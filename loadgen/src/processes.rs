@@ -82,6 +82,7 @@ impl Share {
             config: serde_json::Value::Null,
             verification: "off".to_string(),
             processes: 1,
+            tls: None,
         }
     }
 
@@ -197,8 +198,16 @@ fn fan_out(
         connections_opened,
         max_open_connections,
         source_addresses,
-        arrivals_queued
+        arrivals_queued,
+        tls_handshakes
     );
+    if merged.tls_handshakes > 0 {
+        let weighted: f64 = parts
+            .iter()
+            .map(|(s, _)| s.tls_handshake_mean_us * s.tls_handshakes as f64)
+            .sum();
+        merged.tls_handshake_mean_us = weighted / merged.tls_handshakes as f64;
+    }
     merged.errors = Default::default();
     for (s, _) in &parts {
         merged.errors.merge(&s.errors);

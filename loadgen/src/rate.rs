@@ -303,6 +303,7 @@ pub fn command(
     );
     anyhow::ensure!(args.max_users >= 1, "--max-users must be at least 1");
     let url = crate::target::Url::parse(&args.url)?;
+    let tls = crate::tls::from_common(&url, &args.common)?;
     let keep_alive = !args.no_keepalive;
     let request = crate::target::fixed_get(&url, args.credentials.as_deref(), keep_alive)?;
     let share = crate::processes::Share::from_common(&args.common)?;
@@ -319,6 +320,7 @@ pub fn command(
         seed,
     };
     let plan = runner::RunPlan {
+        tls: tls.clone(),
         config: serde_json::json!({
             "rate": args.rate,
             "ramp_s": args.ramp.as_secs_f64(),

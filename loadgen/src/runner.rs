@@ -32,6 +32,8 @@ pub struct RunPlan {
     pub config: serde_json::Value,
     pub verification: String,
     pub processes: u64,
+    /// TLS client setup (`https://` targets).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Worker threads for `items` loops or users: `--workers` (`asked`) or one per core, at least
@@ -78,6 +80,10 @@ where
     std::fs::create_dir_all(&plan.out)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", plan.out.display()))?;
     let targets: Arc<[std::net::SocketAddr]> = resolve(&plan.url).into();
+    if let (Some(tls), Some(addr)) = (&plan.tls, targets.first()) {
+        // An untrusted certificate fails every connection the same way: say so once, clearly.
+        crate::tls::check(tls, *addr, plan.stall_timeout)?;
+    }
     let workers = plan.workers.max(1);
     let start_sys = SystemTime::now();
     let start = Instant::now();
@@ -86,6 +92,7 @@ where
         stall_timeout: plan.stall_timeout,
         start,
         deadline: start + plan.duration,
+        tls: plan.tls.clone(),
     };
 
     let (tx, rx) = std::sync::mpsc::channel();
@@ -193,6 +200,12 @@ pub fn build_summary(
         max_open_connections: max_open,
         source_addresses: plan.sources.len() as u64,
         arrivals_queued: t.queued,
+        tls_handshakes: t.tls_handshakes,
+        tls_handshake_mean_us: if t.tls_handshakes > 0 {
+            t.tls_handshake_us as f64 / t.tls_handshakes as f64
+        } else {
+            0.0
+        },
         histograms: Default::default(),
         files: Files::default(),
     };

@@ -33,6 +33,10 @@ pub struct Live {
     pub incomplete: AtomicU64,
     /// Open model: arrivals that waited because --max-users were busy.
     pub queued: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// Their total time (TCP established to handshake done), microseconds.
+    pub tls_handshake_us: AtomicU64,
     /// Errors by kind.
     pub errors: ErrorCounters,
 }
@@ -52,6 +56,8 @@ pub struct Totals {
     pub active: u64,
     pub incomplete: u64,
     pub queued: u64,
+    pub tls_handshakes: u64,
+    pub tls_handshake_us: u64,
     pub errors: ErrorCounts,
 }
 
@@ -90,6 +96,8 @@ impl Live {
         t.active += g(&self.active);
         t.incomplete += g(&self.incomplete);
         t.queued += g(&self.queued);
+        t.tls_handshakes += g(&self.tls_handshakes);
+        t.tls_handshake_us += g(&self.tls_handshake_us);
         self.errors.accumulate(&mut t.errors);
     }
 }

@@ -109,6 +109,13 @@ pub struct Summary {
     pub source_addresses: u64,
     /// Open model: arrivals that waited for a free user slot.
     pub arrivals_queued: u64,
+    /// TLS handshakes completed (0 for `http://`).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// Their mean time, TCP established to handshake done, in microseconds (connect and ttfb
+    /// exclude it: connect ends at TCP established, ttfb starts when the request is written).
+    #[serde(default)]
+    pub tls_handshake_mean_us: f64,
     /// Metric name → percentiles.
     pub histograms: BTreeMap<String, HistSummary>,
     pub files: Files,
@@ -200,6 +207,14 @@ impl Summary {
             "  connections opened {}, most open at once {}",
             self.connections_opened, self.max_open_connections
         );
+        if self.tls_handshakes > 0 {
+            let _ = writeln!(
+                s,
+                "  TLS handshakes {}, mean {:.3} ms",
+                self.tls_handshakes,
+                self.tls_handshake_mean_us / 1000.0
+            );
+        }
         if self.errors_total == 0 {
             let _ = writeln!(s, "  errors: none");
         } else {

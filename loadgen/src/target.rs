@@ -1,7 +1,8 @@
-//! The target: an `http://` URL parsed once, resolved once, and the request heads built from it.
+//! The target: an `http://` or `https://` URL parsed once, resolved once, and the request heads
+//! built from it.
 //!
-//! weir-load speaks plain HTTP/1.1 only (TLS would make the client, not the server, the thing
-//! measured). A URL may carry a query (signed links pass through untouched). Credentials become a
+//! weir-load speaks HTTP/1.1, in clear or over TLS ([`crate::tls`]). A URL may carry a query
+//! (signed links pass through untouched). Credentials become a
 //! ready-made `Authorization: Basic` line per user so nothing is encoded on the hot path.
 
 use std::fmt::Write as _;
@@ -10,9 +11,11 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-/// A parsed `http://host[:port]/path?query` URL.
+/// A parsed `http[s]://host[:port]/path?query` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Url {
+    /// `https://`: the connection speaks TLS.
+    pub tls: bool,
     /// Host as written (name or address, IPv6 without brackets).
     pub host: String,
     pub port: u16,
@@ -23,7 +26,7 @@ pub struct Url {
 /// Why a URL or a credentials line was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("only http:// URLs are supported (got {0:?})")]
+    #[error("only http:// and https:// URLs are supported (got {0:?})")]
     Scheme(String),
     #[error("URL has no host: {0:?}")]
     NoHost(String),
@@ -34,11 +37,14 @@ pub enum TargetError {
 }
 
 impl Url {
-    /// Parse an absolute `http://` URL.
+    /// Parse an absolute `http://` or `https://` URL.
     pub fn parse(s: &str) -> Result<Url, TargetError> {
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| TargetError::Scheme(s.to_string()))?;
+        let (tls, rest) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err(TargetError::Scheme(s.to_string())),
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -52,7 +58,7 @@ impl Url {
                 .ok_or_else(|| TargetError::NoHost(s.to_string()))?;
             let host = &v6[..end];
             let port = match &v6[end + 1..] {
-                "" => 80,
+                "" => default_port,
                 p => p
                     .strip_prefix(':')
                     .and_then(|p| p.parse().ok())
@@ -65,13 +71,18 @@ impl Url {
                     h.to_string(),
                     p.parse().map_err(|_| TargetError::Port(s.to_string()))?,
                 ),
-                None => (authority.to_string(), 80),
+                None => (authority.to_string(), default_port),
             }
         };
         if host.is_empty() {
             return Err(TargetError::NoHost(s.to_string()));
         }
-        Ok(Url { host, port, path })
+        Ok(Url {
+            tls,
+            host,
+            port,
+            path,
+        })
     }
 
     /// The `Host:` header value.
@@ -81,10 +92,28 @@ impl Url {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The scheme's port (80 or 443), left out of the `Host:` header.
+    pub fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// The scheme, `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -103,7 +132,7 @@ impl Url {
 
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.host_header(), self.path)
+        write!(f, "{}://{}{}", self.scheme(), self.host_header(), self.path)
     }
 }
 
@@ -223,12 +252,21 @@ mod tests {
         );
         assert_eq!(u.host_header(), "[::1]:81");
         assert_eq!(u.to_string(), "http://[::1]:81/?x=1");
+        assert!(!u.tls);
+        let u = Url::parse("https://shop.test/d/x").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.host_header()), (443, "shop.test".to_string()));
+        assert_eq!(u.to_string(), "https://shop.test/d/x");
+        let u = Url::parse("https://127.0.0.1:8443/f").unwrap();
+        assert_eq!((u.tls, u.port), (true, 8443));
+        assert_eq!(u.host_header(), "127.0.0.1:8443");
+        assert_eq!(Url::parse("https://h:80/").unwrap().host_header(), "h:80");
     }
 
     #[test]
     fn refuses_bad_urls() {
         assert!(matches!(
-            Url::parse("https://x/"),
+            Url::parse("ftp://x/"),
             Err(TargetError::Scheme(_))
         ));
         assert!(matches!(

@@ -196,6 +196,7 @@ pub fn command(
 ) -> anyhow::Result<(crate::summary::Summary, std::path::PathBuf)> {
     use crate::runner;
     let url = crate::target::Url::parse(&args.url)?;
+    let tls = crate::tls::from_common(&url, &args.common)?;
     let keep_alive = !args.no_keepalive;
     let request = crate::target::fixed_get(&url, args.credentials.as_deref(), keep_alive)?;
     let sha256 = args
@@ -213,6 +214,7 @@ pub fn command(
         sha256,
     };
     let plan = runner::RunPlan {
+        tls: tls.clone(),
         config: serde_json::json!({
             "threads": args.threads,
             "threads_this_process": loops,

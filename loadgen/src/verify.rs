@@ -153,23 +153,35 @@ pub fn parse_sha256(hex_str: &str) -> anyhow::Result<[u8; 32]> {
         .map_err(|_| anyhow::anyhow!("--sha256 must be 64 hex digits (32 bytes)"))
 }
 
+/// A blocking stream, clear or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// What the reference fetch found.
 pub struct Reference {
     pub list: BlockList,
     pub took: Duration,
 }
 
+/// Where the reference fetch goes: the server's address, the local source address, and TLS for
+/// `https://`.
+pub struct Peer<'a> {
+    pub addr: SocketAddr,
+    pub source: Option<std::net::IpAddr>,
+    pub tls: Option<&'a crate::tls::Tls>,
+}
+
 /// GET the whole file once, in order, and build the block list. Bounded by `timeout` for each
 /// read and by `deadline` overall.
 pub fn reference_fetch(
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
+    peer: Peer<'_>,
     url: &Url,
     auth: &str,
     expected: &[u8; 32],
     timeout: Duration,
     deadline: Instant,
 ) -> anyhow::Result<Reference> {
+    let Peer { addr, source, tls } = peer;
     let started = Instant::now();
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -180,9 +192,13 @@ pub fn reference_fetch(
         sock.bind(&SocketAddr::new(src, 0).into())?;
     }
     sock.connect_timeout(&addr.into(), timeout)?;
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+    let plain: TcpStream = sock.into();
+    plain.set_read_timeout(Some(timeout))?;
+    plain.set_write_timeout(Some(timeout))?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        Some(t) => Box::new(crate::tls::blocking(t, plain)?),
+        None => Box::new(plain),
+    };
     let mut req = Vec::new();
     write_get(&mut req, url, &url.host_header(), auth, None, false);
     s.write_all(&req)?;

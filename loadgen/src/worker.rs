@@ -6,7 +6,7 @@
 //! connection is never delivered to the one that reused its slot. The loop ends by itself at the
 //! run's deadline.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::conn::{Conn, Phase, Who};
+use crate::conn::{Conn, Phase, ReadOutcome, Who};
 use crate::errors::ErrorKind;
 use crate::histograms::{Histograms, Metric};
 use crate::http::{parse_head, BodyDecoder, Head, HeadParse};
@@ -107,6 +107,8 @@ pub struct WorkerConfig {
     pub stall_timeout: Duration,
     pub start: Instant,
     pub deadline: Instant,
+    /// TLS client setup for `https://` targets.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The I/O side a scenario drives: open, send, close, record.
@@ -193,7 +195,7 @@ impl Io {
         let target = self.cfg.targets[self.next_target % self.cfg.targets.len()];
         self.next_target = self.next_target.wrapping_add(1);
         let source = self.sources.next_addr();
-        let mut conn = match Conn::connect(target, source, who, now) {
+        let mut conn = match Conn::connect(target, source, who, self.cfg.tls.as_deref(), now) {
             Ok(c) => c,
             Err(kind) => return self.dead(who, kind),
         };
@@ -276,7 +278,10 @@ impl Io {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        debug_assert!(matches!(conn.phase, Phase::Idle | Phase::Connecting));
+        debug_assert!(matches!(
+            conn.phase,
+            Phase::Idle | Phase::Connecting | Phase::Handshaking
+        ));
         build(&mut conn.req);
         conn.sent = 0;
         conn.req_keep_alive = keep_alive;
@@ -284,7 +289,7 @@ impl Io {
         conn.last_body_read = None;
         conn.head.clear();
         conn.last_progress = now;
-        if conn.phase == Phase::Connecting {
+        if matches!(conn.phase, Phase::Connecting | Phase::Handshaking) {
             return;
         }
         conn.phase = Phase::Sending;
@@ -385,6 +390,7 @@ impl Io {
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(c) = &slot.conn {
                 if c.phase != Phase::Idle && now.duration_since(c.last_progress) >= timeout {
+                    // A TLS handshake that stops moving is a stall like any other.
                     let kind = if c.phase == Phase::Connecting {
                         ErrorKind::ConnectTimeout
                     } else {
@@ -595,22 +601,18 @@ fn handle_event<S: Scenario>(
             Ok(true) => {
                 let connect_time = now.duration_since(conn.opened_at);
                 conn.last_progress = now;
-                let who = conn.who;
-                let pending = !conn.req.is_empty();
+                conn.connected_at = now;
+                let tls = conn.tls.is_some();
                 io.record_duration(Metric::Connect, connect_time);
-                if pending {
-                    let conn = io.conn_mut(id).expect("still open");
-                    conn.phase = Phase::Sending;
-                    Live::add(&io.live.requests, 1);
-                    io.try_write(id);
+                if tls {
+                    io.conn_mut(id).expect("still open").phase = Phase::Handshaking;
+                    handshake(io, scenario, id);
                 } else {
-                    let conn = io.conn_mut(id).expect("still open");
-                    conn.phase = Phase::Idle;
-                    io.readable_only(id);
-                    scenario.on_connected(io, id, who);
+                    connected(io, scenario, id);
                 }
             }
         },
+        Phase::Handshaking => handshake(io, scenario, id),
         Phase::Sending => {
             if ev.is_writable() || ev.is_error() {
                 io.try_write(id);
@@ -621,6 +623,46 @@ fn handle_event<S: Scenario>(
     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
         let drain = ev.is_read_closed() || ev.is_error();
         read_ready(io, scenario, scratch, id, drain);
+    }
+}
+
+/// Drive a TLS handshake; once it is done the connection is ready for its request.
+fn handshake<S: Scenario>(io: &mut Io, scenario: &mut S, id: ConnId) {
+    let now = io.now;
+    let Some(conn) = io.conn_mut(id) else {
+        return;
+    };
+    match conn.handshake() {
+        Ok(false) => {}
+        Err(kind) => io.fail(id, kind),
+        Ok(true) => {
+            let took = now.duration_since(conn.connected_at);
+            conn.last_progress = now;
+            Live::add(&io.live.tls_handshakes, 1);
+            Live::add(
+                &io.live.tls_handshake_us,
+                took.as_micros().min(u64::MAX as u128) as u64,
+            );
+            connected(io, scenario, id);
+        }
+    }
+}
+
+/// The connection is ready (TCP connected, TLS handshake done): send the request waiting for
+/// it, or ask the scenario for one.
+fn connected<S: Scenario>(io: &mut Io, scenario: &mut S, id: ConnId) {
+    let Some(conn) = io.conn_mut(id) else {
+        return;
+    };
+    let who = conn.who;
+    if !conn.req.is_empty() {
+        conn.phase = Phase::Sending;
+        Live::add(&io.live.requests, 1);
+        io.try_write(id);
+    } else {
+        conn.phase = Phase::Idle;
+        io.readable_only(id);
+        scenario.on_connected(io, id, who);
     }
 }
 
@@ -648,15 +690,19 @@ fn read_ready<S: Scenario>(
         let Some(conn) = io.conn_mut(id) else {
             return;
         };
-        if matches!(conn.phase, Phase::Connecting | Phase::Sending) {
+        if matches!(
+            conn.phase,
+            Phase::Connecting | Phase::Handshaking | Phase::Sending
+        ) {
             return;
         }
-        match conn.stream.read(scratch) {
-            Ok(0) => {
+        match conn.read(scratch) {
+            Ok(ReadOutcome::Eof) => {
                 on_eof(io, scenario, id);
                 return;
             }
-            Ok(n) => {
+            Ok(ReadOutcome::Data { n, drained }) => {
+                let eof_pending = conn.eof_pending();
                 // The first read of an event is timed by the poll that reported it (the bytes
                 // were there by then); a read after a full buffer is timed afresh, since copying
                 // that buffer took a while.
@@ -664,14 +710,12 @@ fn read_ready<S: Scenario>(
                     io.now = Instant::now();
                 }
                 process(io, scenario, id, &scratch[..n]);
-                if n < scratch.len() && !drain {
+                if drained && !drain && !eof_pending {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let kind = ErrorKind::from_io_error(&e);
+            Ok(ReadOutcome::WouldBlock) => return,
+            Err(kind) => {
                 io.fail(id, kind);
                 return;
             }
@@ -791,7 +835,7 @@ fn process<S: Scenario>(io: &mut Io, scenario: &mut S, id: ConnId, data: &[u8]) 
                     complete(io, scenario, id, who);
                 }
             }
-            Phase::Idle | Phase::Connecting | Phase::Sending => {
+            Phase::Idle | Phase::Connecting | Phase::Handshaking | Phase::Sending => {
                 // Bytes nobody asked for (we never pipeline).
                 io.fail(id, ErrorKind::BadResponse);
                 return;

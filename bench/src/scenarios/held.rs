@@ -43,7 +43,7 @@ fn snapshot(srv: &Running, t0: Instant) -> Result<Snapshot> {
 
 /// Samples `f` every 500 ms until the last 4 samples are within 1% of their mean (or `limit`
 /// passes). Returns the samples and whether they settled.
-fn settle(limit: Duration, mut f: impl FnMut() -> Result<f64>) -> Result<(Vec<f64>, bool)> {
+pub fn settle(limit: Duration, mut f: impl FnMut() -> Result<f64>) -> Result<(Vec<f64>, bool)> {
     let start = Instant::now();
     let mut v = Vec::new();
     loop {

@@ -25,6 +25,19 @@ pub struct Options {
     pub session: Option<Session>,
     /// Worker processes [default: [`WORKERS`], as many as weir's worker threads].
     pub workers: Option<usize>,
+    /// Serve HTTPS only, with this certificate (the `tls` benchmark).
+    pub tls: Option<Tls>,
+}
+
+/// nginx's `ssl` settings for the `tls` benchmark: the same certificate and cipher suite as
+/// weir, no session resumption (every new connection a full handshake, as weir-load asks).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// Full chain, PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// OpenSSL's TLS 1.3 suite names (`TLS_AES_128_GCM_SHA256`).
+    pub ciphersuites: String,
 }
 
 pub struct NginxSetup {
@@ -50,6 +63,21 @@ pub fn config(prefix: &Path, root: &Path, port: u16, opts: &Options) -> String {
         String::new()
     };
     let workers = opts.workers.unwrap_or(WORKERS);
+    let (ssl, ssl_conf) = match &opts.tls {
+        Some(t) => (
+            " ssl",
+            format!(
+                "\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    \
+                 ssl_conf_command Ciphersuites {};\n    \
+                 ssl_session_tickets off;\n    ssl_session_cache off;",
+                t.cert.display(),
+                t.key.display(),
+                t.ciphersuites
+            ),
+        ),
+        None => ("", String::new()),
+    };
     format!(
         "worker_processes {workers};
 worker_rlimit_nofile {MAX_CONNECTIONS};
@@ -72,7 +100,7 @@ http {{
   uwsgi_temp_path {p}/tmp/uwsgi;
   scgi_temp_path {p}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    listen 127.0.0.1:{port}{ssl} reuseport backlog=4096;{ssl_conf}
     root {r};
     location / {{{limit} }}{slow}
   }}
@@ -166,10 +194,23 @@ mod tests {
             slow_path: true,
             session: None,
             workers: Some(3),
+            tls: None,
         };
         let shaped = config(Path::new("/p"), Path::new("/r"), 8080, &o);
         assert!(shaped.contains("location / { limit_rate 6554; }"));
         assert!(shaped.contains("worker_processes 3;"));
         assert!(shaped.contains("location /slow/ { alias /r/; limit_rate 2k; }"));
+        let tls = Options {
+            tls: Some(Tls {
+                cert: "/c/full.pem".into(),
+                key: "/c/key.pem".into(),
+                ciphersuites: "TLS_AES_128_GCM_SHA256".into(),
+            }),
+            ..Options::default()
+        };
+        let tls = config(Path::new("/p"), Path::new("/r"), 8443, &tls);
+        assert!(tls.contains("listen 127.0.0.1:8443 ssl reuseport"));
+        assert!(tls.contains("ssl_certificate /c/full.pem;"));
+        assert!(tls.contains("ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;"));
     }
 }

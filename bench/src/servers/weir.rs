@@ -71,6 +71,20 @@ pub fn serve(
     log_dir: &Path,
     label: &str,
 ) -> Result<Running> {
+    serve_until(bin, args, env, log_dir, label, "http")
+}
+
+/// [`serve`], ready when weir prints `listening on SCHEME://ADDR` (`https` for its TLS
+/// listener); that address is the one returned.
+pub fn serve_until(
+    bin: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+    label: &str,
+    scheme: &str,
+) -> Result<Running> {
+    let marker = format!("{scheme}://");
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .envs(env.iter().copied())
@@ -90,8 +104,8 @@ pub fn serve(
         let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = writeln!(log, "{line}");
-            if !sent {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+            if !sent && line.contains("listening on") {
+                if let Some(rest) = line.split(marker.as_str()).nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                     sent = true;
@@ -108,12 +122,31 @@ pub fn serve(
         links: Vec::new(),
         workers: Vec::new(),
     };
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            let st = running.child.try_wait()?;
+    // Ready when the line comes; failed when weir exits first (an unknown flag, a bad
+    // certificate) or says nothing for a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let exited = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(a) => break a,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+            Err(mpsc::RecvTimeoutError::Timeout) => running.child.try_wait()?.is_some(),
+        };
+        if exited || std::time::Instant::now() >= deadline {
+            let st = if exited {
+                Some(running.child.wait()?)
+            } else {
+                None
+            };
+            let err = std::fs::read_to_string(log_dir.join(format!("{label}.stderr")))
+                .unwrap_or_default();
+            // Its error line (clap's `error: ...`, a log line with ERROR), else its last line.
+            let why = err
+                .lines()
+                .find(|l| l.starts_with("error") || l.contains("ERROR"))
+                .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("");
             bail!(
-                "weir did not print `listening on` (exit: {st:?}); see {}/{label}.stderr",
+                "weir did not print `listening on {scheme}://` (exit: {st:?}): {why} (see {}/{label}.stderr)",
                 log_dir.display()
             );
         }

@@ -21,9 +21,25 @@ fn invalid_flags_get_clap_usage_error() {
     let forty = ["forty", "http://127.0.0.1:1/", "--users", "many"];
     fails_with(&forty, 2, "invalid value 'many'");
     fails_with(
-        &["urlopen", "https://x/", "--duration", "1s"],
+        &["urlopen", "ftp://x/", "--duration", "1s"],
         1,
-        "only http://",
+        "only http:// and https://",
+    );
+    fails_with(
+        &["urlopen", "https://x/", "--insecure", "--cacert", "ca.pem"],
+        2,
+        "cannot be used with",
+    );
+    fails_with(
+        &[
+            "urlopen",
+            "https://127.0.0.1:1/",
+            "--insecure",
+            "--tls-ciphers",
+            "RC4",
+        ],
+        1,
+        "unknown suite RC4",
     );
 }
 

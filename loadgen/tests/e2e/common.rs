@@ -108,17 +108,124 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
+/// A test CA and a server certificate it signed (ECDSA P-256, for 127.0.0.1 and localhost),
+/// made with the openssl CLI in a fresh directory.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// Make a CA named `name` and its server certificate. Fails the test without openssl.
+    pub fn new(name: &str) -> TestCa {
+        assert!(
+            have("openssl"),
+            "openssl is not installed: apt-get install openssl"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let subj_ca = format!("/CN={name}");
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["-days", "2", "-subj", &subj_ca])
+            .collect(),
+            [
+                &["req"],
+                &ec[..],
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["-subj", "/CN=localhost"])
+            .collect(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(d)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        TestCa { dir }
+    }
+
+    /// The CA certificate (what `--cacert` takes).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The server's certificate and key.
+    pub fn server(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("server.pem"),
+            self.dir.path().join("server.key"),
+        )
+    }
+}
+
 /// An nginx master started by a test; stopped (SIGTERM to its PID, then SIGKILL) on drop.
 pub struct Nginx {
     child: Child,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Serves HTTPS (with a [`TestCa`] certificate).
+    pub tls: bool,
 }
 
 impl Nginx {
     /// Start nginx serving `files` from a fresh root, with extra `location` blocks. Fails the
     /// test when nginx is not installed.
     pub fn start(files: &[(&str, &[u8])], extra: &str) -> Nginx {
+        Self::start_with(files, extra, None)
+    }
+
+    /// [`Nginx::start`] speaking HTTPS only, with `ca`'s server certificate.
+    pub fn start_tls(files: &[(&str, &[u8])], extra: &str, ca: &TestCa) -> Nginx {
+        Self::start_with(files, extra, Some(ca))
+    }
+
+    fn start_with(files: &[(&str, &[u8])], extra: &str, tls: Option<&TestCa>) -> Nginx {
         require_nginx();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -130,6 +237,27 @@ impl Nginx {
             std::fs::write(root.join(name), data).unwrap();
         }
         let port = free_port();
+        let (ssl, certs) = match tls {
+            Some(ca) => {
+                let (cert, key) = ca.server();
+                (
+                    " ssl",
+                    format!(
+                        "ssl_certificate {};\n ssl_certificate_key {};\n \
+                         ssl_protocols TLSv1.2 TLSv1.3;\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+            }
+            None => ("", String::new()),
+        };
+        // Over TLS each line also says which protocol and suite the request came over.
+        let ssl_log = if tls.is_some() {
+            "$ssl_protocol/$ssl_cipher "
+        } else {
+            ""
+        };
         let conf = format!(
             "worker_processes 2;\n\
              error_log {d}/error.log;\n\
@@ -137,7 +265,7 @@ impl Nginx {
              worker_rlimit_nofile 8192;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n\
-               log_format weir '$request $status $http_range $remote_addr';\n\
+               log_format weir '$request $status $http_range {ssl_log}$remote_addr';\n\
                access_log {d}/access.log weir;\n\
                sendfile on;\n\
                keepalive_requests 100000;\n\
@@ -147,7 +275,8 @@ impl Nginx {
                uwsgi_temp_path {d}/tmp/uwsgi;\n\
                scgi_temp_path {d}/tmp/scgi;\n\
                server {{\n\
-                 listen 127.0.0.1:{port};\n\
+                 listen 127.0.0.1:{port}{ssl};\n\
+                 {certs}\
                  root {root};\n\
                  {extra}\n\
                }}\n\
@@ -181,19 +310,26 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx { child, dir, port }
+        Nginx {
+            child,
+            dir,
+            port,
+            tls: tls.is_some(),
+        }
     }
 
-    /// `http://127.0.0.1:PORT/path`.
+    /// `http://127.0.0.1:PORT/path` (`https://` when it serves TLS).
     pub fn url(&self, path: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{}",
+            "{}://127.0.0.1:{}/{}",
+            if self.tls { "https" } else { "http" },
             self.port,
             path.trim_start_matches('/')
         )
     }
 
-    /// Lines of the access log: `$request $status $http_range $remote_addr`.
+    /// Lines of the access log: `$request $status $http_range $remote_addr` (over TLS
+    /// `$request $status $http_range $ssl_protocol/$ssl_cipher $remote_addr`).
     pub fn access_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()

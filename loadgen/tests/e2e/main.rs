@@ -10,3 +10,4 @@ mod flaky;
 mod hlog;
 mod nginx;
 mod restart;
+mod tls;
