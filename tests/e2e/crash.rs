@@ -254,21 +254,34 @@ fn killed_mid_download_then_resumed(driver: Driver, client: Client) {
         sha256_file(&file),
         "{client:?} resumed to a different file"
     );
+    completes_once(&data, srv, driver, &flags, &keys, &format!("{client:?}"));
+}
+
+/// The client holds every byte: the item completes (its cart row goes, the webhook hears of it)
+/// and stays completed once across another restart, with one idempotency key.
+fn completes_once(
+    data: &DataDir,
+    srv: Server,
+    driver: Driver,
+    flags: &[&str],
+    keys: &Mutex<Vec<String>>,
+    client: &str,
+) {
     assert!(
-        eventually(Duration::from_secs(15), || history(&data) == ["movie"]),
-        "{client:?} holds every byte but the item did not complete: cart {:?}, history {:?}",
-        cart(&data),
-        history(&data)
+        eventually(Duration::from_secs(15), || history(data) == ["movie"]),
+        "{client} holds every byte but the item did not complete: cart {:?}, history {:?}",
+        cart(data),
+        history(data)
     );
-    assert!(cart(&data).is_empty());
+    assert!(cart(data).is_empty());
     assert!(
         eventually(Duration::from_secs(15), || !keys.lock().unwrap().is_empty()),
         "the webhook never heard of the completion"
     );
     srv.stop();
-    let srv = data.serve(driver, &flags);
+    let srv = data.serve(driver, flags);
     srv.stop();
-    assert_eq!(history(&data), ["movie"], "completed more than once");
+    assert_eq!(history(data), ["movie"], "completed more than once");
     let mut keys = keys.lock().unwrap().clone();
     keys.dedup();
     assert_eq!(
@@ -363,9 +376,11 @@ fn killed_and_never_resumed_never_completes_on_epoll() {
 
 on_every_driver!(empty_item_completes_once);
 
-/// Size of the item whose tail the kernel delivers after the kill: small enough that weir has
-/// handed all of it to the kernel long before the rate-limited client has read it.
-const TAIL_SIZE: usize = 1 << 20;
+/// Size of the item whose tail the kernel delivers after the kill: small enough that weir hands
+/// all of it to the kernel in its first sends (the loopback socket's initial send buffer and the
+/// client's receive buffer hold it), long before the rate-limited client has read it. (Bytes of
+/// a send still under way when weir is killed can be lost: see the README's "Still lost".)
+const TAIL_SIZE: usize = 512 << 10;
 
 /// weir is killed while curl, reading slowly, still has most of the item to read: the kernel
 /// goes on delivering what weir had written (the killed process's sockets close gracefully),
@@ -383,7 +398,7 @@ fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
     let out = dir.join("movie");
     let client = Running(
         Command::new("curl")
-            .args(["-s", "-f", "-u", ALICE, "--limit-rate", "200K", "-o"])
+            .args(["-s", "-f", "-u", ALICE, "--limit-rate", "100K", "-o"])
             .arg(&out)
             .arg(srv.url("/d/movie"))
             .stdout(Stdio::null())
@@ -404,22 +419,14 @@ fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
     let st = client.wait();
     assert!(st.success(), "curl did not get the whole item: {st}");
     assert_eq!(sha256_file(&out), sha256_file(&file));
-    assert!(
-        eventually(Duration::from_secs(15), || history(&data) == ["movie"]),
-        "curl holds every byte, acknowledged by its TCP, but the item did not complete: cart {:?}",
-        cart(&data)
+    completes_once(
+        &data,
+        srv,
+        driver,
+        &flags,
+        &keys,
+        "curl (never asked again)",
     );
-    assert!(
-        eventually(Duration::from_secs(15), || !keys.lock().unwrap().is_empty()),
-        "the webhook never heard of the completion"
-    );
-    srv.stop();
-    let srv = data.serve(driver, &flags);
-    srv.stop();
-    assert_eq!(history(&data), ["movie"], "completed more than once");
-    let mut keys = keys.lock().unwrap().clone();
-    keys.dedup();
-    assert_eq!(keys.len(), 1, "one idempotency key: {keys:?}");
 }
 
 on_every_driver!(a_tail_delivered_after_the_kill_completes_without_a_request);
