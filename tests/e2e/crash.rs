@@ -382,9 +382,9 @@ on_every_driver!(empty_item_completes_once);
 /// a send still under way when weir is killed can be lost: see the README's "Still lost".)
 const TAIL_SIZE: usize = 512 << 10;
 
-/// weir is killed while curl, reading slowly, still has most of the item to read: the kernel
+/// weir is killed while wget, reading slowly, still has most of the item to read: the kernel
 /// goes on delivering what weir had written (the killed process's sockets close gracefully),
-/// curl finishes normally and never asks again. weir, restarted, learns from the kernel how far
+/// wget finishes normally and never asks again. weir, restarted, learns from the kernel how far
 /// its dead sockets were acknowledged (`sock_diag`), so the item completes, once, with no
 /// further request from the client.
 fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
@@ -396,28 +396,30 @@ fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
     let flags = ["--webhook", hook.as_str()];
     let srv = data.serve(driver, &flags);
     let out = dir.join("movie");
+    // wget paces its reads (curl's --limit-rate reads a small item in one burst).
     let client = Running(
-        Command::new("curl")
-            .args(["-s", "-f", "-u", ALICE, "--limit-rate", "100K", "-o"])
+        Command::new("wget")
+            .args(["-q", "--tries=1", "--user=alice", "--password=wonderland"])
+            .args(["--limit-rate=100k", "-O"])
             .arg(&out)
             .arg(srv.url("/d/movie"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run curl"),
+            .expect("run wget"),
     );
-    // Killed once curl has started saving (what its user sees), long before it has read it all.
+    // Killed once wget has started saving (what its user sees), long before it has read it all.
     assert!(
         eventually(Duration::from_secs(30), || std::fs::metadata(&out)
             .is_ok_and(|m| m.len() >= 64 << 10)),
-        "curl never started saving"
+        "wget never started saving"
     );
     srv.signal(libc::SIGKILL);
     drop(srv);
-    // Restarted at once, as a supervisor would, while curl still reads.
+    // Restarted at once, as a supervisor would, while wget still reads.
     let srv = data.serve(driver, &flags);
     let st = client.wait();
-    assert!(st.success(), "curl did not get the whole item: {st}");
+    assert!(st.success(), "wget did not get the whole item: {st}");
     assert_eq!(sha256_file(&out), sha256_file(&file));
     completes_once(
         &data,
@@ -425,7 +427,7 @@ fn a_tail_delivered_after_the_kill_completes_without_a_request(driver: Driver) {
         driver,
         &flags,
         &keys,
-        "curl (never asked again)",
+        "wget (never asked again)",
     );
 }
 
