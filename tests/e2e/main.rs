@@ -29,5 +29,6 @@ mod enospc;
 mod hostile;
 mod http_status;
 mod loadgen;
+mod nonreader;
 mod robustness;
 mod shaping;

@@ -782,6 +782,52 @@ mod tests {
         );
     }
 
+    /// An unshaped download starts with a small send buffer that grows on a buffer-full only
+    /// once the client acknowledged enough with its window open; a small response or a shaped
+    /// one is left to its own sizing.
+    #[test]
+    fn an_unshaped_download_grows_its_send_buffer_once_the_client_reads() {
+        let mut f = fixture(4 << 20, Rate::Unlimited);
+        let (mut c, next) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(next, Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::START as usize));
+        let ack = |bytes_acked, window| {
+            Some(AckState {
+                bytes_acked,
+                window: Some(window),
+                peer_ended: false,
+            })
+        };
+        // Full while the client holds 128 KiB unread with its window shut: no growth.
+        c.sock.ack = ack(128 << 10, 0);
+        c.prepare_send(&mut f.ctx);
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(1)), Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::START as usize));
+        // It read 1 MiB in 5 ms: the next buffer-full takes it to the cap.
+        c.sock.ack = ack(1 << 20, 60_000);
+        f.ctx.now += Duration::from_millis(5);
+        c.prepare_send(&mut f.ctx);
+        let eagain = Err(io::ErrorKind::WouldBlock.into());
+        assert_eq!(c.on_sent(&mut f.ctx, eagain), Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::CAP as usize));
+
+        // A small response: no syscall.
+        let mut f = fixture(1000, Rate::Unlimited);
+        let (c, _) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(c.sock.sndbuf, None);
+
+        // A shaped download: sized from its share, never by the policy.
+        let mut f = fixture(4 << 20, Rate::BytesPerSec(100_000_000));
+        let (mut c, _) = conn_with(&mut f, get("/d/song", ""));
+        let shaped = c.sock.sndbuf;
+        assert!(shaped.is_some());
+        c.sock.ack = ack(1 << 20, 60_000);
+        f.ctx.now += Duration::from_millis(5);
+        c.prepare_send(&mut f.ctx);
+        c.on_sent(&mut f.ctx, Ok(1));
+        assert_eq!(c.sock.sndbuf, shaped);
+    }
+
     /// A large response to a client that reads the first bytes and stops with its window shut:
     /// when the send times out, nothing it acknowledged inside its first receive buffer counts.
     #[test]

@@ -13,7 +13,8 @@
 //! - it grows once the client's TCP acknowledged more than [`PROOF`] since sizing began (more
 //!   than a client that does not read can hold in a default receive buffer) and its window is
 //!   open: to the measured rate × max(2·RTT, 40 ms) ([`ShaperConfig::sndbuf_for`], the shaper's
-//!   rule), at most [`CAP`]. It never shrinks: a keep-alive connection keeps what it earned.
+//!   rule), at most [`CAP`] (4 MiB in the kernel's count, as autotuning). It never shrinks: a
+//!   keep-alive connection keeps what it earned.
 //!
 //! So a client that never reads holds at most one started buffer (~64 KiB, ~80 KB with the
 //! kernel's overshoot of one send); one that reads reaches full size after its first 256 KiB.
@@ -25,8 +26,9 @@ use weir_shaper::{Rate, ShaperConfig};
 
 /// The `SO_SNDBUF` value a download starts at (the kernel doubles it).
 pub const START: u32 = 32 * 1024;
-/// The largest `SO_SNDBUF` value set (`tcp_wmem[2]`'s default).
-pub const CAP: u32 = 4 << 20;
+/// The largest `SO_SNDBUF` value set: 4 MiB in the kernel's count, what its autotuning reaches
+/// by default (`tcp_wmem[2]`).
+pub const CAP: u32 = 2 << 20;
 /// Bytes the client's TCP must acknowledge before its buffer grows. A client that does not read
 /// acknowledges at most what its receive buffer holds: 128 KiB by default (`tcp_rmem[1]`), under
 /// 212 KiB of data with the largest `SO_RCVBUF` an unprivileged client gets by default.
