@@ -803,8 +803,8 @@ mod tests {
         c.prepare_send(&mut f.ctx);
         assert_eq!(c.on_sent(&mut f.ctx, Ok(1)), Next::Write);
         assert_eq!(c.sock.sndbuf, Some(sndbuf::START as usize));
-        // It read 1 MiB in 5 ms: the next buffer-full takes it to the cap.
-        c.sock.ack = ack(1 << 20, 60_000);
+        // It read 8 MiB in 5 ms: the next buffer-full takes it to the cap.
+        c.sock.ack = ack(8 << 20, 60_000);
         f.ctx.now += Duration::from_millis(5);
         c.prepare_send(&mut f.ctx);
         let eagain = Err(io::ErrorKind::WouldBlock.into());

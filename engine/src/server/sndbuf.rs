@@ -13,11 +13,14 @@
 //! - it grows once the client's TCP acknowledged more than [`PROOF`] since sizing began (more
 //!   than a client that does not read can hold in a default receive buffer) and its window is
 //!   open: to the measured rate × max(2·RTT, 40 ms) ([`ShaperConfig::sndbuf_for`], the shaper's
-//!   rule), at most [`CAP`] (4 MiB in the kernel's count, as autotuning). It never shrinks: a
+//!   rule), at most [`CAP`] (4 MiB in the kernel's count, as autotuning), and never more (in the
+//!   kernel's count) than the client acknowledged since sizing began. It never shrinks: a
 //!   keep-alive connection keeps what it earned.
 //!
 //! So a client that never reads holds at most one started buffer (~64 KiB, ~80 KB with the
-//! kernel's overshoot of one send); one that reads reaches full size after its first 256 KiB.
+//! kernel's overshoot of one send); one that inflates its receive buffer to acknowledge more
+//! without reading makes the server hold no more than it holds itself; one that reads doubles its
+//! buffer at each buffer-full from its first 256 KiB and reaches the cap after ~4 MiB.
 //! The policy is pure: [`Conn`](super::conn::Conn) feeds it what its socket reports.
 
 use std::time::{Duration, Instant};
@@ -110,7 +113,15 @@ impl SendBufferPolicy {
         }
         let secs = now.saturating_duration_since(at).as_secs_f64().max(1e-6);
         let rate = (sample.bytes_acked.saturating_sub(base_acked) as f64 / secs) as u64;
-        let want = cfg.sndbuf_for(Rate::BytesPerSec(rate), rtt())?.min(CAP);
+        // Never more (in the kernel's count, twice the value set) than the client acknowledged:
+        // a client that fills a large receive buffer without reading holds at least as much of
+        // its own memory as it makes the server hold.
+        let acked = sample.bytes_acked.saturating_sub(self.origin);
+        let earned = u32::try_from(acked / 2).unwrap_or(u32::MAX);
+        let want = cfg
+            .sndbuf_for(Rate::BytesPerSec(rate), rtt())?
+            .min(CAP)
+            .min(earned);
         if want <= size {
             return None;
         }
@@ -142,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_reaches_the_cap_after_its_first_quarter_mebibyte() {
+    fn a_reader_doubles_its_buffer_at_each_buffer_full_up_to_the_cap() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut p = SendBufferPolicy::default();
@@ -150,10 +161,16 @@ mod tests {
         // Early buffer-fulls: the client read, but not yet enough to prove it.
         assert_eq!(full(&mut p, 64 * 1024, 65_000, ms(1)), None);
         assert_eq!(full(&mut p, 200 * 1024, 65_000, ms(2)), None);
-        // 400 KiB in 3 ms (136 MB/s): 40 ms of it is past the cap.
-        assert_eq!(full(&mut p, 400 * 1024, 65_000, ms(3)), Some(CAP));
+        // 400 KiB in 3 ms (136 MB/s): 40 ms of it is past the cap, but the buffer holds no more
+        // than what the client acknowledged (twice the value set, in the kernel's count).
+        assert_eq!(full(&mut p, 400 << 10, 65_000, ms(3)), Some(200 << 10));
+        // Each buffer-full drains a buffer: the size doubles.
+        assert_eq!(full(&mut p, 800 << 10, 65_000, ms(4)), Some(400 << 10));
+        assert_eq!(full(&mut p, 1600 << 10, 65_000, ms(5)), Some(800 << 10));
+        assert_eq!(full(&mut p, 3200 << 10, 65_000, ms(6)), Some(1600 << 10));
+        assert_eq!(full(&mut p, 6400 << 10, 65_000, ms(7)), Some(CAP));
         assert!(!p.may_grow(), "no more TCP_INFO reads at the cap");
-        assert_eq!(full(&mut p, 900 * 1024, 65_000, ms(4)), None);
+        assert_eq!(full(&mut p, 9000 << 10, 65_000, ms(8)), None);
         // A keep-alive connection keeps what it earned.
         assert_eq!(p.start(Some(1 << 30), ms(500)), None);
         assert_eq!(p.size(), Some(CAP));
@@ -174,6 +191,28 @@ mod tests {
         );
         assert_eq!(p.size(), Some(START));
         assert!(p.may_grow());
+    }
+
+    #[test]
+    fn an_inflated_receive_buffer_earns_no_more_than_it_holds() {
+        // A client with an 8 MiB receive buffer that does not read: while it fills, its window
+        // is open and it acknowledges fast; the server's buffer (twice the value set) stays
+        // within what it acknowledged, so the client holds at least as much as the server.
+        let t0 = Instant::now();
+        let mut p = SendBufferPolicy::default();
+        p.start(Some(0), t0);
+        let mut acked = 0u64;
+        for k in 1..=40u64 {
+            acked = ((k * 300) << 10).min(8 << 20);
+            if let Some(size) = full(&mut p, acked, 1 << 20, t0 + Duration::from_millis(k)) {
+                assert!(
+                    2 * u64::from(size) <= acked,
+                    "{size} for {acked} acknowledged"
+                );
+            }
+        }
+        assert_eq!(acked, 8 << 20);
+        assert_eq!(p.size(), Some(CAP), "the cap bounds it past 4 MiB");
     }
 
     #[test]
@@ -225,10 +264,10 @@ mod tests {
         let mut p = SendBufferPolicy::default();
         p.start(Some(0), t0);
         let s = Sample {
-            bytes_acked: 1_000_000,
+            bytes_acked: 4_000_000,
             window: None,
         };
-        let at = t0 + Duration::from_millis(100);
+        let at = t0 + Duration::from_millis(400);
         let got = p.on_full(s, || Duration::from_millis(100), &cfg(), at);
         assert_eq!(got, Some(2_000_000));
     }
