@@ -6,7 +6,8 @@
 //! `/proc/net/tcp`'s `tx_queue`, the same figure): left to the kernel's autotuning each would
 //! hold ~4 MB; weir keeps each under [`PER_CONN_BOUND`], so 1,000 such connections of one user
 //! stay under 256 MiB. `results/2026-12-03-nonreader` measures the same at 1,000 connections,
-//! with `/proc/net/sockstat`'s total.
+//! with `/proc/net/sockstat`'s total. Clients that enlarge their receive buffer to acknowledge
+//! more without reading make the server hold no more than they hold themselves.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -105,4 +106,61 @@ fn nonreaders_hold_a_bounded_send_queue(driver: Driver) {
     drop(idle);
 }
 
-on_every_driver!(nonreaders_hold_a_bounded_send_queue);
+/// Clients that enlarge their receive buffer (`SO_RCVBUF`) so that their TCP acknowledges more
+/// without reading: the server may give them a larger send buffer, but never more than they
+/// acknowledged, so together they hold at least as much kernel memory as they make the server
+/// hold (give or take one send per connection).
+fn inflated_receive_buffers_cost_their_clients_more(driver: Driver) {
+    const CLIENTS: usize = 20;
+    let _alone = exclusive();
+    let d = DataDir::new();
+    d.alice_with_item("big", ITEM, 15);
+    let srv = d.serve(driver, &[]);
+    let addr: SocketAddr = srv.addr;
+    let request = format!(
+        "GET /d/big HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        basic_auth(ALICE)
+    );
+    let idle: Vec<socket2::Socket> = (0..CLIENTS)
+        .map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            // Twice the default, doubled by the kernel: past the 256 KiB proof of reading (and
+            // within net.core.rmem_max's default, 208 KiB, which would cap it at 416 KiB).
+            // Left to autotuning, the server would queue ~4 MB for each of them.
+            s.set_recv_buffer_size(256 << 10).expect("SO_RCVBUF");
+            s.connect(&addr.into()).expect("connect");
+            s.send(request.as_bytes()).expect("send request");
+            s
+        })
+        .collect();
+
+    let (mut last, mut same) = ((0u64, 0u64), 0);
+    let settled = eventually(Duration::from_secs(60), || {
+        let (server, client) = queues(addr.port());
+        let now = (server.iter().sum::<u64>(), client.iter().sum::<u64>());
+        let all = server.len() == CLIENTS && server.iter().all(|&q| q > 0);
+        same = if all && now == last { same + 1 } else { 0 };
+        last = now;
+        same >= 10
+    });
+    let (server, client) = queues(addr.port());
+    let (held, unread) = (server.iter().sum::<u64>(), client.iter().sum::<u64>());
+    eprintln!(
+        "{driver:?}: {CLIENTS} clients with inflated receive buffers: server Send-Q {held} B, \
+         their unread Recv-Q {unread} B"
+    );
+    assert!(settled, "the queues never settled: {held} B / {unread} B");
+    // One send's overshoot past the buffer per connection: a 64 KiB segment.
+    let slack = CLIENTS as u64 * (64 << 10);
+    assert!(
+        held <= unread + slack,
+        "the server holds {held} B for clients that hold {unread} B"
+    );
+    drop(idle);
+}
+
+on_every_driver!(
+    nonreaders_hold_a_bounded_send_queue,
+    inflated_receive_buffers_cost_their_clients_more
+);
