@@ -448,8 +448,7 @@ impl<S: ConnSocket> Conn<S> {
         if self.shaping.sized_send_buffer() {
             self.sndbuf.forget();
         } else if body_len > 2 * u64::from(sndbuf::START) {
-            // `written` bounds what the client acknowledged so far, without a `TCP_INFO` read.
-            if let Some(bytes) = self.sndbuf.start(Some(self.written), ctx.now) {
+            if let Some(bytes) = self.sndbuf.start(self.written, ctx.now) {
                 self.sock.set_send_buffer(bytes as usize);
             }
         }

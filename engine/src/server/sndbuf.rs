@@ -51,29 +51,27 @@ pub struct Sample {
 pub struct SendBufferPolicy {
     /// The `SO_SNDBUF` value set, once sized.
     size: Option<u32>,
-    /// `bytes_acked` when sizing began (the proof counts from there).
+    /// Stream bytes written when sizing began (the proof counts from there).
     origin: u64,
     /// `bytes_acked` and when, at the last resize (or the start): the rate is measured from there.
     base: Option<(u64, Instant)>,
 }
 
 impl SendBufferPolicy {
-    /// An unshaped download begins (`acked`: the socket's `bytes_acked`, if known). Returns the
-    /// size to set, or `None` when the connection keeps the size it has.
-    pub fn start(&mut self, acked: Option<u64>, now: Instant) -> Option<u32> {
-        if self.size.is_some() {
-            if let (Some(a), Some(s)) = (acked, self.size) {
-                if s < CAP {
-                    // Measure the next rate from this response, not across an idle gap.
-                    self.base = Some((a, now));
-                }
+    /// An unshaped download begins. `written`: stream bytes the connection handed the kernel so
+    /// far, at least what the client acknowledged (no `TCP_INFO` read needed). Returns the size
+    /// to set, or `None` when the connection keeps the size it has.
+    pub fn start(&mut self, written: u64, now: Instant) -> Option<u32> {
+        if let Some(size) = self.size {
+            if size < CAP {
+                // Measure the next rate from this response, not across an idle gap.
+                self.base = Some((written, now));
             }
             return None;
         }
-        let acked = acked.unwrap_or(0);
         self.size = Some(START);
-        self.origin = acked;
-        self.base = Some((acked, now));
+        self.origin = written;
+        self.base = Some((written, now));
         Some(START)
     }
 
@@ -157,7 +155,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut p = SendBufferPolicy::default();
-        assert_eq!(p.start(Some(0), t0), Some(START));
+        assert_eq!(p.start(0, t0), Some(START));
         // Early buffer-fulls: the client read, but not yet enough to prove it.
         assert_eq!(full(&mut p, 64 * 1024, 65_000, ms(1)), None);
         assert_eq!(full(&mut p, 200 * 1024, 65_000, ms(2)), None);
@@ -172,7 +170,7 @@ mod tests {
         assert!(!p.may_grow(), "no more TCP_INFO reads at the cap");
         assert_eq!(full(&mut p, 9000 << 10, 65_000, ms(8)), None);
         // A keep-alive connection keeps what it earned.
-        assert_eq!(p.start(Some(1 << 30), ms(500)), None);
+        assert_eq!(p.start(1 << 30, ms(500)), None);
         assert_eq!(p.size(), Some(CAP));
     }
 
@@ -180,7 +178,7 @@ mod tests {
     fn a_client_that_does_not_read_stays_at_the_start() {
         let t0 = Instant::now();
         let mut p = SendBufferPolicy::default();
-        p.start(Some(0), t0);
+        p.start(0, t0);
         // Its receive buffer (128 KiB) fills, then its window shuts.
         assert_eq!(full(&mut p, 64 * 1024, 64 * 1024, t0), None);
         assert_eq!(full(&mut p, 128 * 1024, 0, t0), None);
@@ -200,7 +198,7 @@ mod tests {
         // within what it acknowledged, so the client holds at least as much as the server.
         let t0 = Instant::now();
         let mut p = SendBufferPolicy::default();
-        p.start(Some(0), t0);
+        p.start(0, t0);
         let mut acked = 0u64;
         for k in 1..=40u64 {
             acked = ((k * 300) << 10).min(8 << 20);
@@ -221,7 +219,7 @@ mod tests {
         // acknowledged before does not prove this download is read.
         let t0 = Instant::now();
         let mut p = SendBufferPolicy::default();
-        p.start(Some(10 << 20), t0);
+        p.start(10 << 20, t0);
         assert_eq!(
             full(
                 &mut p,
@@ -234,7 +232,7 @@ mod tests {
         p.forget();
         assert_eq!(p.size(), None);
         assert_eq!(
-            p.start(None, t0),
+            p.start(0, t0),
             Some(START),
             "sized again after a shaped response"
         );
@@ -245,7 +243,7 @@ mod tests {
         // 2 MB/s on loopback: 80 kB, more than the start, far from the cap.
         let t0 = Instant::now();
         let mut p = SendBufferPolicy::default();
-        p.start(Some(0), t0);
+        p.start(0, t0);
         let at = t0 + Duration::from_millis(150);
         assert_eq!(full(&mut p, 300_000, 20_000, at), Some(80_000));
         // Then it only grows when a faster rate says so.
@@ -262,7 +260,7 @@ mod tests {
         // 10 MB/s at 100 ms: 2 MB.
         let t0 = Instant::now();
         let mut p = SendBufferPolicy::default();
-        p.start(Some(0), t0);
+        p.start(0, t0);
         let s = Sample {
             bytes_acked: 4_000_000,
             window: None,
