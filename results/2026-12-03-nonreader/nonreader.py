@@ -10,7 +10,10 @@ memory stops growing, then reports:
 - the server's sockets: Send-Q and skmem (wmem_queued `w`, send buffer `tb`) from `ss -tmn`;
 - the client's sockets: Recv-Q and skmem `r` (receive memory).
 
-Usage: nonreader.py WEIR_BINARY [CONNS] [ITEM_MIB] [--driver uring|epoll]
+Usage: nonreader.py WEIR_BINARY [CONNS] [ITEM_MIB] [--driver uring|epoll] [--rcvbuf BYTES]
+
+--rcvbuf: the clients set SO_RCVBUF (a hostile client inflating its receive buffer so that its
+TCP acknowledges more without reading; capped by net.core.rmem_max).
 """
 
 import base64
@@ -68,6 +71,11 @@ def main():
     if "--driver" in sys.argv:
         driver = sys.argv[sys.argv.index("--driver") + 1]
         args.remove(driver)
+    rcvbuf = None
+    if "--rcvbuf" in sys.argv:
+        rcvbuf = sys.argv[sys.argv.index("--rcvbuf") + 1]
+        args.remove(rcvbuf)
+        rcvbuf = int(rcvbuf)
     weir = os.path.abspath(args[0])
     conns = int(args[1]) if len(args) > 1 else 1000
     item_mib = int(args[2]) if len(args) > 2 else 64
@@ -108,7 +116,12 @@ def main():
     base = sockstat_tcp_pages()
     socks = []
     for _ in range(conns):
-        s = socket.create_connection((host, port))
+        if rcvbuf:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.connect((host, port))
+        else:
+            s = socket.create_connection((host, port))
         s.sendall(req)
         socks.append(s)
 
@@ -127,7 +140,7 @@ def main():
     client = ss(f"dport = :{port}")
     mib = 1 << 20
     print(f"weir: {weir}")
-    print(f"driver: {driver}  connections: {conns}  item: {item_mib} MiB")
+    print(f"driver: {driver}  connections: {conns}  item: {item_mib} MiB  client SO_RCVBUF: {rcvbuf}")
     print(f"sockstat TCP mem: baseline {base} pages, now {pages} pages: "
           f"+{(pages - base) * 4096 / mib:.1f} MiB total (both ends of loopback)")
     s_sendq = sum(r[1] for r in server)

@@ -31,5 +31,6 @@ mod hostile;
 mod http_status;
 mod loadgen;
 mod names;
+mod nonreader;
 mod robustness;
 mod shaping;

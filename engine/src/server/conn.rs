@@ -25,6 +25,7 @@ use super::resources::Resource;
 use super::respond::{self, Repr, Response};
 use super::send::{self, SendBuf, SendPlan};
 use super::shaping::{Allowance, ConnShaping, ShapeClass};
+use super::sndbuf::{self, SendBufferPolicy};
 use super::socket::{ConnSocket, FdSocket};
 
 /// How long a closing connection waits for the client's FIN after the last response.
@@ -96,6 +97,11 @@ pub struct Conn<S = FdSocket> {
     lingering: bool,
     /// The shaper's view of this connection (its key, grant in flight, wait).
     pub shaping: ConnShaping,
+    /// The send-buffer size of unshaped downloads (see [`sndbuf`]).
+    sndbuf: SendBufferPolicy,
+    /// Bytes the last planned send asked the kernel to take (a send that took fewer found the
+    /// send buffer full).
+    planned: usize,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -124,6 +130,8 @@ impl<S: ConnSocket> Conn<S> {
             credit: ConnCredit::default(),
             lingering: false,
             shaping: ConnShaping::default(),
+            sndbuf: SendBufferPolicy::default(),
+            planned: 0,
         })
     }
 
@@ -370,6 +378,7 @@ impl<S: ConnSocket> Conn<S> {
             resp.owner = Some((user, res.key.clone()));
         }
         repr.respond(&mut resp, &mut ctx.date, &head, keep_alive);
+        self.size_send_buffer(ctx, resp.body_len());
         let marker = match repr {
             Repr::Part(p, part) if head.method == Method::Get => {
                 empty_delivery(head.range.as_deref(), resp.status(), p.file.len())
@@ -435,7 +444,46 @@ impl<S: ConnSocket> Conn<S> {
                 Allowance::Body(n) => n,
                 Allowance::Wait(at) => return SendPlan::Wait(at),
             };
-        send::plan(resp, &mut self.send, budget, ctx.cfg.send_path)
+        let plan = send::plan(resp, &mut self.send, budget, ctx.cfg.send_path);
+        self.planned = match plan {
+            SendPlan::Iov { len, .. } | SendPlan::File { len, .. } => len,
+            SendPlan::Wait(_) => 0,
+        };
+        plan
+    }
+
+    /// A response begins: a shaped one's send buffer was sized by the shaper; an unshaped
+    /// download larger than its starting buffer gets one from [`SendBufferPolicy`] (no syscall
+    /// for small responses, nor for a keep-alive connection already sized).
+    fn size_send_buffer(&mut self, ctx: &Ctx, body_len: u64) {
+        if self.shaping.sized_send_buffer() {
+            self.sndbuf.forget();
+        } else if body_len > 2 * u64::from(sndbuf::START) {
+            if let Some(bytes) = self.sndbuf.start(self.written, ctx.now) {
+                self.sock.set_send_buffer(bytes as usize);
+            }
+        }
+    }
+
+    /// A send came back short or would block: the send buffer is full. Let the policy look at
+    /// what the client acknowledged (one `TCP_INFO` read, none once at the cap).
+    fn on_buffer_full(&mut self, ctx: &Ctx) {
+        if !self.sndbuf.may_grow() {
+            return;
+        }
+        let Ok(ack) = self.sock.acked() else {
+            return;
+        };
+        let sample = sndbuf::Sample {
+            bytes_acked: ack.bytes_acked,
+            window: ack.window,
+        };
+        let sock = &self.sock;
+        let rtt = || sock.rtt().unwrap_or_default();
+        let cfg = ctx.shaping.shaper.config();
+        if let Some(bytes) = self.sndbuf.on_full(sample, rtt, cfg, ctx.now) {
+            self.sock.set_send_buffer(bytes as usize);
+        }
     }
 
     /// The send that held the shaper's grant is over and took `sent_body` body bytes (see
@@ -451,6 +499,13 @@ impl<S: ConnSocket> Conn<S> {
         let head_rest = self.resp.as_deref().map_or(0, Response::head_rest);
         let sent = *res.as_ref().unwrap_or(&0);
         self.refund_grant(ctx, sent.saturating_sub(head_rest) as u64);
+        let full = match &res {
+            Ok(n) => *n > 0 && *n < self.planned,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if full {
+            self.on_buffer_full(ctx);
+        }
         let n = match res {
             Ok(0) => {
                 // Nothing went out although the socket took the send: a content file shrank
@@ -737,6 +792,52 @@ mod tests {
             stats.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
             total as u64
         );
+    }
+
+    /// An unshaped download starts with a small send buffer that grows on a buffer-full only
+    /// once the client acknowledged enough with its window open; a small response or a shaped
+    /// one is left to its own sizing.
+    #[test]
+    fn an_unshaped_download_grows_its_send_buffer_once_the_client_reads() {
+        let mut f = fixture(4 << 20, Rate::Unlimited);
+        let (mut c, next) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(next, Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::START as usize));
+        let ack = |bytes_acked, window| {
+            Some(AckState {
+                bytes_acked,
+                window: Some(window),
+                peer_ended: false,
+            })
+        };
+        // Full while the client holds 128 KiB unread with its window shut: no growth.
+        c.sock.ack = ack(128 << 10, 0);
+        c.prepare_send(&mut f.ctx);
+        assert_eq!(c.on_sent(&mut f.ctx, Ok(1)), Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::START as usize));
+        // It read 8 MiB in 5 ms: the next buffer-full takes it to the cap.
+        c.sock.ack = ack(8 << 20, 60_000);
+        f.ctx.now += Duration::from_millis(5);
+        c.prepare_send(&mut f.ctx);
+        let eagain = Err(io::ErrorKind::WouldBlock.into());
+        assert_eq!(c.on_sent(&mut f.ctx, eagain), Next::Write);
+        assert_eq!(c.sock.sndbuf, Some(sndbuf::CAP as usize));
+
+        // A small response: no syscall.
+        let mut f = fixture(1000, Rate::Unlimited);
+        let (c, _) = conn_with(&mut f, get("/d/song", ""));
+        assert_eq!(c.sock.sndbuf, None);
+
+        // A shaped download: sized from its share, never by the policy.
+        let mut f = fixture(4 << 20, Rate::BytesPerSec(100_000_000));
+        let (mut c, _) = conn_with(&mut f, get("/d/song", ""));
+        let shaped = c.sock.sndbuf;
+        assert!(shaped.is_some());
+        c.sock.ack = ack(1 << 20, 60_000);
+        f.ctx.now += Duration::from_millis(5);
+        c.prepare_send(&mut f.ctx);
+        c.on_sent(&mut f.ctx, Ok(1));
+        assert_eq!(c.sock.sndbuf, shaped);
     }
 
     /// A large response to a client that reads the first bytes and stops with its window shut:

@@ -15,7 +15,8 @@
 //! 5. shape: [`shaping`] asks the per-user shaper how many body bytes the next send may
 //!    carry, parks the connection when none, and wakes it.
 //! 6. send: [`send`] plans the next `sendmsg`/`sendfile` from the mapped segments
-//!    ([`segment`]) and advances the response by what the kernel took.
+//!    ([`segment`]) and advances the response by what the kernel took; [`sndbuf`] bounds
+//!    an unshaped download's kernel send buffer until its client proves it reads.
 //! 7. account: [`credit`] turns the client's TCP acknowledgements ([`socket`]: `TCP_INFO`)
 //!    into credits, batched per loop iteration.
 //! 8. commit: the completion ledger ([`crate::completion`]) applies the credits and records a
@@ -34,6 +35,7 @@ pub mod respond;
 pub mod segment;
 pub mod send;
 pub mod shaping;
+pub mod sndbuf;
 pub mod socket;
 pub mod stats;
 pub mod sys;

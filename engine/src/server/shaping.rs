@@ -122,6 +122,9 @@ pub struct ConnShaping {
     /// Parked until then by the shaper, with no operation in flight: a timer or the shaper's
     /// `ready` list wakes it ([`ShaperWaits`]).
     pub wait: Option<Instant>,
+    /// [`ConnShaping::bind`] sized the send buffer from the user's rate (else the connection's
+    /// [`SendBufferPolicy`](super::sndbuf::SendBufferPolicy) does).
+    sized: bool,
 }
 
 impl ConnShaping {
@@ -154,6 +157,7 @@ impl ConnShaping {
             .as_ref()
             .map_or(shaping.default_rate, |s| s.limits.rate);
         self.shaped = Some((key, name));
+        self.sized = false;
         // A shaped connection needs little send buffer: size it to this connection's share of
         // the user's rate (the user's connections so far, this one included), so that stalled
         // shaped downloads do not pin kernel memory. Unlimited users keep the kernel's
@@ -164,8 +168,14 @@ impl ConnShaping {
             let rtt = sock.rtt().unwrap_or_default();
             if let Some(bytes) = shaping.shaper.config().sndbuf_for(share, rtt) {
                 sock.set_send_buffer(bytes as usize);
+                self.sized = true;
             }
         }
+    }
+
+    /// The send buffer was sized from the user's rate (a shaped user).
+    pub fn sized_send_buffer(&self) -> bool {
+        self.sized
     }
 
     /// How many body bytes the next send may carry. `want`: the body bytes left in the current

@@ -1,8 +1,9 @@
 //! What the connection state machine asks of its socket, and the real socket behind it.
 //!
 //! [`Conn`](super::conn::Conn) makes no syscall itself: it receives (when its driver says the
-//! socket is readable), sizes the send buffer of a shaped connection, samples `TCP_INFO` for
-//! the delivered-bytes accounting and the kernel's unsent queue for the shaper, all through
+//! socket is readable), sizes the send buffer (a shaped connection's from its share, an
+//! unshaped download's as [`sndbuf`](super::sndbuf) says), samples `TCP_INFO` for the
+//! delivered-bytes accounting and the kernel's unsent queue for the shaper, all through
 //! [`ConnSocket`]. Both drivers use [`FdSocket`], the kernel's TCP socket; they differ only in
 //! how they submit sends and learn of completions. Unit tests drive a `Conn` over a fake.
 //! Sends are the driver's (an io_uring SENDMSG, or `sendmsg`/`sendfile` on readiness): the
