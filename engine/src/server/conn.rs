@@ -26,6 +26,7 @@ use super::respond::{self, Repr, Response};
 use super::send::{self, SendBuf, SendPlan};
 use super::shaping::{Allowance, ConnShaping, ShapeClass};
 use super::socket::{ConnSocket, FdSocket};
+use super::tls::{AckView, TlsSession};
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: Duration = Duration::from_secs(5);
@@ -96,6 +97,8 @@ pub struct Conn<S = FdSocket> {
     lingering: bool,
     /// The shaper's view of this connection (its key, grant in flight, wait).
     pub shaping: ConnShaping,
+    /// HTTPS: the TLS layer between this state machine and the socket (see [`super::tls`]).
+    tls: Option<Box<TlsSession>>,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -124,7 +127,14 @@ impl<S: ConnSocket> Conn<S> {
             credit: ConnCredit::default(),
             lingering: false,
             shaping: ConnShaping::default(),
+            tls: None,
         })
+    }
+
+    /// Speak TLS on this connection (accepted on the HTTPS listener).
+    pub fn with_tls(mut self: Box<Self>, session: Box<TlsSession>) -> Box<Self> {
+        self.tls = Some(session);
+        self
     }
 
     /// Idle between requests: nothing received, nothing to send.
@@ -185,6 +195,48 @@ impl<S: ConnSocket> Conn<S> {
 
     /// Bytes arrived (from `recv` or an io_uring provided buffer); empty means the peer's FIN.
     pub fn feed(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
+        if self.tls.is_some() && !data.is_empty() {
+            return self.feed_tls(ctx, data);
+        }
+        self.feed_plain(ctx, data)
+    }
+
+    /// Ciphertext arrived: decrypt, then parse what plaintext it carried (a close_notify is
+    /// the client's end, like a FIN). Whatever rustls must answer (the handshake) is sent next.
+    fn feed_tls(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Next::Close;
+        };
+        let before = self.inbuf.len();
+        let got = match tls.receive(data, &mut self.inbuf) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(token = self.token, error = %e, "TLS: closing");
+                ctx.stats.add(&ctx.stats.tls_errors, 1);
+                return Next::Close;
+            }
+        };
+        let mut next = Next::Read;
+        if self.lingering || self.state != State::Head {
+            // Lingering: only the end matters. (No read happens while a request is served.)
+            self.inbuf.truncate(before);
+        } else if self.inbuf.len() > before {
+            if !self.head_started {
+                self.head_started = true;
+                self.deadline = ctx.now + ctx.cfg.header_timeout;
+            }
+            next = self.parse_buffered(ctx);
+        }
+        if got.closed && next == Next::Read {
+            return self.feed_plain(ctx, &[]);
+        }
+        if next == Next::Read && !self.lingering && self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+            next = Next::Write;
+        }
+        next
+    }
+
+    fn feed_plain(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
         if data.is_empty() {
             // A clean FIN: the client's application read everything before closing.
             self.account(ctx, true, true);
@@ -390,8 +442,12 @@ impl<S: ConnSocket> Conn<S> {
                 at,
                 head: resp.head.len() as u64,
             });
+            let view = AckView {
+                sock: &self.sock,
+                ends: self.tls.as_deref().map(|t| &t.ends),
+            };
             self.credit.start_response(
-                &self.sock,
+                &view,
                 &ctx.credits,
                 self.written,
                 resp.body_len(),
@@ -408,6 +464,9 @@ impl<S: ConnSocket> Conn<S> {
     /// Describe the next send: [`Conn::send`] for bytes in memory, a `sendfile` range for
     /// large file pieces, or a wait for the shaper.
     pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        if self.tls.is_some() {
+            return self.prepare_tls_send(ctx);
+        }
         let Some(resp) = self.resp.as_deref() else {
             return SendPlan::Iov {
                 len: 0,
@@ -427,6 +486,117 @@ impl<S: ConnSocket> Conn<S> {
         send::plan(resp, &mut self.send, budget, ctx.cfg.send_path)
     }
 
+    /// The next TLS send: ciphertext still pending, else rustls' own records (handshake,
+    /// tickets) and the next batch of the response, encrypted now. Every byte produced is
+    /// recorded for the credit policy here, where its stream offset is fixed.
+    fn prepare_tls_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return SendPlan::Iov { len: 0, more: false };
+        };
+        if tls.pending().is_empty() {
+            let own = tls.take_records();
+            self.written += own;
+            self.credit.record_overhead(own);
+            let sending = self.state == State::Send && tls.ready();
+            if let (true, Some(resp)) = (sending, self.resp.as_deref_mut()) {
+                if !resp.done() {
+                    let want = send::shaped_want(resp);
+                    let head_done = resp.head_rest() == 0;
+                    let allowance = self.shaping.allowance(
+                        &mut ctx.shaping,
+                        &self.sock,
+                        ctx.now,
+                        want,
+                        head_done,
+                    );
+                    let budget = match allowance {
+                        Allowance::Body(n) => n,
+                        Allowance::Wait(at) if own == 0 => return SendPlan::Wait(at),
+                        Allowance::Wait(_) => 0,
+                    };
+                    let mut plain = std::mem::take(&mut ctx.scratch);
+                    let batch = tls.batch().min(plain.len());
+                    let copied = send::copy_next(resp, &mut plain[..batch], budget);
+                    let (n, body) = match copied {
+                        Ok(nb) => nb,
+                        Err(file) => {
+                            // Nothing to encrypt: the send planned below is empty (or only
+                            // rustls' records), and an empty one closes the connection.
+                            file.mark_bad("a read for TLS found the end of the file early");
+                            (0, 0)
+                        }
+                    };
+                    let cipher = tls.encrypt(&plain[..n]);
+                    ctx.scratch = plain;
+                    self.shaping.refund(&mut ctx.shaping, body);
+                    send::advance(resp, n, &mut self.credit);
+                    self.credit.record_overhead(cipher.saturating_sub(n as u64));
+                    self.written += cipher;
+                    tls.ends.push(self.written);
+                }
+            }
+        }
+        let pending = tls.pending();
+        self.send.point_at(pending);
+        SendPlan::Iov {
+            len: pending.len(),
+            more: false,
+        }
+    }
+
+    /// A TLS send finished with `res` (its bytes were recorded when they were encrypted).
+    fn on_tls_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Next::Close;
+        };
+        let len = tls.pending().len();
+        let n = match res {
+            Ok(0) if len > 0 => return Next::Close,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                tls.short = true;
+                return Next::Write;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
+            Err(_) => {
+                ctx.stats.add(&ctx.stats.send_errors, 1);
+                return Next::Close;
+            }
+        };
+        if len == 0 {
+            // Nothing could be produced: a content file that reads empty (truncated).
+            return Next::Close;
+        }
+        tls.short = n < len;
+        tls.sent(n);
+        ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
+        if self.state == State::Send {
+            self.deadline = ctx.now + ctx.cfg.send_timeout;
+        }
+        if !tls.pending().is_empty() || tls.wants_write() {
+            return Next::Write;
+        }
+        match self.resp.as_deref() {
+            Some(resp) if self.state == State::Send => {
+                if resp.done() {
+                    tls.release_buffers();
+                    self.finish_response(ctx)
+                } else {
+                    Next::Write
+                }
+            }
+            _ => {
+                tls.release_buffers();
+                if self.lingering {
+                    return Next::Read;
+                }
+                // The handshake flight went out: read the client's answer (or its request).
+                Next::Read
+            }
+        }
+    }
+
     /// The send that held the shaper's grant is over and took `sent_body` body bytes (see
     /// [`ConnShaping::refund`]).
     pub fn refund_grant(&mut self, ctx: &mut Ctx, sent_body: u64) {
@@ -435,6 +605,9 @@ impl<S: ConnSocket> Conn<S> {
 
     /// A send finished with `res`.
     pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        if self.tls.is_some() {
+            return self.on_tls_sent(ctx, res);
+        }
         // Whatever the outcome, the grant this send held is settled now: the body bytes the
         // kernel did not take (all of them when it failed or would have blocked) go back.
         let head_rest = self.resp.as_deref().map_or(0, Response::head_rest);
@@ -517,8 +690,12 @@ impl<S: ConnSocket> Conn<S> {
     /// `closing`: the connection is ending now.
     pub fn account(&mut self, ctx: &mut Ctx, proof: bool, closing: bool) {
         let idle = self.resp.is_none();
+        let view = AckView {
+            sock: &self.sock,
+            ends: self.tls.as_deref().map(|t| &t.ends),
+        };
         self.credit.account(
-            &self.sock,
+            &view,
             &ctx.stats,
             &mut ctx.credits,
             proof,
@@ -530,8 +707,12 @@ impl<S: ConnSocket> Conn<S> {
     /// The sweep's periodic credit (see [`ConnCredit::sweep`]).
     pub fn sweep_account(&mut self, ctx: &mut Ctx) {
         let sending = self.resp.is_some();
+        let view = AckView {
+            sock: &self.sock,
+            ends: self.tls.as_deref().map(|t| &t.ends),
+        };
         self.credit
-            .sweep(&self.sock, &ctx.stats, &mut ctx.credits, ctx.now, sending);
+            .sweep(&view, &ctx.stats, &mut ctx.credits, ctx.now, sending);
     }
 
     /// The connection is going away: credit what was delivered, release its shaper slot.
