@@ -31,3 +31,4 @@ mod http_status;
 mod loadgen;
 mod robustness;
 mod shaping;
+mod tls;

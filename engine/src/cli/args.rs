@@ -13,8 +13,8 @@ use std::time::Duration;
 use clap::{Arg, Args, Parser, Subcommand};
 use weir_shaper::Rate;
 
-use crate::config::{defaults, parse_duration, parse_rate_class, Listen, Settings, Size};
 use crate::config::TlsSettings;
+use crate::config::{defaults, parse_duration, parse_rate_class, Listen, Settings, Size};
 use crate::config::{DriverChoice, SendPath, UringFeatures};
 
 const SERVE_AFTER_HELP: &str = "\

@@ -230,7 +230,10 @@ impl<S: ConnSocket> Conn<S> {
         if got.closed && next == Next::Read {
             return self.feed_plain(ctx, &[]);
         }
-        if next == Next::Read && !self.lingering && self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+        if next == Next::Read
+            && !self.lingering
+            && self.tls.as_ref().is_some_and(|t| t.wants_write())
+        {
             next = Next::Write;
         }
         next
@@ -491,7 +494,10 @@ impl<S: ConnSocket> Conn<S> {
     /// recorded for the credit policy here, where its stream offset is fixed.
     fn prepare_tls_send(&mut self, ctx: &mut Ctx) -> SendPlan {
         let Some(tls) = self.tls.as_deref_mut() else {
-            return SendPlan::Iov { len: 0, more: false };
+            return SendPlan::Iov {
+                len: 0,
+                more: false,
+            };
         };
         if tls.pending().is_empty() {
             let own = tls.take_records();
@@ -694,14 +700,8 @@ impl<S: ConnSocket> Conn<S> {
             sock: &self.sock,
             ends: self.tls.as_deref().map(|t| &t.ends),
         };
-        self.credit.account(
-            &view,
-            &ctx.stats,
-            &mut ctx.credits,
-            proof,
-            closing,
-            idle,
-        );
+        self.credit
+            .account(&view, &ctx.stats, &mut ctx.credits, proof, closing, idle);
     }
 
     /// The sweep's periodic credit (see [`ConnCredit::sweep`]).

@@ -106,7 +106,11 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     // The certificates first: a bad file stops the start with a clear error.
     let certs = match &cfg.tls {
         Some(t) => Some(Arc::new(tls::Certificates::load(t).with_context(|| {
-            format!("--tls-cert {} / --tls-key {}", t.cert.display(), t.key.display())
+            format!(
+                "--tls-cert {} / --tls-key {}",
+                t.cert.display(),
+                t.key.display()
+            )
         })?)),
         None => None,
     };

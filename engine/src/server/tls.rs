@@ -354,8 +354,16 @@ mod tests {
         ends.push(16484);
         assert_eq!(ends.round_down(99), 0);
         assert_eq!(ends.round_down(100), 100);
-        assert_eq!(ends.round_down(8291), 100, "a partial record credits nothing");
-        assert_eq!(ends.round_down(16485), 16484, "a FIN's sequence number is no record");
+        assert_eq!(
+            ends.round_down(8291),
+            100,
+            "a partial record credits nothing"
+        );
+        assert_eq!(
+            ends.round_down(16485),
+            16484,
+            "a FIN's sequence number is no record"
+        );
     }
 
     #[test]
