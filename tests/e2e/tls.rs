@@ -560,7 +560,75 @@ fn ranges_over_tls(driver: Driver) {
     t.srv.stop();
 }
 
+/// An HTTPS client that completes the handshake, sends its request and never reads again is
+/// credited nothing when the server gives up on it (the send timeout).
+fn never_reading_tls_client_is_credited_nothing(driver: Driver) {
+    use rustls::pki_types::pem::PemObject as _;
+    let data = DataDir::new();
+    let ca = TestCa::new(data.path());
+    data.alice_with_item("movie", 64 << 20, 21);
+    let token = "t0ken";
+    let t = serve_tls(
+        &data,
+        driver,
+        &ca,
+        false,
+        &[
+            "--send-timeout",
+            "2s",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            token,
+        ],
+    );
+    let admin = t.srv.admin_url();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(t.https).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("handshake");
+    }
+    let req = format!(
+        "GET /d/movie HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+        weir_tests::basic_auth(ALICE)
+    );
+    conn.writer().write_all(req.as_bytes()).unwrap();
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).unwrap();
+    }
+    // Never read again: the server's send stalls and its send timeout cuts the connection.
+    assert!(
+        eventually(Duration::from_secs(20), || Metrics::fetch(&admin, token)
+            .value("weir_timeouts_total")
+            >= 1),
+        "the stalled TLS send never timed out"
+    );
+    let m = Metrics::fetch(&admin, token);
+    assert!(m.value("weir_bytes_sent_total") > 0, "nothing was sent");
+    assert_eq!(
+        m.value("weir_bytes_credited_total"),
+        0,
+        "a TLS client that read nothing was credited"
+    );
+    drop(sock);
+    assert!(t.srv.stop().success());
+    assert_eq!(delivered(&data), 0);
+    assert!(history(&data).is_empty());
+}
+
 on_every_driver!(
+    never_reading_tls_client_is_credited_nothing,
     https_clients,
     s_client,
     aborted_tls_download_never_completes,

@@ -520,6 +520,12 @@ impl<S: ConnSocket> Conn<S> {
                         Allowance::Wait(at) if own == 0 => return SendPlan::Wait(at),
                         Allowance::Wait(_) => 0,
                     };
+                    // Encrypt only what the socket will take: while bytes queued earlier are
+                    // still unsent (the client or the path is slower than us), one record at a
+                    // time, so a stall leaves at most one record here (see [`super::tls`]).
+                    if !tls.short && self.sock.unsent().is_ok_and(|u| u > 0) {
+                        tls.short = true;
+                    }
                     let mut plain = std::mem::take(&mut ctx.scratch);
                     let batch = tls.batch().min(plain.len());
                     let copied = send::copy_next(resp, &mut plain[..batch], budget);

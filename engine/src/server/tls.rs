@@ -13,9 +13,11 @@
 //! # Memory
 //! Plaintext is staged in the worker's shared scratch buffer. A connection owns only the
 //! ciphertext the kernel has not taken yet: records are at most [`RECORD_PLAIN`] bytes of
-//! plaintext, and a connection whose last send was short (its socket is full) encrypts one
-//! record at a time, so a stalled download holds no more than about one record; a fast one
-//! encrypts up to [`BATCH_PLAIN`] bytes per send.
+//! plaintext (8 KiB with their overhead). A connection encrypts up to [`BATCH_PLAIN`] bytes per
+//! send only while everything it queued before has left the socket (`SIOCOUTQNSD` is zero: the
+//! socket has room, and what is in flight will be acknowledged and free more); once bytes wait
+//! unsent, or a send was short, it encrypts one record at a time and gives its batch-sized
+//! buffer back. A stalled download therefore holds at most one record (< 8 KiB) here.
 //!
 //! # Delivery
 //! The client's TCP acknowledges ciphertext. Each batch of records produced is recorded in the
@@ -322,6 +324,10 @@ impl TlsSession {
         if self.pos == self.out.len() {
             self.out.clear();
             self.pos = 0;
+            if self.short && self.out.capacity() > 2 * RECORD_PLAIN {
+                // Slow going: the next sends are single records; keep no batch-sized buffer.
+                self.out = Vec::new();
+            }
         }
     }
 
@@ -345,6 +351,70 @@ impl TlsSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::credit::{ConnCredit, CreditBatch};
+    use crate::server::socket::FakeSocket;
+    use crate::server::stats::WorkerStats;
+
+    fn acked(n: u64) -> FakeSocket {
+        FakeSocket {
+            ack: Some(AckState {
+                bytes_acked: n,
+                window: Some(65_535),
+                peer_ended: false,
+            }),
+            ..FakeSocket::default()
+        }
+    }
+
+    /// Through [`AckView`], content is credited only once the whole batch of records carrying
+    /// it is acknowledged: handshake bytes and record overhead are overhead.
+    #[test]
+    fn content_counts_only_once_its_whole_record_is_acknowledged() {
+        let ends = RecordEnds::default();
+        let mut cc = ConnCredit::default();
+        let mut batch = CreditBatch::new(None);
+        let stats = WorkerStats::default();
+        let (user, item): (Arc<str>, Arc<str>) = ("alice".into(), "song".into());
+        let sock = acked(0);
+        let view = AckView {
+            sock: &sock,
+            ends: Some(&ends),
+        };
+        // 3000 handshake bytes, then a response of 14,000 content bytes in two batches.
+        cc.start_response(&view, &batch, 3000, 14_000, None, std::time::Instant::now());
+        cc.record_overhead(200); // head
+        cc.record_content(&user, &item, 0, 0, 7000);
+        cc.record_overhead(100); // record headers and tags
+        ends.push(10_300);
+        cc.record_content(&user, &item, 0, 7000, 7000);
+        cc.record_overhead(100);
+        ends.push(17_400);
+        let credited = |cc: &mut ConnCredit, batch: &mut CreditBatch, n: u64| {
+            let sock = acked(n);
+            let view = AckView {
+                sock: &sock,
+                ends: Some(&ends),
+            };
+            cc.account(&view, &stats, batch, false, false, false);
+            batch
+                .pending()
+                .iter()
+                .map(|c| c.range.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(credited(&mut cc, &mut batch, 3000 + 200 + 5000).is_empty());
+        assert!(
+            credited(&mut cc, &mut batch, 10_299).is_empty(),
+            "one byte short"
+        );
+        assert_eq!(credited(&mut cc, &mut batch, 10_300), [0..7000]);
+        assert_eq!(credited(&mut cc, &mut batch, 17_399), [0..7000]);
+        // The FIN's sequence number on top.
+        assert_eq!(
+            credited(&mut cc, &mut batch, 17_401),
+            [0..7000, 7000..14_000]
+        );
+    }
 
     #[test]
     fn acknowledgements_round_down_to_whole_batches() {
