@@ -399,7 +399,7 @@ mod tests {
             batch
                 .pending()
                 .iter()
-                .map(|c| c.range.clone())
+                .map(|c| (c.range.start, c.range.end))
                 .collect::<Vec<_>>()
         };
         assert!(credited(&mut cc, &mut batch, 3000 + 200 + 5000).is_empty());
@@ -407,12 +407,12 @@ mod tests {
             credited(&mut cc, &mut batch, 10_299).is_empty(),
             "one byte short"
         );
-        assert_eq!(credited(&mut cc, &mut batch, 10_300), [0..7000]);
-        assert_eq!(credited(&mut cc, &mut batch, 17_399), [0..7000]);
+        assert_eq!(credited(&mut cc, &mut batch, 10_300), [(0, 7000)]);
+        assert_eq!(credited(&mut cc, &mut batch, 17_399), [(0, 7000)]);
         // The FIN's sequence number on top.
         assert_eq!(
             credited(&mut cc, &mut batch, 17_401),
-            [0..7000, 7000..14_000]
+            [(0, 7000), (7000, 14_000)]
         );
     }
 
