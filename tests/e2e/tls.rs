@@ -627,7 +627,79 @@ fn never_reading_tls_client_is_credited_nothing(driver: Driver) {
     assert!(history(&data).is_empty());
 }
 
+/// An album's zip (curl) and a signed link over HTTPS, then a shaped download: the zip unzips
+/// to the exact tracks and completes the album once, the link serves the exact file, and the
+/// user's rate holds over TLS too.
+fn zip_link_and_shaping_over_tls(driver: Driver) {
+    assert!(have("unzip"), "unzip must be installed");
+    let data = DataDir::new();
+    let ca = TestCa::new(data.path());
+    data.add_user("alice", "wonderland");
+    let tracks: Vec<PathBuf> = (1..=3)
+        .map(|i| {
+            data.make_file(
+                &format!("track{i:02}.flac"),
+                (1 << 20) | (i * 1000),
+                i as u64,
+            )
+        })
+        .collect();
+    let mut args = vec!["album", "add", "best"];
+    let paths: Vec<String> = tracks.iter().map(|t| t.to_str().unwrap().into()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    data.ok(&args, None);
+    data.ok(&["cart", "add", "alice", "best"], None);
+    let song = data.make_file("song.bin", 3 << 20, 77);
+    data.add_item_for("song", &song, "alice");
+    let link = data.ok(
+        &["token", "--user", "alice", "--item", "song", "--ttl", "600"],
+        None,
+    );
+    let t = serve_tls(&data, driver, &ca, true, &["--default-rate", "1MiB"]);
+
+    let zip = data.path().join("best.zip");
+    let start = Instant::now();
+    assert!(curl_tls(&ca, &t.url("/d/best.zip"), &zip, &[]).success());
+    let took = start.elapsed();
+    let dir = data.path().join("x");
+    let st = Command::new("unzip")
+        .arg("-q")
+        .arg(&zip)
+        .arg("-d")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "unzip failed");
+    for tr in &tracks {
+        let name = tr.file_name().unwrap();
+        assert_eq!(sha256_file(&dir.join(name)), sha256_file(tr), "{name:?}");
+    }
+    // Over 3 MiB at 1 MiB/s: well over a second, whatever the first burst.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the shaped zip took only {took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["best"]),
+        "the album did not complete over HTTPS"
+    );
+
+    let out = data.path().join("link.out");
+    let st = Command::new("curl")
+        .args(["-s", "-S", "--cacert"])
+        .arg(ca.ca())
+        .arg("-o")
+        .arg(&out)
+        .arg(t.url(link.trim()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(sha256_file(&out), sha256_file(&song), "signed link bytes");
+    t.srv.stop();
+}
+
 on_every_driver!(
+    zip_link_and_shaping_over_tls,
     never_reading_tls_client_is_credited_nothing,
     https_clients,
     s_client,

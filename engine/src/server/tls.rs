@@ -319,6 +319,7 @@ impl TlsSession {
     }
 
     /// The kernel took `n` bytes of [`TlsSession::pending`].
+    /// (Called when the send completed: nothing else reads the buffer then, so it may move.)
     pub fn sent(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.out.len());
         if self.pos == self.out.len() {
@@ -328,6 +329,14 @@ impl TlsSession {
                 // Slow going: the next sends are single records; keep no batch-sized buffer.
                 self.out = Vec::new();
             }
+        } else if self.short
+            && self.out.capacity() > 2 * RECORD_PLAIN
+            && self.out.len() - self.pos <= RECORD_PLAIN
+        {
+            // The socket filled up inside a batch: keep only the rest (a stalled download
+            // then holds less than one record), not the batch-sized buffer.
+            self.out = self.out[self.pos..].to_vec();
+            self.pos = 0;
         }
     }
 
