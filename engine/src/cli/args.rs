@@ -457,6 +457,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags() {
+        let args = serve_args(&[
+            "--listen",
+            "off",
+            "--tls-listen",
+            "0.0.0.0:8443",
+            "--tls-cert",
+            "/etc/letsencrypt/live/x/fullchain.pem",
+            "--tls-key",
+            "/etc/letsencrypt/live/x/privkey.pem",
+        ]);
+        let cfg = resolve(&args, &Settings::default()).unwrap();
+        assert_eq!(cfg.listen, None);
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(tls.key, Path::new("/etc/letsencrypt/live/x/privkey.pem"));
+        assert!(parse(&["serve", "--tls-listen", "localhost"]).is_err());
+    }
+
+    #[test]
     fn bad_serve_values_are_refused() {
         assert!(parse(&["serve", "--global-rate", "fast"]).is_err());
         assert!(parse(&["serve", "--header-timeout", "soon"]).is_err());

@@ -270,6 +270,43 @@ mod tests {
     }
 
     #[test]
+    fn tls_from_flags_and_the_file_and_plain_http_off() {
+        let file = Settings::from_toml(
+            "listen = \"off\"\n[tls]\nlisten = \"0.0.0.0:443\"\ncert = \"/etc/weir/full.pem\"\nkey = \"/etc/weir/key.pem\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&Settings::default(), &file).unwrap();
+        assert_eq!(cfg.listen, None);
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(tls.cert, Path::new("/etc/weir/full.pem"));
+        // A flag overrides one key of the file's table.
+        let flags = Settings {
+            tls: TlsSettings {
+                key: Some("/run/key.pem".into()),
+                ..TlsSettings::default()
+            },
+            ..Settings::default()
+        };
+        let cfg = resolve(&flags, &file).unwrap();
+        assert_eq!(cfg.tls.unwrap().key, Path::new("/run/key.pem"));
+        // No certificate: refused, naming the flags.
+        let half = Settings::from_toml("[tls]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+        let err = resolve(&Settings::default(), &half).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        // Listening nowhere: refused.
+        let nowhere = Settings::from_toml("listen = \"off\"\n").unwrap();
+        assert!(resolve(&Settings::default(), &nowhere).is_err());
+        // Plain HTTP stays on by default beside TLS.
+        let both =
+            Settings::from_toml("[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n")
+                .unwrap();
+        let cfg = resolve(&Settings::default(), &both).unwrap();
+        assert_eq!(cfg.listen, Some(defaults::LISTEN.parse().unwrap()));
+        assert!(cfg.tls.is_some());
+    }
+
+    #[test]
     fn min_grant_range_fits_the_shaper() {
         let max = weir_shaper::ShaperConfig::default().max_grant_bytes;
         assert!(*MIN_GRANT_RANGE.end() <= max);
