@@ -295,6 +295,19 @@ fn s_client(driver: Driver) {
         assert!(text.contains("HTTP/1.1 200 OK"), "{flag}: {text}");
         assert!(text.contains("Content-Length: 5000"), "{flag}: {text}");
     }
+    // `Connection: close`: the response ends with close_notify, so a strict client (rustls
+    // refuses an EOF without it) reads it to the end without error.
+    let (conn, sock) = rustls_client(&ca, t.https);
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let req =
+        format!("GET /d/small HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    stream
+        .read_to_end(&mut resp)
+        .expect("the response ends with close_notify");
+    assert!(resp.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(resp.ends_with(&std::fs::read(data.path().join("small.bin")).unwrap()));
     t.srv.stop();
 }
 
@@ -560,10 +573,31 @@ fn ranges_over_tls(driver: Driver) {
     t.srv.stop();
 }
 
+/// A rustls client connection to `addr` trusting `ca`, handshake done.
+fn rustls_client(ca: &TestCa, addr: SocketAddr) -> (rustls::ClientConnection, TcpStream) {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("handshake");
+    }
+    (conn, sock)
+}
+
 /// An HTTPS client that completes the handshake, sends its request and never reads again is
 /// credited nothing when the server gives up on it (the send timeout).
 fn never_reading_tls_client_is_credited_nothing(driver: Driver) {
-    use rustls::pki_types::pem::PemObject as _;
     let data = DataDir::new();
     let ca = TestCa::new(data.path());
     data.alice_with_item("movie", 64 << 20, 21);
@@ -583,22 +617,7 @@ fn never_reading_tls_client_is_credited_nothing(driver: Driver) {
         ],
     );
     let admin = t.srv.admin_url();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let mut sock = TcpStream::connect(t.https).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).expect("handshake");
-    }
+    let (mut conn, mut sock) = rustls_client(&ca, t.https);
     let req = format!(
         "GET /d/movie HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
         weir_tests::basic_auth(ALICE)

@@ -665,6 +665,19 @@ impl<S: ConnSocket> Conn<S> {
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Next {
         let keep_alive = self.resp.as_ref().is_some_and(|r| r.keep_alive) && !ctx.draining;
+        if let (false, Some(tls)) = (keep_alive, self.tls.as_deref_mut()) {
+            if !tls.notified {
+                // The last response: close_notify goes out before our FIN (sent as overhead;
+                // this is called again once it has left).
+                let n = tls.close_notify();
+                if n > 0 {
+                    self.written += n;
+                    self.credit.record_overhead(n);
+                    tls.ends.push(self.written);
+                    return Next::Write;
+                }
+            }
+        }
         if let Some(r) = &mut self.resp {
             // Drop file references now; keep the head buffer for the next response.
             r.pieces.clear();

@@ -215,6 +215,8 @@ pub struct TlsSession {
     pos: usize,
     /// The socket took less than the whole last send: encrypt one record at a time.
     pub short: bool,
+    /// close_notify was queued (the last response on this connection is done).
+    pub notified: bool,
     pub ends: RecordEnds,
 }
 
@@ -232,6 +234,7 @@ impl TlsSession {
                 out: Vec::new(),
                 pos: 0,
                 short: false,
+                notified: false,
                 ends: RecordEnds::default(),
             })),
             Err(e) => {
@@ -316,6 +319,14 @@ impl TlsSession {
             }
         }
         (self.out.len() - before) as u64
+    }
+
+    /// Queue close_notify (the server ends the connection after its last response, so the
+    /// client can tell the end from a truncation); returns the ciphertext length.
+    pub fn close_notify(&mut self) -> u64 {
+        self.notified = true;
+        self.conn.send_close_notify();
+        self.take_records()
     }
 
     /// The kernel took `n` bytes of [`TlsSession::pending`].
