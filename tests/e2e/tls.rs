@@ -495,8 +495,8 @@ fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     }
 }
 
-/// Bad input: plain HTTP on the TLS port and garbage records are closed; a ClientHello on the
-/// plain port gets 400; a handshake that never finishes is cut at the head timeout. The server
+/// Bad input: plain HTTP on the TLS port gets a plain 400 and is closed, a garbage record is
+/// closed; a ClientHello on the plain port gets 400; a handshake that never finishes is cut at the head timeout. The server
 /// keeps serving HTTPS.
 fn bad_input(driver: Driver) {
     let data = DataDir::new();
@@ -507,8 +507,13 @@ fn bad_input(driver: Driver) {
     let mut s = TcpStream::connect(t.https).unwrap();
     s.write_all(b"GET /d/small HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let (_, closed) = read_to_close(&mut s, Duration::from_secs(5));
+    let (resp, closed) = read_to_close(&mut s, Duration::from_secs(5));
     assert!(closed, "plain HTTP on the TLS port was not closed");
+    assert_eq!(
+        weir_tests::status_of(&resp),
+        400,
+        "plain HTTP on the TLS port"
+    );
 
     let mut s = TcpStream::connect(t.https).unwrap();
     s.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).unwrap();

@@ -7,6 +7,10 @@
 //! Both drivers read with `recv` once the socket is readable, so idle keep-alive connections own
 //! no read buffer (a few hundred bytes each in all).
 //!
+//! On an HTTPS connection a [`TlsSession`] sits between this state machine and the socket:
+//! received bytes are decrypted before parsing, and each send encrypts the next bytes of the
+//! response into the session's buffer (see [`super::tls`]).
+//!
 //! The connection makes no syscall itself: it asks its [`ConnSocket`] (receive, send-buffer
 //! size, `TCP_INFO`, the unsent queue). What it delegates: building the response
 //! ([`respond`]), planning sends ([`send`]), asking the shaper
@@ -207,6 +211,17 @@ impl<S: ConnSocket> Conn<S> {
         let Some(tls) = self.tls.as_deref_mut() else {
             return Next::Close;
         };
+        if tls.plain_http_first(data) {
+            // Plain HTTP on the HTTPS port: a plain 400, then close.
+            tracing::debug!(token = self.token, "plain HTTP on the TLS port");
+            ctx.stats.add(&ctx.stats.tls_errors, 1);
+            self.tls = None;
+            self.head_started = true;
+            return self.bad_request(
+                ctx,
+                RequestError::BadRequest("plain HTTP on the HTTPS port"),
+            );
+        }
         let before = self.inbuf.len();
         let got = match tls.receive(data, &mut self.inbuf) {
             Ok(r) => r,

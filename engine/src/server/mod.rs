@@ -23,6 +23,11 @@
 //!
 //! The state machine makes no syscall itself: it asks its [`socket::ConnSocket`]; [`sys`]
 //! holds the checked syscall wrappers, [`ctx`] the per-worker context, [`stats`] the counters.
+//!
+//! HTTPS (`--tls-listen`): each worker has a second listener; a connection accepted there
+//! carries a [`tls::TlsSession`], the layer between the state machine and the socket (rustls
+//! in user space, file bytes read with `pread`, acknowledgements credited per whole record).
+//! SIGHUP and the admin API's `POST /tls/reload` reload [`tls::Certificates`].
 
 pub mod auth;
 pub mod conn;

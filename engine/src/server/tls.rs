@@ -217,6 +217,8 @@ pub struct TlsSession {
     pub short: bool,
     /// close_notify was queued (the last response on this connection is done).
     pub notified: bool,
+    /// Nothing was received yet.
+    fresh: bool,
     pub ends: RecordEnds,
 }
 
@@ -235,6 +237,7 @@ impl TlsSession {
                 pos: 0,
                 short: false,
                 notified: false,
+                fresh: true,
                 ends: RecordEnds::default(),
             })),
             Err(e) => {
@@ -276,6 +279,14 @@ impl TlsSession {
             }
         }
         Ok(Received { closed })
+    }
+
+    /// Whether `data`, the first bytes of the connection, are a plain-HTTP request (a TLS
+    /// record starts with a content type, 20 to 24, never a letter): it is answered 400 in
+    /// plain text, as a TLS alert would mean nothing to that client.
+    pub fn plain_http_first(&mut self, data: &[u8]) -> bool {
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        fresh && data.first().is_some_and(u8::is_ascii_uppercase)
     }
 
     /// Handshake done: application data may flow.
