@@ -722,7 +722,65 @@ fn zip_link_and_shaping_over_tls(driver: Driver) {
     t.srv.stop();
 }
 
+/// A keep-alive HTTPS client reads the whole body and keeps its connection open (no FIN, no
+/// close_notify to prove anything): the sweep's acknowledgement poll completes the item within
+/// a second of the last byte (plus the time `weir history` takes to look).
+fn a_read_tls_download_completes_within_a_second(driver: Driver) {
+    let data = DataDir::new();
+    let ca = TestCa::new(data.path());
+    let file = data.alice_with_item("movie", 4 << 20, 31);
+    let t = serve_tls(&data, driver, &ca, false, &[]);
+    let (conn, sock) = rustls_client(&ca, t.https);
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let req = format!(
+        "GET /d/movie HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
+        weir_tests::basic_auth(ALICE)
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let (head_len, body_len) = loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..i]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            break (i + 4, len);
+        }
+    };
+    while got.len() < head_len + body_len {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let last_byte = Instant::now();
+    assert!(
+        got[head_len..] == std::fs::read(&file).unwrap()[..],
+        "body differs"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || history(&data) == ["movie"]),
+        "a fully read TLS download never completed"
+    );
+    let took = last_byte.elapsed();
+    eprintln!("completed {took:?} after the last byte");
+    assert!(
+        took < Duration::from_millis(1500),
+        "completed only {took:?} after the last byte"
+    );
+    drop(stream);
+    t.srv.stop();
+}
+
 on_every_driver!(
+    a_read_tls_download_completes_within_a_second,
     zip_link_and_shaping_over_tls,
     never_reading_tls_client_is_credited_nothing,
     https_clients,
