@@ -7,6 +7,7 @@
 //! | `PUT /users/{name}/rate` | body `{"rate": "1MiB" \| "unlimited" \| "default"}`: stored, and applied live |
 //! | `PUT /global/rate` | body `{"rate": "25MiB" \| "unlimited"}`: applied live |
 //! | `POST /drain` | same as SIGTERM |
+//! | `POST /tls/reload` | same as SIGHUP: reload the TLS certificate and key (409 and the reason if refused) |
 //!
 //! Missing or wrong token → 401 (the scheme `Bearer` in any case); malformed body or rate →
 //! 400 with the reason; unknown user → 404.
@@ -61,6 +62,8 @@ pub struct AdminState {
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     pub rates: Option<Arc<dyn RateControl>>,
     pub drain: Box<dyn Fn() + Send + Sync>,
+    /// Reloads the TLS certificate files (`None`: no `--tls-listen`).
+    pub tls_reload: Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 /// Bind `addr` and serve the admin API on a thread; returns the bound address.
@@ -463,6 +466,13 @@ fn handle(
             )
         }
         ("POST", ["drain"]) => (202, "{\"draining\":true}\n".into(), JSON),
+        ("POST", ["tls", "reload"]) => match &state.tls_reload {
+            None => error(404, "no --tls-listen: nothing to reload"),
+            Some(reload) => match reload() {
+                Ok(()) => (200, "{\"reloaded\":true}\n".into(), JSON),
+                Err(why) => error(409, &why),
+            },
+        },
         _ => error(404, "no such admin route"),
     }
 }

@@ -34,3 +34,4 @@ mod names;
 mod nonreader;
 mod robustness;
 mod shaping;
+mod tls;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::{Arg, Args, Parser, Subcommand};
 use weir_shaper::Rate;
 
-use crate::config::{defaults, parse_duration, parse_rate_class, Settings, Size};
+use crate::config::TlsSettings;
+use crate::config::{defaults, parse_duration, parse_rate_class, Listen, Settings, Size};
 use crate::config::{DriverChoice, SendPath, UringFeatures};
 
 const SERVE_AFTER_HELP: &str = "\
@@ -189,9 +190,18 @@ pub struct TokenArgs {
 /// `weir serve` options. Every one is optional: unset ones come from the TOML file or defaults.
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
-    /// Address for downloads
+    /// Address for plain-HTTP downloads, or `off`
     #[arg(long, env = "WEIR_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
+    /// Address for HTTPS downloads (weir terminates TLS itself)
+    #[arg(long, env = "WEIR_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<Listen>,
+    /// PEM certificate chain for --tls-listen, leaf first (e.g. certbot's fullchain.pem)
+    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FULLCHAIN.pem")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-listen (RSA or ECDSA); reloaded on SIGHUP
+    #[arg(long, env = "WEIR_TLS_KEY", value_name = "KEY.pem")]
+    pub tls_key: Option<PathBuf>,
     /// Worker threads, one io_uring/epoll loop each
     #[arg(long, env = "WEIR_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
@@ -317,6 +327,11 @@ impl ServeArgs {
             credential_cache_ttl: self.credential_cache_ttl,
             no_accounting: self.no_accounting.then_some(true),
             send_path: self.send_path,
+            tls: TlsSettings {
+                listen: self.tls_listen,
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+            },
         }
     }
 }
@@ -428,7 +443,7 @@ mod tests {
             "--no-accounting",
         ]);
         let cfg = resolve(&args, &Settings::default()).unwrap();
-        assert_eq!(cfg.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(cfg.listen, Some("0.0.0.0:9000".parse().unwrap()));
         assert_eq!(cfg.workers, 3);
         assert_eq!(cfg.driver, DriverChoice::Epoll);
         assert_eq!(cfg.uring_features, UringFeatures::Minimal);
@@ -445,6 +460,26 @@ mod tests {
         assert_eq!(cfg.admin_listen, Some("127.0.0.1:9001".parse().unwrap()));
         assert_eq!(cfg.admin_token.as_deref(), Some("t0k"));
         assert!(!cfg.accounting);
+    }
+
+    #[test]
+    fn tls_flags() {
+        let args = serve_args(&[
+            "--listen",
+            "off",
+            "--tls-listen",
+            "0.0.0.0:8443",
+            "--tls-cert",
+            "/etc/letsencrypt/live/x/fullchain.pem",
+            "--tls-key",
+            "/etc/letsencrypt/live/x/privkey.pem",
+        ]);
+        let cfg = resolve(&args, &Settings::default()).unwrap();
+        assert_eq!(cfg.listen, None);
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(tls.key, Path::new("/etc/letsencrypt/live/x/privkey.pem"));
+        assert!(parse(&["serve", "--tls-listen", "localhost"]).is_err());
     }
 
     #[test]
@@ -487,7 +522,7 @@ mod tests {
         let cfg = resolve(&args, &file).unwrap();
         assert_eq!(cfg.workers, 5, "flag beats file");
         assert_eq!(cfg.global_rate, Rate::Unlimited, "flag beats file");
-        assert_eq!(cfg.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(cfg.listen, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(cfg.driver, DriverChoice::Uring);
         assert_eq!(cfg.header_timeout, Duration::from_secs(3));
         assert_eq!(cfg.grace_period, Duration::from_secs(1800));

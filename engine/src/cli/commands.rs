@@ -324,7 +324,8 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
     drop(store);
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
-        listen = %cfg.listen,
+        listen = ?cfg.listen,
+        tls_listen = ?cfg.tls.as_ref().map(|t| t.listen),
         workers = cfg.workers,
         demo = demo.is_some(),
         "starting"

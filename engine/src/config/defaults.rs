@@ -4,6 +4,7 @@
 
 /// The data directory when neither `--data-dir`, `WEIR_DATA_DIR` nor the TOML file names one.
 pub const DATA_DIR: &str = "./weir-data";
+/// `off` turns plain HTTP off (then `--tls-listen` is required).
 pub const LISTEN: &str = "127.0.0.1:8080";
 /// Not a value: the default is counted at start (`available_parallelism`).
 pub const WORKERS: &str = "number of CPUs";
@@ -30,6 +31,9 @@ pub const SEND_PATH: &str = "mmap";
 pub const SHOWN: &[(&str, &str)] = &[
     ("data-dir", DATA_DIR),
     ("listen", LISTEN),
+    ("tls-listen", "off"),
+    ("tls-cert", "none"),
+    ("tls-key", "none"),
     ("workers", WORKERS),
     ("driver", DRIVER),
     ("uring-features", URING_FEATURES),

@@ -18,20 +18,32 @@ use anyhow::ensure;
 use clap::ValueEnum;
 use weir_shaper::Rate;
 
-pub use settings::{parse_duration, parse_rate_class, Settings, Size};
+pub use settings::{parse_duration, parse_rate_class, Listen, Settings, Size, TlsSettings};
 pub use settings::{DriverChoice, SendPath, UringFeatures};
 
 /// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
 /// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).
 pub const MIN_GRANT_RANGE: std::ops::RangeInclusive<u64> = 4 * 1024..=256 * 1024;
 
+/// The HTTPS listener and the PEM files it serves (reloaded on SIGHUP and `POST /tls/reload`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything the server needs to run. Built by [`resolve`]; tests may build it directly.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// Data directory (SQLite database, content store, secrets).
     pub data_dir: PathBuf,
-    /// Address the download listener binds (one SO_REUSEPORT socket per worker).
-    pub listen: SocketAddr,
+    /// Address the plain-HTTP download listener binds (one SO_REUSEPORT socket per worker);
+    /// `None`: `--listen off` (HTTPS only).
+    pub listen: Option<SocketAddr>,
+    /// HTTPS served by weir itself (`--tls-listen`), with its certificate files.
+    pub tls: Option<TlsListen>,
     /// Worker threads (one ring and one listener each). Default: number of cores.
     pub workers: usize,
     pub driver: DriverChoice,
@@ -79,7 +91,8 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
             data_dir,
-            listen: value(defaults::LISTEN),
+            listen: value::<Listen>(defaults::LISTEN).0,
+            tls: None,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -113,7 +126,9 @@ impl ServeConfig {
             }
         }
         set(&mut self.data_dir, &layer.data_dir);
-        set(&mut self.listen, &layer.listen);
+        if let Some(Listen(addr)) = layer.listen {
+            self.listen = addr;
+        }
         set(&mut self.workers, &layer.workers);
         set(&mut self.driver, &layer.driver);
         set(&mut self.uring_features, &layer.uring_features);
@@ -152,6 +167,10 @@ impl ServeConfig {
     fn check(&self) -> anyhow::Result<()> {
         ensure!(self.workers > 0, "--workers must be at least 1");
         ensure!(
+            self.listen.is_some() || self.tls.is_some(),
+            "--listen off needs --tls-listen: weir would listen nowhere"
+        );
+        ensure!(
             self.max_connections_per_worker > 0,
             "--max-connections must be at least 1"
         );
@@ -184,8 +203,24 @@ pub fn resolve(flags: &Settings, file: &Settings) -> anyhow::Result<ServeConfig>
     let mut cfg = ServeConfig::new(data_dir(None));
     cfg.apply(file);
     cfg.apply(flags);
+    cfg.tls = tls(&flags.tls, &file.tls)?;
     cfg.check()?;
     Ok(cfg)
+}
+
+/// The HTTPS listener the flags and the file ask for: none unless `--tls-listen` (or the
+/// file's `[tls] listen`) names an address; then both PEM files are required.
+fn tls(flags: &TlsSettings, file: &TlsSettings) -> anyhow::Result<Option<TlsListen>> {
+    let listen = flags.listen.or(file.listen).and_then(|l| l.0);
+    let cert = flags.cert.clone().or_else(|| file.cert.clone());
+    let key = flags.key.clone().or_else(|| file.key.clone());
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsListen { listen, cert, key })),
+        _ => anyhow::bail!("--tls-listen needs --tls-cert FULLCHAIN.pem and --tls-key KEY.pem"),
+    }
 }
 
 /// [`resolve`] with the TOML file at `path`, if any.
@@ -232,6 +267,43 @@ mod tests {
         assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn tls_from_flags_and_the_file_and_plain_http_off() {
+        let file = Settings::from_toml(
+            "listen = \"off\"\n[tls]\nlisten = \"0.0.0.0:443\"\ncert = \"/etc/weir/full.pem\"\nkey = \"/etc/weir/key.pem\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&Settings::default(), &file).unwrap();
+        assert_eq!(cfg.listen, None);
+        let tls = cfg.tls.unwrap();
+        assert_eq!(tls.listen, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(tls.cert, Path::new("/etc/weir/full.pem"));
+        // A flag overrides one key of the file's table.
+        let flags = Settings {
+            tls: TlsSettings {
+                key: Some("/run/key.pem".into()),
+                ..TlsSettings::default()
+            },
+            ..Settings::default()
+        };
+        let cfg = resolve(&flags, &file).unwrap();
+        assert_eq!(cfg.tls.unwrap().key, Path::new("/run/key.pem"));
+        // No certificate: refused, naming the flags.
+        let half = Settings::from_toml("[tls]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+        let err = resolve(&Settings::default(), &half).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        // Listening nowhere: refused.
+        let nowhere = Settings::from_toml("listen = \"off\"\n").unwrap();
+        assert!(resolve(&Settings::default(), &nowhere).is_err());
+        // Plain HTTP stays on by default beside TLS.
+        let both =
+            Settings::from_toml("[tls]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\n")
+                .unwrap();
+        let cfg = resolve(&Settings::default(), &both).unwrap();
+        assert_eq!(cfg.listen, Some(defaults::LISTEN.parse().unwrap()));
+        assert!(cfg.tls.is_some());
     }
 
     #[test]

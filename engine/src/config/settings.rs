@@ -19,7 +19,7 @@ use weir_shaper::Rate;
 pub struct Settings {
     pub data_dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "text")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     pub workers: Option<usize>,
     pub driver: Option<DriverChoice>,
     pub uring_features: Option<UringFeatures>,
@@ -52,6 +52,39 @@ pub struct Settings {
     pub credential_cache_ttl: Option<Duration>,
     pub no_accounting: Option<bool>,
     pub send_path: Option<SendPath>,
+    /// HTTPS: `[tls]` in the TOML file, `--tls-*` flags.
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// The `[tls]` table (and the `--tls-listen`, `--tls-cert`, `--tls-key` flags): what one layer
+/// says about HTTPS. Each key may come from a different layer.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    #[serde(default, deserialize_with = "text")]
+    pub listen: Option<Listen>,
+    /// PEM file: the server's certificate, then its chain (certbot's `fullchain.pem`).
+    pub cert: Option<PathBuf>,
+    /// PEM file: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: Option<PathBuf>,
+}
+
+/// A listener address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        s.trim()
+            .parse::<SocketAddr>()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (an IP:PORT such as 0.0.0.0:443, or off)"))
+    }
 }
 
 impl Settings {

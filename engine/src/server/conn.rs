@@ -7,6 +7,10 @@
 //! Both drivers read with `recv` once the socket is readable, so idle keep-alive connections own
 //! no read buffer (a few hundred bytes each in all).
 //!
+//! On an HTTPS connection a [`TlsSession`] sits between this state machine and the socket:
+//! received bytes are decrypted before parsing, and each send encrypts the next bytes of the
+//! response into the session's buffer (see [`super::tls`]).
+//!
 //! The connection makes no syscall itself: it asks its [`ConnSocket`] (receive, send-buffer
 //! size, `TCP_INFO`, the unsent queue). What it delegates: building the response
 //! ([`respond`]), planning sends ([`send`]), asking the shaper
@@ -27,6 +31,7 @@ use super::send::{self, SendBuf, SendPlan};
 use super::shaping::{Allowance, ConnShaping, ShapeClass};
 use super::sndbuf::{self, SendBufferPolicy};
 use super::socket::{ConnSocket, FdSocket};
+use super::tls::{AckView, TlsSession};
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: Duration = Duration::from_secs(5);
@@ -102,6 +107,8 @@ pub struct Conn<S = FdSocket> {
     /// Bytes the last planned send asked the kernel to take (a send that took fewer found the
     /// send buffer full).
     planned: usize,
+    /// HTTPS: the TLS layer between this state machine and the socket (see [`super::tls`]).
+    tls: Option<Box<TlsSession>>,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -132,7 +139,14 @@ impl<S: ConnSocket> Conn<S> {
             shaping: ConnShaping::default(),
             sndbuf: SendBufferPolicy::default(),
             planned: 0,
+            tls: None,
         })
+    }
+
+    /// Speak TLS on this connection (accepted on the HTTPS listener).
+    pub fn with_tls(mut self: Box<Self>, session: Box<TlsSession>) -> Box<Self> {
+        self.tls = Some(session);
+        self
     }
 
     /// Idle between requests: nothing received, nothing to send.
@@ -193,6 +207,62 @@ impl<S: ConnSocket> Conn<S> {
 
     /// Bytes arrived (from `recv` or an io_uring provided buffer); empty means the peer's FIN.
     pub fn feed(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
+        if self.tls.is_some() && !data.is_empty() {
+            return self.feed_tls(ctx, data);
+        }
+        self.feed_plain(ctx, data)
+    }
+
+    /// Ciphertext arrived: decrypt, then parse what plaintext it carried (a close_notify is
+    /// the client's end, like a FIN). Whatever rustls must answer (the handshake) is sent next.
+    fn feed_tls(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Next::Close;
+        };
+        if tls.plain_http_first(data) {
+            // Plain HTTP on the HTTPS port: a plain 400, then close.
+            tracing::debug!(token = self.token, "plain HTTP on the TLS port");
+            ctx.stats.add(&ctx.stats.tls_errors, 1);
+            self.tls = None;
+            self.head_started = true;
+            return self.bad_request(
+                ctx,
+                RequestError::BadRequest("plain HTTP on the HTTPS port"),
+            );
+        }
+        let before = self.inbuf.len();
+        let got = match tls.receive(data, &mut self.inbuf) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(token = self.token, error = %e, "TLS: closing");
+                ctx.stats.add(&ctx.stats.tls_errors, 1);
+                return Next::Close;
+            }
+        };
+        let mut next = Next::Read;
+        if self.lingering || self.state != State::Head {
+            // Lingering: only the end matters. (No read happens while a request is served.)
+            self.inbuf.truncate(before);
+        } else if self.inbuf.len() > before {
+            if !self.head_started {
+                self.head_started = true;
+                self.deadline = ctx.now + ctx.cfg.header_timeout;
+            }
+            next = self.parse_buffered(ctx);
+        }
+        if got.closed && next == Next::Read {
+            return self.feed_plain(ctx, &[]);
+        }
+        if next == Next::Read
+            && !self.lingering
+            && self.tls.as_ref().is_some_and(|t| t.wants_write())
+        {
+            next = Next::Write;
+        }
+        next
+    }
+
+    fn feed_plain(&mut self, ctx: &mut Ctx, data: &[u8]) -> Next {
         if data.is_empty() {
             // A clean FIN: the client's application read everything before closing.
             self.account(ctx, true, true);
@@ -399,8 +469,12 @@ impl<S: ConnSocket> Conn<S> {
                 at,
                 head: resp.head.len() as u64,
             });
+            let view = AckView {
+                sock: &self.sock,
+                ends: self.tls.as_deref().map(|t| &t.ends),
+            };
             self.credit.start_response(
-                &self.sock,
+                &view,
                 &ctx.credits,
                 self.written,
                 resp.body_len(),
@@ -428,6 +502,9 @@ impl<S: ConnSocket> Conn<S> {
     /// Describe the next send: the connection's send buffer for bytes in memory, a `sendfile` range for
     /// large file pieces, or a wait for the shaper.
     pub fn prepare_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        if self.tls.is_some() {
+            return self.prepare_tls_send(ctx);
+        }
         let Some(resp) = self.resp.as_deref() else {
             return SendPlan::Iov {
                 len: 0,
@@ -486,6 +563,126 @@ impl<S: ConnSocket> Conn<S> {
         }
     }
 
+    /// The next TLS send: ciphertext still pending, else rustls' own records (handshake,
+    /// tickets) and the next batch of the response, encrypted now. Every byte produced is
+    /// recorded for the credit policy here, where its stream offset is fixed.
+    fn prepare_tls_send(&mut self, ctx: &mut Ctx) -> SendPlan {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return SendPlan::Iov {
+                len: 0,
+                more: false,
+            };
+        };
+        if tls.pending().is_empty() {
+            let own = tls.take_records();
+            self.written += own;
+            self.credit.record_overhead(own);
+            let sending = self.state == State::Send && tls.ready();
+            if let (true, Some(resp)) = (sending, self.resp.as_deref_mut()) {
+                if !resp.done() {
+                    let want = send::shaped_want(resp);
+                    let head_done = resp.head_rest() == 0;
+                    let allowance = self.shaping.allowance(
+                        &mut ctx.shaping,
+                        &self.sock,
+                        ctx.now,
+                        want,
+                        head_done,
+                    );
+                    let budget = match allowance {
+                        Allowance::Body(n) => n,
+                        Allowance::Wait(at) if own == 0 => return SendPlan::Wait(at),
+                        Allowance::Wait(_) => 0,
+                    };
+                    // Encrypt only what the socket will take: while bytes queued earlier are
+                    // still unsent (the client or the path is slower than us), one record at a
+                    // time, so a stall leaves at most one record here (see [`super::tls`]).
+                    if !tls.short && self.sock.unsent().is_ok_and(|u| u > 0) {
+                        tls.short = true;
+                    }
+                    let mut plain = std::mem::take(&mut ctx.scratch);
+                    let batch = tls.batch().min(plain.len());
+                    let copied = send::copy_next(resp, &mut plain[..batch], budget);
+                    let (n, body) = match copied {
+                        Ok(nb) => nb,
+                        Err(file) => {
+                            // Nothing to encrypt: the send planned below is empty (or only
+                            // rustls' records), and an empty one closes the connection.
+                            file.mark_bad("a read for TLS found the end of the file early");
+                            (0, 0)
+                        }
+                    };
+                    let cipher = tls.encrypt(&plain[..n]);
+                    ctx.scratch = plain;
+                    self.shaping.refund(&mut ctx.shaping, body);
+                    send::advance(resp, n, &mut self.credit);
+                    self.credit.record_overhead(cipher.saturating_sub(n as u64));
+                    self.written += cipher;
+                    tls.ends.push(self.written);
+                }
+            }
+        }
+        let pending = tls.pending();
+        self.send.point_at(pending);
+        SendPlan::Iov {
+            len: pending.len(),
+            more: false,
+        }
+    }
+
+    /// A TLS send finished with `res` (its bytes were recorded when they were encrypted).
+    fn on_tls_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Next::Close;
+        };
+        let len = tls.pending().len();
+        let n = match res {
+            Ok(0) if len > 0 => return Next::Close,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                tls.short = true;
+                return Next::Write;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Next::Write,
+            Err(_) => {
+                ctx.stats.add(&ctx.stats.send_errors, 1);
+                return Next::Close;
+            }
+        };
+        if len == 0 {
+            // Nothing could be produced: a content file that reads empty (truncated).
+            return Next::Close;
+        }
+        tls.short = n < len;
+        tls.sent(n);
+        ctx.stats.add(&ctx.stats.bytes_sent, n as u64);
+        if self.state == State::Send {
+            self.deadline = ctx.now + ctx.cfg.send_timeout;
+        }
+        if !tls.pending().is_empty() || tls.wants_write() {
+            return Next::Write;
+        }
+        match self.resp.as_deref() {
+            Some(resp) if self.state == State::Send => {
+                if resp.done() {
+                    tls.release_buffers();
+                    self.finish_response(ctx)
+                } else {
+                    Next::Write
+                }
+            }
+            _ => {
+                tls.release_buffers();
+                if self.lingering {
+                    return Next::Read;
+                }
+                // The handshake flight went out: read the client's answer (or its request).
+                Next::Read
+            }
+        }
+    }
+
     /// The send that held the shaper's grant is over and took `sent_body` body bytes (see
     /// [`ConnShaping::refund`]).
     pub fn refund_grant(&mut self, ctx: &mut Ctx, sent_body: u64) {
@@ -494,6 +691,9 @@ impl<S: ConnSocket> Conn<S> {
 
     /// A send finished with `res`.
     pub fn on_sent(&mut self, ctx: &mut Ctx, res: io::Result<usize>) -> Next {
+        if self.tls.is_some() {
+            return self.on_tls_sent(ctx, res);
+        }
         // Whatever the outcome, the grant this send held is settled now: the body bytes the
         // kernel did not take (all of them when it failed or would have blocked) go back.
         let head_rest = self.resp.as_deref().map_or(0, Response::head_rest);
@@ -546,6 +746,19 @@ impl<S: ConnSocket> Conn<S> {
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Next {
         let keep_alive = self.resp.as_ref().is_some_and(|r| r.keep_alive) && !ctx.draining;
+        if let (false, Some(tls)) = (keep_alive, self.tls.as_deref_mut()) {
+            if !tls.notified {
+                // The last response: close_notify goes out before our FIN (sent as overhead;
+                // this is called again once it has left).
+                let n = tls.close_notify();
+                if n > 0 {
+                    self.written += n;
+                    self.credit.record_overhead(n);
+                    tls.ends.push(self.written);
+                    return Next::Write;
+                }
+            }
+        }
         if let Some(r) = &mut self.resp {
             // Drop file references now; keep the head buffer for the next response.
             r.pieces.clear();
@@ -583,21 +796,23 @@ impl<S: ConnSocket> Conn<S> {
     /// `closing`: the connection is ending now.
     pub fn account(&mut self, ctx: &mut Ctx, proof: bool, closing: bool) {
         let idle = self.resp.is_none();
-        self.credit.account(
-            &self.sock,
-            &ctx.stats,
-            &mut ctx.credits,
-            proof,
-            closing,
-            idle,
-        );
+        let view = AckView {
+            sock: &self.sock,
+            ends: self.tls.as_deref().map(|t| &t.ends),
+        };
+        self.credit
+            .account(&view, &ctx.stats, &mut ctx.credits, proof, closing, idle);
     }
 
     /// The sweep's periodic credit (see [`ConnCredit::sweep`]).
     pub fn sweep_account(&mut self, ctx: &mut Ctx) {
         let sending = self.resp.is_some();
+        let view = AckView {
+            sock: &self.sock,
+            ends: self.tls.as_deref().map(|t| &t.ends),
+        };
         self.credit
-            .sweep(&self.sock, &ctx.stats, &mut ctx.credits, ctx.now, sending);
+            .sweep(&view, &ctx.stats, &mut ctx.credits, ctx.now, sending);
     }
 
     /// The connection is going away: credit what was delivered, release its shaper slot.

@@ -17,6 +17,7 @@ use super::worker::{Submit, Worker, SEND_BUDGET};
 
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
+const TLS_LISTENER: u64 = u64::MAX - 2;
 
 /// The epoll instance of one worker.
 struct Epoll(OwnedFd);
@@ -38,10 +39,13 @@ impl Epoll {
     }
 
     fn watch_listener(&self, w: &Worker) -> io::Result<()> {
-        match w.listen_fd() {
-            Some(fd) => self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, LISTENER),
-            None => Ok(()),
+        if let Some(fd) = w.listen_fd() {
+            self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, LISTENER)?;
         }
+        if let Some(fd) = w.tls_listen_fd() {
+            self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, TLS_LISTENER)?;
+        }
+        Ok(())
     }
 }
 
@@ -85,7 +89,8 @@ fn event_loop(w: &mut Worker, ep: &mut Epoll) -> io::Result<()> {
         for ev in &events[..n] {
             let (flags, data) = (ev.events, ev.u64);
             match data {
-                LISTENER => accept_burst(w, ep),
+                LISTENER => accept_burst(w, ep, false),
+                TLS_LISTENER => accept_burst(w, ep, true),
                 WAKE => {
                     sys::eventfd_drain(w.wake_fd());
                     w.on_wake(ep);
@@ -126,9 +131,10 @@ fn event_loop(w: &mut Worker, ep: &mut Epoll) -> io::Result<()> {
     }
 }
 
-fn accept_burst(w: &mut Worker, ep: &mut Epoll) {
+fn accept_burst(w: &mut Worker, ep: &mut Epoll, tls: bool) {
     for _ in 0..128 {
-        let Some(listener) = w.listener.as_ref() else {
+        let listener = if tls { &w.tls_listener } else { &w.listener };
+        let Some(listener) = listener.as_ref() else {
             return;
         };
         let fd = match sys::accept(listener.as_fd()) {
@@ -143,7 +149,7 @@ fn accept_burst(w: &mut Worker, ep: &mut Epoll) {
             }
         };
         let raw = fd.as_raw_fd();
-        let Some(token) = w.admit(fd) else {
+        let Some(token) = w.admit(fd, tls) else {
             continue;
         };
         let flags = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
@@ -161,7 +167,7 @@ fn accept_burst(w: &mut Worker, ep: &mut Epoll) {
 
 impl Epoll {
     fn pause_accepting(&mut self, w: &Worker) {
-        if let Some(fd) = w.listen_fd() {
+        for fd in [w.listen_fd(), w.tls_listen_fd()].into_iter().flatten() {
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
         }
     }

@@ -24,6 +24,11 @@
 //!
 //! The state machine makes no syscall itself: it asks its [`socket::ConnSocket`]; [`sys`]
 //! holds the checked syscall wrappers, [`ctx`] the per-worker context, [`stats`] the counters.
+//!
+//! HTTPS (`--tls-listen`): each worker has a second listener; a connection accepted there
+//! carries a [`tls::TlsSession`], the layer between the state machine and the socket (rustls
+//! in user space, file bytes read with `pread`, acknowledgements credited per whole record).
+//! SIGHUP and the admin API's `POST /tls/reload` reload [`tls::Certificates`].
 
 pub mod auth;
 pub mod conn;
@@ -39,6 +44,7 @@ pub mod sndbuf;
 pub mod socket;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 pub mod uring;
 pub mod worker;
 
@@ -104,14 +110,31 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     let driver = choose_driver(&cfg)?;
     let workers = cfg.workers.max(1);
 
-    // Bind the first listener (port 0 picks a port), then the others on the same address.
-    let first = sys::reuseport_listener(cfg.listen, 4096)
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = sys::local_addr(first.as_fd())?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(sys::reuseport_listener(addr, 4096)?);
-    }
+    // The certificates first: a bad file stops the start with a clear error.
+    let certs = match &cfg.tls {
+        Some(t) => Some(Arc::new(tls::Certificates::load(t).with_context(|| {
+            format!(
+                "--tls-cert {} / --tls-key {}",
+                t.cert.display(),
+                t.key.display()
+            )
+        })?)),
+        None => None,
+    };
+    let (addr, listeners) = match cfg.listen {
+        Some(a) => {
+            let (addr, l) = bind_all(a, workers)?;
+            (Some(addr), l.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
+    let (tls_addr, tls_listeners) = match &cfg.tls {
+        Some(t) => {
+            let (addr, l) = bind_all(t.listen, workers)?;
+            (Some(addr), l.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
 
     let mut wakes = Vec::new();
     let mut inboxes = Vec::new();
@@ -142,15 +165,27 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         let draining = draining.clone();
         let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
         let wakes_alive = wakes.clone();
+        let certs = certs.clone();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
         ])?;
         std::thread::Builder::new()
             .name("weir-signals".into())
             .spawn(move || {
                 let _keep = wakes_alive;
                 for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        // Certificate rotation (a certbot deploy hook): new handshakes only.
+                        match &certs {
+                            Some(c) => {
+                                let _ = c.reload();
+                            }
+                            None => tracing::info!("SIGHUP: no --tls-listen, nothing to reload"),
+                        }
+                        continue;
+                    }
                     tracing::info!(signal = sig, "shutting down: draining connections");
                     draining.store(true, Ordering::Release);
                     for &fd in &wake_fds {
@@ -201,6 +236,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                     shaper: shaper.clone(),
                     default_rate: cfg.default_user_rate,
                 })),
+                tls_reload: certs.clone().map(|c| {
+                    Box::new(move || c.reload().map_err(|e| format!("{e:#}")))
+                        as Box<dyn Fn() -> Result<(), String> + Send + Sync>
+                }),
                 drain: Box::new(move || {
                     let _keep = &wakes_alive;
                     draining.store(true, Ordering::Release);
@@ -221,18 +260,24 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     if let Some(a) = admin_addr {
         println!("weir: admin API on http://{a} (bearer token: --admin-token, WEIR_ADMIN_TOKEN or DATA/admin-token)");
     }
-    print_banner(addr, workers, &driver_desc, demo.as_ref());
+    print_banner(addr, tls_addr, workers, &driver_desc, demo.as_ref());
 
     let credit_sink = ledger.as_ref().map(|(l, _)| credit::to_ledger(l.clone()));
     let cfg = Arc::new(cfg);
     let mut handles = Vec::new();
-    for (id, ((listener, wake), inbox)) in
-        listeners.into_iter().zip(wakes).zip(inbox_rx).enumerate()
+    for (id, (((listener, tls_listener), wake), inbox)) in listeners
+        .into_iter()
+        .zip(tls_listeners)
+        .zip(wakes)
+        .zip(inbox_rx)
+        .enumerate()
     {
         let init = WorkerInit {
             id,
             cfg: cfg.clone(),
             listener,
+            tls_listener,
+            certs: certs.clone(),
             wake,
             inbox,
             secret: secret.clone(),
@@ -276,6 +321,22 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bind one `SO_REUSEPORT` listener per worker on `addr` (port 0: the first picks one, the
+/// others share it); returns the bound address.
+fn bind_all(
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+    let first =
+        sys::reuseport_listener(addr, 4096).with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = sys::local_addr(first.as_fd())?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(sys::reuseport_listener(bound, 4096)?);
+    }
+    Ok((bound, listeners))
+}
+
 /// Live rate changes from the admin API, applied to the shared shaper.
 struct ShaperControl {
     shaper: Arc<weir_shaper::Shaper>,
@@ -299,27 +360,47 @@ impl crate::admin::RateControl for ShaperControl {
     }
 }
 
-fn print_banner(addr: std::net::SocketAddr, workers: usize, driver: &str, demo: Option<&DemoInfo>) {
+fn print_banner(
+    addr: Option<std::net::SocketAddr>,
+    tls_addr: Option<std::net::SocketAddr>,
+    workers: usize,
+    driver: &str,
+    demo: Option<&DemoInfo>,
+) {
     let mut out = std::io::stdout().lock();
+    let (scheme, shown) = match (addr, tls_addr) {
+        (Some(a), _) => ("http", a),
+        (None, Some(a)) => ("https", a),
+        (None, None) => return,
+    };
     if let Some(d) = demo {
         let _ = writeln!(out, "weir: demo catalog: {}", d.items.join(", "));
         let _ = writeln!(out, "weir: demo credentials: {}:{}", d.user, d.password);
         let _ = writeln!(
             out,
-            "weir: try:  curl -u {u}:{p} -o demo-64m http://{addr}/d/demo-64m",
+            "weir: try:  curl -u {u}:{p} -o demo-64m {scheme}://{shown}/d/demo-64m",
             u = d.user,
             p = d.password
         );
         let _ = writeln!(
             out,
-            "weir:       axel -n 40 -o demo-64m.axel http://{u}:{p}@{addr}/d/demo-64m",
+            "weir:       axel -n 40 -o demo-64m.axel {scheme}://{u}:{p}@{shown}/d/demo-64m",
             u = d.user,
             p = d.password
         );
     }
-    let _ = writeln!(
-        out,
-        "weir: listening on http://{addr} ({driver}, {workers} workers)"
-    );
+    // The HTTPS line first: tests and scripts wait for the plain one as "ready".
+    if let Some(a) = tls_addr {
+        let _ = writeln!(
+            out,
+            "weir: listening on https://{a} ({driver}, {workers} workers)"
+        );
+    }
+    if let Some(a) = addr {
+        let _ = writeln!(
+            out,
+            "weir: listening on http://{a} ({driver}, {workers} workers)"
+        );
+    }
     let _ = out.flush();
 }

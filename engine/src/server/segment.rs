@@ -207,6 +207,12 @@ impl MappedFile {
         self.len == 0
     }
 
+    /// Copy bytes from `offset` into `buf` with `pread` (for TLS, which encrypts in user
+    /// space): a truncated file reads short, never SIGBUS. Returns the bytes read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    }
+
     /// Pointer to byte `offset` for the kernel, with at most `max` bytes available from there.
     /// The pointer may only be passed to syscalls (see the module docs), never dereferenced.
     pub fn kernel_ptr(&self, offset: u64, max: u64) -> (*const u8, usize) {

@@ -38,7 +38,8 @@ pub enum SendPlan {
 /// body piece) and the `msghdr` pointing at them.
 pub struct SendBuf {
     /// INVARIANT: after [`plan`] returned `SendPlan::Iov`, `iov[..msg.msg_iovlen]` point into
-    /// the response's head, a literal piece, or a mapping the response holds alive; the owner
+    /// the response's head, a literal piece, or a mapping the response holds alive (after
+    /// [`SendBuf::point_at`]: into the connection's TLS ciphertext buffer); the owner
     /// (a boxed connection) keeps the response unchanged and this buffer in place until the
     /// send completes.
     iov: [libc::iovec; 2],
@@ -62,6 +63,17 @@ impl SendBuf {
     /// The iovecs of the planned send.
     pub fn iov(&self) -> &[libc::iovec] {
         &self.iov[..self.msg.msg_iovlen]
+    }
+
+    /// Describe a send of `bytes` (a TLS connection's pending ciphertext, which its owner keeps
+    /// unchanged until the send completes, like the response in [`plan`]).
+    pub fn point_at(&mut self, bytes: &[u8]) {
+        self.iov[0] = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = 1;
     }
 
     /// The `msghdr` of the planned send (for an io_uring SENDMSG).
@@ -148,6 +160,70 @@ pub fn plan(resp: &Response, buf: &mut SendBuf, body_budget: u64, path: SendPath
         len: total,
         more: big_file,
     }
+}
+
+/// Copy the next bytes of `resp` into `buf` without moving past them (TLS encrypts them in
+/// user space): the head, literals, and at most `body_budget` file bytes read with `pread`
+/// (never from the mapping). Returns (bytes copied, body bytes among them). A file that
+/// reads short (truncated under weir) stops the copy there; when it yields nothing at all the
+/// file is returned as the error.
+pub fn copy_next(
+    resp: &Response,
+    buf: &mut [u8],
+    body_budget: u64,
+) -> Result<(usize, u64), std::sync::Arc<super::segment::MappedFile>> {
+    let head_rest = &resp.head[resp.head_sent..];
+    let mut n = head_rest.len().min(buf.len());
+    buf[..n].copy_from_slice(&head_rest[..n]);
+    let mut budget = body_budget;
+    let (mut piece, mut offset) = (resp.piece, resp.offset);
+    let mut body = 0u64;
+    while n < buf.len() {
+        let Some(p) = resp.pieces.get(piece) else {
+            break;
+        };
+        let room = buf.len() - n;
+        let take = match p {
+            BodyPiece::Literal(bytes) => {
+                let rest = &bytes[offset as usize..];
+                let k = rest.len().min(room);
+                buf[n..n + k].copy_from_slice(&rest[..k]);
+                k
+            }
+            BodyPiece::File {
+                file, start, end, ..
+            } => {
+                let want = (end - start - offset).min(room as u64).min(budget) as usize;
+                if want == 0 {
+                    break;
+                }
+                let got = match file.read_at(start + offset, &mut buf[n..n + want]) {
+                    Ok(k) => k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                    Err(_) => 0,
+                };
+                if got == 0 && n == 0 {
+                    return Err(file.clone());
+                }
+                budget -= got as u64;
+                if got < want {
+                    // Short: the file shrank. Send what was read; the next copy finds nothing.
+                    n += got;
+                    body += got as u64;
+                    break;
+                }
+                got
+            }
+        };
+        n += take;
+        body += take as u64;
+        offset += take as u64;
+        if offset == p.size() {
+            piece += 1;
+            offset = 0;
+        }
+    }
+    Ok((n, body))
 }
 
 /// `n` bytes of `resp` went out: move past them, recording each as overhead or content.

@@ -17,6 +17,8 @@ pub struct WorkerStats {
     pub accept_backoffs: AtomicU64,
     pub send_errors: AtomicU64,
     pub bytes_credited: AtomicU64,
+    /// TLS connections ended by a failed handshake or a bad record.
+    pub tls_errors: AtomicU64,
 }
 
 impl WorkerStats {
@@ -107,6 +109,13 @@ pub fn render(workers: &[std::sync::Arc<WorkerStats>], extra: &[(&str, &str, u64
         "counter",
         "Sends that failed (peer gone, file truncated).",
         sum(&|w| &w.send_errors),
+    );
+    metric(
+        &mut out,
+        "weir_tls_errors_total",
+        "counter",
+        "TLS connections ended by a failed handshake or a bad record.",
+        sum(&|w| &w.tls_errors),
     );
     out.push_str("# HELP weir_responses_total Responses by status class.\n# TYPE weir_responses_total counter\n");
     for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {

@@ -390,7 +390,9 @@ impl Driver {
         }
     }
 
-    fn arm_accept(&mut self, listen_fd: i32) {
+    /// Accept on the plain listener (`tls` false) or the HTTPS one: the low bit of the user
+    /// data says which.
+    fn arm_accept(&mut self, listen_fd: i32, tls: bool) {
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         let entry = if self.features.multishot_accept {
             opcode::AcceptMulti::new(types::Fd(listen_fd))
@@ -406,7 +408,7 @@ impl Driver {
             .build()
         };
         // SAFETY: accept passes no buffers (null address pointers).
-        unsafe { self.push(entry.user_data(OP_ACCEPT)) };
+        unsafe { self.push(entry.user_data(OP_ACCEPT | u64::from(tls))) };
     }
 
     fn arm_wake(&mut self, fd: i32, fixed: &mut Fixed) {
@@ -445,8 +447,10 @@ impl Driver {
 }
 
 fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<()> {
-    if let Some(fd) = w.listen_fd() {
-        d.arm_accept(fd);
+    for tls in [false, true] {
+        if let Some(fd) = w.listener_fd(tls) {
+            d.arm_accept(fd, tls);
+        }
     }
     let wake_fd = w.wake_fd();
     d.arm_wake(wake_fd, fixed);
@@ -476,7 +480,7 @@ fn event_loop(w: &mut Worker, d: &mut Driver, fixed: &mut Fixed) -> io::Result<(
                 }
                 let token = ud & !OP_MASK;
                 match ud & OP_MASK {
-                    OP_ACCEPT => on_accept(w, d, res, flags),
+                    OP_ACCEPT => on_accept(w, d, res, flags, token == 1),
                     OP_WAKE => {
                         w.on_wake(d);
                         if !w.ctx.draining || !w.conns.is_empty() {
@@ -589,18 +593,21 @@ fn op_done(conns: &mut Slab, token: u64) -> Option<&mut Conn> {
     conns.get_mut(token)
 }
 
-fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
+fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32, tls: bool) {
     let rearm = !cqueue::more(flags) || !d.features.multishot_accept;
     if res < 0 {
+        if -res == libc::ECANCELED {
+            // Cancelled by a pause or the drain: re-armed by `resume_accepting`, if ever.
+            return;
+        }
         if w.accept_failed(-res) {
-            if cqueue::more(flags) {
-                d.cancel_accept();
-            }
+            // Both listeners pause (the sweep re-arms both).
+            d.cancel_accept();
             return;
         }
         if rearm && !w.ctx.draining {
-            if let Some(fd) = w.listen_fd() {
-                d.arm_accept(fd);
+            if let Some(fd) = w.listener_fd(tls) {
+                d.arm_accept(fd, tls);
             }
         }
         return;
@@ -608,25 +615,22 @@ fn on_accept(w: &mut Worker, d: &mut Driver, res: i32, flags: u32) {
     // SAFETY: a successful ACCEPT completion carries a new descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(res) };
     if rearm && !w.ctx.draining && w.accept_paused_until.is_none() {
-        if let Some(lfd) = w.listen_fd() {
-            d.arm_accept(lfd);
+        if let Some(lfd) = w.listener_fd(tls) {
+            d.arm_accept(lfd, tls);
         }
     }
-    if let Some(token) = w.admit(fd) {
+    if let Some(token) = w.admit(fd, tls) {
         d.drive(w, token, Next::Read);
     }
 }
 
 impl Driver {
+    /// Cancel the accepts armed on both listeners.
     fn cancel_accept(&mut self) {
-        // SAFETY: cancel passes no buffers.
-        unsafe {
-            self.push(
-                opcode::AsyncCancel::new(OP_ACCEPT)
-                    .build()
-                    .user_data(OP_CANCEL),
-            )
-        };
+        for ud in [OP_ACCEPT, OP_ACCEPT | 1] {
+            // SAFETY: cancel passes no buffers.
+            unsafe { self.push(opcode::AsyncCancel::new(ud).build().user_data(OP_CANCEL)) };
+        }
     }
 }
 
@@ -722,8 +726,10 @@ impl Submit for Driver {
     }
 
     fn resume_accepting(&mut self, w: &mut Worker) {
-        if let Some(fd) = w.listen_fd() {
-            self.arm_accept(fd);
+        for tls in [false, true] {
+            if let Some(fd) = w.listener_fd(tls) {
+                self.arm_accept(fd, tls);
+            }
         }
     }
 }
@@ -752,7 +758,9 @@ mod tests {
         let mut w = Worker::new(WorkerInit {
             id: 0,
             cfg: Arc::new(ServeConfig::new(dir.path().into())),
-            listener,
+            listener: Some(listener),
+            tls_listener: None,
+            certs: None,
             wake: Arc::new(sys::eventfd().unwrap()),
             inbox,
             secret: Arc::new(vec![1; 32]),
@@ -769,7 +777,7 @@ mod tests {
         let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (server, _) = l.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        let token = w.admit(OwnedFd::from(server)).unwrap();
+        let token = w.admit(OwnedFd::from(server), false).unwrap();
 
         let mut d = Driver {
             ring: IoUring::new(64).expect("io_uring"),

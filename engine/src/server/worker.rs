@@ -28,13 +28,18 @@ use super::shaping::{ShaperWaits, Shaping};
 use super::socket::FdSocket;
 use super::stats::WorkerStats;
 use super::sys;
+use super::tls::{Certificates, TlsSession};
 use crate::completion::InflightFile;
 
 /// Everything a worker thread starts with.
 pub struct WorkerInit {
     pub id: usize,
     pub cfg: Arc<ServeConfig>,
-    pub listener: OwnedFd,
+    /// The plain-HTTP listener (`None`: `--listen off`).
+    pub listener: Option<OwnedFd>,
+    /// The HTTPS listener and the certificates its handshakes use.
+    pub tls_listener: Option<OwnedFd>,
+    pub certs: Option<Arc<Certificates>>,
     pub wake: Arc<OwnedFd>,
     pub inbox: Receiver<Reply>,
     pub secret: Arc<Vec<u8>>,
@@ -154,6 +159,8 @@ pub struct Worker {
     pub ctx: Ctx,
     pub conns: Slab,
     pub listener: Option<OwnedFd>,
+    pub tls_listener: Option<OwnedFd>,
+    pub certs: Option<Arc<Certificates>>,
     pub wake: Arc<OwnedFd>,
     pub inbox: Receiver<Reply>,
     pub draining_flag: Arc<AtomicBool>,
@@ -219,7 +226,9 @@ impl Worker {
                 shaping: Shaping::new(init.shaper, init.default_rate),
             },
             conns: Slab::with_stats(init.stats),
-            listener: Some(init.listener),
+            listener: init.listener,
+            tls_listener: init.tls_listener,
+            certs: init.certs,
             wake: init.wake,
             inbox: init.inbox,
             draining_flag: init.draining,
@@ -239,14 +248,39 @@ impl Worker {
         self.listener.as_ref().map(|l| l.as_raw_fd())
     }
 
-    /// A new socket from the listener: refused (503) over the connection cap or while
-    /// draining (closed), else a new connection whose token is returned, for the driver to
-    /// register and drive with `Next::Read` (most clients send the request right away).
-    pub fn admit(&mut self, fd: OwnedFd) -> Option<u64> {
+    /// The HTTPS listener, if any.
+    pub fn tls_listen_fd(&self) -> Option<i32> {
+        self.tls_listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// The listener of one kind (`tls`: the HTTPS one).
+    pub fn listener_fd(&self, tls: bool) -> Option<i32> {
+        if tls {
+            self.tls_listen_fd()
+        } else {
+            self.listen_fd()
+        }
+    }
+
+    /// A new socket from the listener (`tls`: the HTTPS one): refused (503) over the
+    /// connection cap or while draining (closed), else a new connection whose token is
+    /// returned, for the driver to register and drive with `Next::Read` (most clients send the
+    /// request, or the ClientHello, right away).
+    pub fn admit(&mut self, fd: OwnedFd, tls: bool) -> Option<u64> {
         if self.ctx.draining {
             return None;
         }
+        let session = match (tls, &self.certs) {
+            (false, _) => None,
+            (true, Some(certs)) => Some(TlsSession::new(certs.config())?),
+            (true, None) => return None,
+        };
         if self.conns.len() >= self.ctx.cfg.max_connections_per_worker {
+            if session.is_some() {
+                // No plaintext 503 into a TLS handshake: just close.
+                self.ctx.stats.add(&self.ctx.stats.refused_over_cap, 1);
+                return None;
+            }
             self.ctx.stats.add(&self.ctx.stats.refused_over_cap, 1);
             const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: weir\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
             sys::send_small(fd.as_fd(), BUSY);
@@ -254,10 +288,13 @@ impl Worker {
         }
         let now = self.ctx.now;
         let ctx = &self.ctx;
-        Some(
-            self.conns
-                .insert(|t| Conn::new(FdSocket::new(fd), t, now, ctx)),
-        )
+        Some(self.conns.insert(|t| {
+            let c = Conn::new(FdSocket::new(fd), t, now, ctx);
+            match session {
+                Some(s) => c.with_tls(s),
+                None => c,
+            }
+        }))
     }
 
     /// An accept failed with `errno`. Out of descriptors or memory: count it and pause accepts
@@ -295,6 +332,7 @@ impl Worker {
         if self.drain_requested() {
             d.stop_accepting(self);
             self.listener = None;
+            self.tls_listener = None;
             for t in self.begin_drain() {
                 d.drive(self, t, Next::Close);
             }
