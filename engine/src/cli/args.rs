@@ -14,7 +14,7 @@ use clap::{Arg, Args, Parser, Subcommand};
 use weir_shaper::Rate;
 
 use crate::config::{defaults, parse_duration, parse_rate_class, Settings, Size};
-use crate::config::{DriverChoice, SendPath, UringFeatures};
+use crate::config::{DriverChoice, LogFormat, SendPath, UringFeatures};
 
 const SERVE_AFTER_HELP: &str = "\
 Precedence: flag > environment variable > --config TOML file > default.
@@ -252,6 +252,12 @@ pub struct ServeArgs {
     /// How large bodies reach the socket: from the mapping (send) or with sendfile
     #[arg(long, env = "WEIR_SEND_PATH", value_enum)]
     pub send_path: Option<SendPath>,
+    /// Access log: one line per response, to this file (`-`: standard output); reopened on SIGUSR1
+    #[arg(long, env = "WEIR_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<String>,
+    /// Format of every log line and of the access log
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// TOML file with any of these settings (see below)
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -311,6 +317,8 @@ impl ServeArgs {
             credential_cache_ttl: self.credential_cache_ttl,
             no_accounting: self.no_accounting.then_some(true),
             send_path: self.send_path,
+            access_log: self.access_log.clone(),
+            log_format: self.log_format,
         }
     }
 }

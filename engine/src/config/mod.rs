@@ -19,7 +19,7 @@ use clap::ValueEnum;
 use weir_shaper::Rate;
 
 pub use settings::{parse_duration, parse_rate_class, Settings, Size};
-pub use settings::{DriverChoice, SendPath, UringFeatures};
+pub use settings::{DriverChoice, LogFormat, SendPath, UringFeatures};
 
 /// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
 /// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).
@@ -72,6 +72,10 @@ pub struct ServeConfig {
     /// Rate classes signed links may name (`r=NAME`): downloads through such a link are shaped
     /// as their own class `user/NAME` at this rate.
     pub rate_classes: std::collections::HashMap<String, Rate>,
+    /// Access log target (`-`: standard output); none: no access log.
+    pub access_log: Option<String>,
+    /// Format of log and access log lines.
+    pub log_format: LogFormat,
 }
 
 impl ServeConfig {
@@ -102,6 +106,8 @@ impl ServeConfig {
             accounting: true,
             send_path: choice(defaults::SEND_PATH),
             rate_classes: std::collections::HashMap::new(),
+            access_log: None,
+            log_format: choice(defaults::LOG_FORMAT),
         }
     }
 
@@ -144,6 +150,10 @@ impl ServeConfig {
             self.accounting = !off;
         }
         set(&mut self.send_path, &layer.send_path);
+        set(&mut self.log_format, &layer.log_format);
+        if let Some(path) = &layer.access_log {
+            self.access_log = Some(path.clone());
+        }
         self.rate_classes
             .extend(layer.rate_classes.iter().map(|(n, r)| (n.clone(), *r)));
     }
@@ -167,6 +177,12 @@ impl ServeConfig {
             ("--send-timeout", self.send_timeout),
         ] {
             ensure!(!d.is_zero(), "{name} must be greater than zero");
+        }
+        if let Some(path) = &self.access_log {
+            ensure!(
+                !path.is_empty(),
+                "--access-log needs a path (or - for stdout)"
+            );
         }
         if let Some(url) = &self.webhook {
             ensure!(
