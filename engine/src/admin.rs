@@ -130,7 +130,8 @@ struct Loop {
 /// What one read step decided.
 enum Step {
     More,
-    Answer(u16, String, &'static str),
+    /// Status, body, content type, and whether to drain the server once it is out.
+    Answer(u16, String, &'static str, bool),
     Close,
 }
 
@@ -238,8 +239,8 @@ impl Loop {
             match read_request(c, &self.state, &self.store) {
                 Step::More => return,
                 Step::Close => return self.close(token),
-                Step::Answer(status, body, ctype) => {
-                    c.drain_after = status == 202;
+                Step::Answer(status, body, ctype, drain) => {
+                    c.drain_after = drain;
                     c.out = Some(render(status, &body, ctype));
                     c.deadline = Instant::now() + REQUEST_TIMEOUT;
                 }
@@ -326,7 +327,9 @@ fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> S
     let path = req.path.unwrap_or("");
     let auth = header("Authorization");
     let (status, text, ctype) = handle(state, store, method, path, auth.as_deref(), body);
-    Step::Answer(status, text, ctype)
+    let url = path.split('?').next().unwrap_or("");
+    let drain = status == 202 && find_route(method, url).is_some_and(|(r, _)| r == Route::Drain);
+    Step::Answer(status, text, ctype, drain)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -365,7 +368,7 @@ const JSON: &str = "application/json";
 
 fn error(status: u16, reason: &str) -> Step {
     let (status, body, ctype) = answer_error(status, reason);
-    Step::Answer(status, body, ctype)
+    Step::Answer(status, body, ctype, false)
 }
 
 fn answer_error(status: u16, reason: &str) -> (u16, String, &'static str) {

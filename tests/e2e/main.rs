@@ -29,5 +29,6 @@ mod enospc;
 mod hostile;
 mod http_status;
 mod loadgen;
+mod operations;
 mod robustness;
 mod shaping;
