@@ -6,9 +6,11 @@
 //! into a [`Record`] and hands it to the [`AccessLog`] with a non-blocking `try_send` into a
 //! bounded queue ([`QUEUE`]); when the queue is full the line is dropped and counted
 //! (`weir_access_log_dropped_total`), so a slow disk never slows a worker. The writer thread
-//! formats the lines (text or JSON, like the other log lines: `--log-format`), buffers them and
-//! flushes whenever the queue is empty. [`AccessLog::reopen`] (SIGUSR1) makes it close and
-//! reopen the file, so `logrotate` can rename it away first.
+//! wakes every [`TICK`], takes what is queued, formats it (text or JSON, like the other log
+//! lines: `--log-format`) and writes it in one buffered go. It never sleeps on the queue itself,
+//! so a worker's `try_send` never has a sleeping reader to wake (no syscall per line on an I/O
+//! thread). [`AccessLog::reopen`] (SIGUSR1) makes it close and reopen the file, so `logrotate`
+//! can rename it away first; [`AccessLog::close`] writes what is queued before weir exits.
 //!
 //! A response's line is written when its connection moves on: at the next request (then the
 //! client read it all, and every byte sent counts as acknowledged) or when the connection
@@ -29,6 +31,8 @@ use crate::config::LogFormat;
 
 /// Lines waiting for the writer at most; past it they are dropped and counted.
 pub const QUEUE: usize = 64 * 1024;
+/// How often the writer takes the queued lines.
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// One finished response.
 #[derive(Debug, Clone)]
@@ -84,6 +88,8 @@ impl AccessLogStats {
 
 enum Control {
     Reopen,
+    /// Write what is queued, then answer on the channel and stop.
+    Close(Sender<()>),
 }
 
 /// The workers' handle: cheap to clone, never blocks.
@@ -148,6 +154,14 @@ impl AccessLog {
         let _ = self.control.send(Control::Reopen);
     }
 
+    /// Write every queued line and stop the writer (at exit, once the workers stopped).
+    pub fn close(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.control.send(Control::Close(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
     pub fn stats(&self) -> Arc<AccessLogStats> {
         self.stats.clone()
     }
@@ -174,29 +188,30 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Record>, control: Receiver<Control>) {
+        use crossbeam_channel::RecvTimeoutError;
         loop {
-            crossbeam_channel::select! {
-                recv(rx) -> r => match r {
-                    Ok(r) => {
-                        self.write(&r);
-                        // Write what else is queued, then flush once.
-                        while let Ok(r) = rx.try_recv() {
-                            self.write(&r);
-                        }
-                        self.flush();
-                    }
-                    Err(_) => {
-                        self.flush();
-                        return;
-                    }
-                },
-                recv(control) -> c => match c {
-                    Ok(Control::Reopen) => self.reopen(),
-                    Err(_) => {
-                        self.flush();
-                        return;
-                    }
-                },
+            let mut done = None;
+            let mut stop = false;
+            match control.recv_timeout(TICK) {
+                Ok(Control::Reopen) => self.reopen(),
+                Ok(Control::Close(tx)) => done = Some(tx),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            let mut wrote = false;
+            while let Ok(r) = rx.try_recv() {
+                self.write(&r);
+                wrote = true;
+            }
+            if wrote {
+                self.flush();
+            }
+            if let Some(tx) = done {
+                let _ = tx.send(());
+                return;
+            }
+            if stop {
+                return;
             }
         }
     }
@@ -240,19 +255,31 @@ pub fn format_record(out: &mut String, r: &Record, format: LogFormat, driver: &s
     let ms = r.duration.as_secs_f64() * 1000.0;
     match format {
         LogFormat::Text => {
-            let dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+            // Written field by field: no allocation per line.
+            let user = r.user.as_deref().unwrap_or("-");
+            let item = r.item.as_deref().unwrap_or("-");
+            let _ = write!(out, "{time} user={user} item={item} part=");
+            match r.part {
+                Some(p) => write!(out, "{p}"),
+                None => write!(out, "-"),
+            }
+            .ok();
+            match r.range.as_deref() {
+                Some(v) => write!(out, " range={v:?}"),
+                None => write!(out, " range=-"),
+            }
+            .ok();
             let _ = write!(
                 out,
-                "{time} user={} item={} part={} range={} status={} bytes_sent={} bytes_acked={} duration_ms={ms:.3} client={} driver={driver}",
-                dash(r.user.as_deref()),
-                dash(r.item.as_deref()),
-                r.part.map_or("-".to_string(), |p| p.to_string()),
-                r.range.as_deref().map_or("-".to_string(), |v| format!("{v:?}")),
-                r.status,
-                r.bytes_sent,
-                r.bytes_acked,
-                r.client.map_or("-".to_string(), |a| a.to_string()),
+                " status={} bytes_sent={} bytes_acked={} duration_ms={ms:.3} client=",
+                r.status, r.bytes_sent, r.bytes_acked
             );
+            match r.client {
+                Some(a) => write!(out, "{a}"),
+                None => write!(out, "-"),
+            }
+            .ok();
+            let _ = write!(out, " driver={driver}");
         }
         LogFormat::Json => {
             let v = serde_json::json!({
@@ -352,9 +379,16 @@ impl ConnLog {
         self.finished = Some(now);
     }
 
-    /// The response is over: its line, if one is open. `written`: the connection's stream
-    /// offset now; `acked`: the stream bytes the client's TCP acknowledged (`None`: all).
-    pub fn take(&mut self, now: Instant, written: u64, acked: Option<u64>) -> Option<Record> {
+    /// The response is over, if one is open: the bytes of it acknowledged, and its line when
+    /// `logging`. `written`: the connection's stream offset now; `acked`: the stream bytes the
+    /// client's TCP acknowledged (`None`: all).
+    pub fn take(
+        &mut self,
+        now: Instant,
+        written: u64,
+        acked: Option<u64>,
+        logging: bool,
+    ) -> Option<(u64, Option<Record>)> {
         if !self.open {
             return None;
         }
@@ -366,11 +400,14 @@ impl ConnLog {
             Some(a) => a.saturating_sub(self.stream_start).min(sent),
         };
         let began = self.began.take().unwrap_or(now);
+        if !logging {
+            return Some((acked, None));
+        }
         let duration = self
             .finished
             .unwrap_or(now)
             .saturating_duration_since(began);
-        Some(Record {
+        let record = Record {
             time: self.time.take().unwrap_or_else(SystemTime::now),
             user: self.user.clone(),
             item: self.item.clone(),
@@ -381,7 +418,8 @@ impl ConnLog {
             bytes_acked: acked,
             duration,
             client: self.client,
-        })
+        };
+        Some((acked, Some(record)))
     }
 
     /// The response being sent, for `GET /downloads`: its user, item, bytes sent so far, its
@@ -482,8 +520,12 @@ mod tests {
         c.request(now, "song", None, true);
         c.start(now, 200, 1000, true);
         c.finish(now, 1500);
-        let r = c.take(now, 1500, Some(1200)).unwrap();
-        assert_eq!((r.bytes_sent, r.bytes_acked), (500, 200));
-        assert!(c.take(now, 1500, None).is_none(), "one line per response");
+        let (acked, r) = c.take(now, 1500, Some(1200), true).unwrap();
+        let r = r.unwrap();
+        assert_eq!((r.bytes_sent, r.bytes_acked, acked), (500, 200, 200));
+        assert!(
+            c.take(now, 1500, None, true).is_none(),
+            "one line per response"
+        );
     }
 }

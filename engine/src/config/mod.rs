@@ -257,6 +257,19 @@ mod tests {
     }
 
     #[test]
+    fn access_log_and_log_format_come_from_the_file_too() {
+        let file = Settings::from_toml(
+            "access_log = \"/var/log/weir/access.log\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&Settings::default(), &file).unwrap();
+        assert_eq!(cfg.access_log.as_deref(), Some("/var/log/weir/access.log"));
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let none = resolve(&Settings::default(), &Settings::default()).unwrap();
+        assert_eq!((none.access_log, none.log_format), (None, LogFormat::Text));
+    }
+
+    #[test]
     fn flags_beat_the_file_and_the_file_beats_the_defaults() {
         let file = Settings::from_toml(
             "data_dir = \"/srv/weir\"\nworkers = 2\nidle_timeout = \"5s\"\nno_accounting = true\n\

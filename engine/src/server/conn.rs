@@ -589,9 +589,10 @@ impl<S: ConnSocket> Conn<S> {
             self.log.client = self.sock.peer_ip();
             self.log.client_known = true;
         }
-        if let Some(r) = self.log.take(ctx.now, self.written, acked) {
-            ctx.stats.add(&ctx.stats.bytes_acked, r.bytes_acked);
-            if let Some(log) = &ctx.access {
+        let logging = ctx.access.is_some();
+        if let Some((acked, record)) = self.log.take(ctx.now, self.written, acked, logging) {
+            ctx.stats.add(&ctx.stats.bytes_acked, acked);
+            if let (Some(log), Some(r)) = (&ctx.access, record) {
                 log.log(r);
             }
         }

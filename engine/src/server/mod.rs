@@ -347,6 +347,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     for h in handles {
         failed |= !matches!(h.join(), Ok(Ok(())));
     }
+    if let Some(log) = &access_log {
+        // The last lines out before exiting.
+        log.close();
+    }
     if let Some((_, thread)) = ledger {
         // Apply the last credits and flush the journal before exiting.
         thread.shutdown();
