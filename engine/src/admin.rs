@@ -2,13 +2,19 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text: connections, bytes, responses by class, timeouts, credits |
+//! | `GET /health` | 200 while the process runs (no token needed) |
+//! | `GET /ready` | 200, or 503 `{"ready": false, "reason"}`: store unreachable, a worker stopped, draining (no token needed) |
+//! | `GET /openapi.json` | the OpenAPI 3 description of this API (`engine/openapi/admin.json`; no token needed) |
+//! | `GET /metrics` | Prometheus text: connections, bytes, responses, completions, webhook, shaper, auth pool, loop latency, driver, build |
+//! | `GET /downloads` | live downloads by user and item: connections, current rate, bytes sent, age |
 //! | `GET /users/{name}` | `{"name", "rate", "active_connections"}` |
 //! | `PUT /users/{name}/rate` | body `{"rate": "1MiB" \| "unlimited" \| "default"}`: stored, and applied live |
+//! | `DELETE /users/{name}/connections` | cut the user's connections now (202) |
 //! | `PUT /global/rate` | body `{"rate": "25MiB" \| "unlimited"}`: applied live |
 //! | `POST /drain` | same as SIGTERM |
 //! | `POST /tls/reload` | same as SIGHUP: reload the TLS certificate and key (409 and the reason if refused) |
 //!
+//! The routes are one table ([`ROUTES`]); the OpenAPI file lists the same (a test checks).
 //! Missing or wrong token → 401 (the scheme `Bearer` in any case); malformed body or rate →
 //! 400 with the reason; unknown user → 404.
 //!
@@ -34,6 +40,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use weir_shaper::Rate;
 
+use crate::accesslog::LiveDownload;
 use crate::storage::{Storage, Store, StoreError};
 
 /// Admin connections open at once; one more closes the oldest.
@@ -64,6 +71,12 @@ pub struct AdminState {
     pub drain: Box<dyn Fn() + Send + Sync>,
     /// Reloads the TLS certificate files (`None`: no `--tls-listen`).
     pub tls_reload: Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// `GET /ready` beyond the store: `Err(reason)` while draining or with a worker stopped.
+    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// The workers' published live downloads (one entry per connection).
+    pub downloads: Box<dyn Fn() -> Vec<LiveDownload> + Send + Sync>,
+    /// Cut every connection of a user now.
+    pub cut: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 /// Bind `addr` and serve the admin API on a thread; returns the bound address.
@@ -120,7 +133,8 @@ struct Loop {
 /// What one read step decided.
 enum Step {
     More,
-    Answer(u16, String, &'static str),
+    /// Status, body, content type, and whether to drain the server once it is out.
+    Answer(u16, String, &'static str, bool),
     Close,
 }
 
@@ -228,8 +242,8 @@ impl Loop {
             match read_request(c, &self.state, &self.store) {
                 Step::More => return,
                 Step::Close => return self.close(token),
-                Step::Answer(status, body, ctype) => {
-                    c.drain_after = status == 202;
+                Step::Answer(status, body, ctype, drain) => {
+                    c.drain_after = drain;
                     c.out = Some(render(status, &body, ctype));
                     c.deadline = Instant::now() + REQUEST_TIMEOUT;
                 }
@@ -316,7 +330,9 @@ fn read_request(c: &mut AdminConn, state: &AdminState, store: &dyn Storage) -> S
     let path = req.path.unwrap_or("");
     let auth = header("Authorization");
     let (status, text, ctype) = handle(state, store, method, path, auth.as_deref(), body);
-    Step::Answer(status, text, ctype)
+    let url = path.split('?').next().unwrap_or("");
+    let drain = status == 202 && find_route(method, url).is_some_and(|(r, _)| r == Route::Drain);
+    Step::Answer(status, text, ctype, drain)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -331,6 +347,7 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        503 => "Service Unavailable",
         _ => "",
     }
 }
@@ -354,7 +371,7 @@ const JSON: &str = "application/json";
 
 fn error(status: u16, reason: &str) -> Step {
     let (status, body, ctype) = answer_error(status, reason);
-    Step::Answer(status, body, ctype)
+    Step::Answer(status, body, ctype, false)
 }
 
 fn answer_error(status: u16, reason: &str) -> (u16, String, &'static str) {
@@ -395,6 +412,112 @@ pub fn parse_rate_body(body: &[u8], allow_default: bool) -> Result<Option<Rate>,
     rate.parse::<Rate>().map(Some).map_err(|e| e.to_string())
 }
 
+/// What an admin request asks for; [`ROUTES`] maps methods and paths to these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Health,
+    Ready,
+    OpenApi,
+    Metrics,
+    Downloads,
+    User,
+    UserRate,
+    UserConnections,
+    GlobalRate,
+    Drain,
+    TlsReload,
+}
+
+/// Every route the admin API answers: method, path as `openapi/admin.json` writes it (`{x}`
+/// matches one segment), and the route. The OpenAPI description lists exactly these (a test
+/// checks). To add a route: a row here, a [`Route`], its arm in [`handle`], its entry there.
+const ROUTES: &[(&str, &str, Route)] = &[
+    ("GET", "/health", Route::Health),
+    ("GET", "/ready", Route::Ready),
+    ("GET", "/openapi.json", Route::OpenApi),
+    ("GET", "/metrics", Route::Metrics),
+    ("GET", "/downloads", Route::Downloads),
+    ("GET", "/users/{name}", Route::User),
+    ("PUT", "/users/{name}/rate", Route::UserRate),
+    (
+        "DELETE",
+        "/users/{name}/connections",
+        Route::UserConnections,
+    ),
+    ("PUT", "/global/rate", Route::GlobalRate),
+    ("POST", "/drain", Route::Drain),
+    ("POST", "/tls/reload", Route::TlsReload),
+];
+
+/// Routes answered without the bearer token: probes that reveal nothing.
+fn public(route: Route) -> bool {
+    matches!(route, Route::Health | Route::Ready | Route::OpenApi)
+}
+
+/// The OpenAPI 3 description of this API, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi/admin.json");
+
+/// The route `method path` names, with the path's `{x}` segments in order.
+fn find_route<'a>(method: &str, path: &'a str) -> Option<(Route, Vec<&'a str>)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    ROUTES.iter().find_map(|(m, pattern, route)| {
+        let pat: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if *m != method || pat.len() != parts.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (p, got) in pat.iter().zip(&parts) {
+            if p.starts_with('{') {
+                if got.is_empty() {
+                    return None;
+                }
+                params.push(*got);
+            } else if p != got {
+                return None;
+            }
+        }
+        Some((*route, params))
+    })
+}
+
+fn json(status: u16, v: serde_json::Value) -> (u16, String, &'static str) {
+    (status, v.to_string() + "\n", JSON)
+}
+
+/// `GET /downloads`: the workers' connections grouped by user and item.
+fn downloads(state: &AdminState) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    let now = Instant::now();
+    /// Connections, summed rate (none until measured), bytes sent, oldest start.
+    type Group = (u64, Option<u64>, u64, Instant);
+    let mut by: BTreeMap<(Arc<str>, Arc<str>), Group> = BTreeMap::new();
+    for d in (state.downloads)() {
+        let e = by
+            .entry((d.user.clone(), d.item.clone()))
+            .or_insert((0, None, 0, d.began));
+        e.0 += 1;
+        if let Some(r) = d.rate {
+            e.1 = Some(e.1.unwrap_or(0) + r);
+        }
+        e.2 += d.sent;
+        e.3 = e.3.min(d.began);
+    }
+    let list: Vec<serde_json::Value> = by
+        .into_iter()
+        .map(|((user, item), (conns, rate, sent, began))| {
+            serde_json::json!({
+                "user": &*user,
+                "item": &*item,
+                "connections": conns,
+                "rate_bytes_per_second": rate,
+                "sent_bytes": sent,
+                "age_seconds": now.saturating_duration_since(began).as_secs_f64(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "downloads": list })
+}
+
 fn handle(
     state: &AdminState,
     store: &dyn Storage,
@@ -404,30 +527,68 @@ fn handle(
     body: &[u8],
 ) -> (u16, String, &'static str) {
     let error = answer_error;
-    if !authorized(state, auth) {
+    let url = target.split('?').next().unwrap_or("");
+    let found = find_route(method, url);
+    let is_public = found.as_ref().is_some_and(|(r, _)| public(*r));
+    if !is_public && !authorized(state, auth) {
         return error(401, "missing or wrong bearer token");
     }
-    let url = target.split('?').next().unwrap_or("");
-    let parts: Vec<&str> = url.trim_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        ("GET", ["metrics"]) => {
-            let text = (state.metrics)();
+    let Some((route, params)) = found else {
+        return error(404, "no such admin route");
+    };
+    let name = params.first().copied().unwrap_or("");
+    match route {
+        Route::Health => json(200, serde_json::json!({ "status": "live" })),
+        Route::Ready => {
+            let reason = match store.outbox_len() {
+                Err(e) => Err(format!("store unreachable: {e}")),
+                Ok(_) => (state.ready)(),
+            };
+            match reason {
+                Ok(()) => json(200, serde_json::json!({ "ready": true })),
+                Err(why) => json(503, serde_json::json!({ "ready": false, "reason": why })),
+            }
+        }
+        Route::OpenApi => (200, OPENAPI.to_string(), JSON),
+        Route::Metrics => {
+            let mut text = (state.metrics)();
+            // The webhook outbox lives in the store: counted here, off the I/O threads.
+            if let Ok(n) = store.outbox_len() {
+                text.push_str(&format!(
+                    "# HELP weir_webhook_queue_depth Completion events waiting in the webhook outbox.\n# TYPE weir_webhook_queue_depth gauge\nweir_webhook_queue_depth {n}\n"
+                ));
+            }
             (200, text, "text/plain; version=0.0.4")
         }
-        ("GET", ["users", name]) => match store.user(name) {
+        Route::Downloads => json(200, downloads(state)),
+        Route::User => match store.user(name) {
             Ok(Some(u)) => {
                 let conns = state.rates.as_ref().map(|r| r.user_connections(name));
-                let body = serde_json::json!({
-                    "name": u.name,
-                    "rate": u.rate.map(|r| r.to_string()),
-                    "active_connections": conns,
-                });
-                (200, body.to_string() + "\n", JSON)
+                json(
+                    200,
+                    serde_json::json!({
+                        "name": u.name,
+                        "rate": u.rate.map(|r| r.to_string()),
+                        "active_connections": conns,
+                    }),
+                )
             }
             Ok(None) => error(404, "unknown user"),
             Err(e) => error(500, &e.to_string()),
         },
-        ("PUT", ["users", name, "rate"]) => {
+        Route::UserConnections => match store.user(name) {
+            Ok(Some(_)) => {
+                let conns = state.rates.as_ref().map(|r| r.user_connections(name));
+                (state.cut)(name);
+                json(
+                    202,
+                    serde_json::json!({ "name": name, "cut_connections": conns }),
+                )
+            }
+            Ok(None) => error(404, "unknown user"),
+            Err(e) => error(500, &e.to_string()),
+        },
+        Route::UserRate => {
             let rate = match parse_rate_body(body, true) {
                 Ok(r) => r,
                 Err(e) => return error(400, &e),
@@ -439,17 +600,13 @@ fn handle(
                 Ok(()) => {
                     rates.set_user_rate(name, rate);
                     let shown = rate.map(|r| r.to_string());
-                    (
-                        200,
-                        serde_json::json!({ "name": name, "rate": shown }).to_string() + "\n",
-                        JSON,
-                    )
+                    json(200, serde_json::json!({ "name": name, "rate": shown }))
                 }
                 Err(StoreError::UnknownUser(_)) => error(404, "unknown user"),
                 Err(e) => error(500, &e.to_string()),
             }
         }
-        ("PUT", ["global", "rate"]) => {
+        Route::GlobalRate => {
             let rate = match parse_rate_body(body, false) {
                 Ok(Some(r)) => r,
                 Ok(None) => return error(400, "the global rate has no default"),
@@ -459,20 +616,63 @@ fn handle(
                 return error(501, "bandwidth shaping is not available in this build");
             };
             rates.set_global_rate(rate);
-            (
-                200,
-                serde_json::json!({ "global_rate": rate.to_string() }).to_string() + "\n",
-                JSON,
-            )
+            json(200, serde_json::json!({ "global_rate": rate.to_string() }))
         }
-        ("POST", ["drain"]) => (202, "{\"draining\":true}\n".into(), JSON),
-        ("POST", ["tls", "reload"]) => match &state.tls_reload {
+        Route::Drain => (202, "{\"draining\":true}\n".into(), JSON),
+        Route::TlsReload => match &state.tls_reload {
             None => error(404, "no --tls-listen: nothing to reload"),
             Some(reload) => match reload() {
                 Ok(()) => (200, "{\"reloaded\":true}\n".into(), JSON),
                 Err(why) => error(409, &why),
             },
         },
-        _ => error(404, "no such admin route"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI description lists exactly the routes the server answers, with their methods.
+    #[test]
+    fn openapi_lists_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("admin.json is JSON");
+        assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = spec["paths"].as_object().unwrap();
+        let mut described = Vec::new();
+        for (path, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    described.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        described.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(served, described);
+        // And the router answers each of them (a sample path for each pattern).
+        for (m, p, route) in ROUTES {
+            let path = p.replace("{name}", "alice");
+            assert_eq!(
+                find_route(m, &path).map(|(r, _)| r),
+                Some(*route),
+                "{m} {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_match_whole_segments() {
+        assert_eq!(
+            find_route("DELETE", "/users/bob/connections"),
+            Some((Route::UserConnections, vec!["bob"]))
+        );
+        assert_eq!(find_route("GET", "/users//"), None);
+        assert_eq!(find_route("GET", "/healthz"), None);
+        assert_eq!(find_route("POST", "/health"), None);
     }
 }

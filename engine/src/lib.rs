@@ -17,7 +17,8 @@
 //! - [`server`]: workers, the connection state machine and its two drivers (io_uring, epoll).
 //! - [`completion`]: delivered-bytes accounting, the album zip layout, the completion ledger
 //!   and the webhook.
-//! - [`admin`]: the admin listener (metrics, live rates, drain).
+//! - [`admin`]: the admin listener (metrics, health, live downloads, live rates, drain).
+//! - [`accesslog`]: the access log, one line per response, written off the I/O threads.
 //!
 //! # Unsafe surface
 //! `unsafe` appears only where weir talks to the kernel, each block with a `// SAFETY:` note:
@@ -34,6 +35,7 @@
 //! - `completion::inflight`: the shared mapping of a worker's in-flight file (created,
 //!   preallocated with `posix_fallocate` and truncated by this process alone).
 
+pub mod accesslog;
 pub mod admin;
 pub mod catalog;
 pub mod cli;

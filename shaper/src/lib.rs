@@ -78,4 +78,4 @@ pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use config::{ShaperConfig, UserLimits};
 pub use fair::{water_fill, Claim};
 pub use rate::{ParseRateError, Rate};
-pub use shaper::{Shaper, UserHandle, UserStats};
+pub use shaper::{ClassSnapshot, Shaper, UserHandle, UserStats};

@@ -105,6 +105,17 @@ pub struct UserStats {
     pub active_connections: u32,
 }
 
+/// One user class as [`Shaper::classes`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassSnapshot {
+    /// The class's name (a user, or `user/CLASS` for a signed link's rate class).
+    pub name: String,
+    /// Its limits, bytes granted and open connections.
+    pub stats: UserStats,
+    /// Connections waiting for tokens.
+    pub backlogged: u64,
+}
+
 struct AllocState {
     last_at: Option<u64>,
     root_bn: u128,
@@ -284,6 +295,28 @@ impl Shaper {
             active_connections: u.conns.load(Ordering::Relaxed),
         };
         Some(stats)
+    }
+
+    /// Every user class now: name, limits, bytes granted, open connections, and connections
+    /// waiting for tokens on all cores (the backlog). Takes the classes' read lock: for metrics,
+    /// not for the hot path.
+    pub fn classes(&self) -> Vec<ClassSnapshot> {
+        let users = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        users
+            .values()
+            .map(|u| ClassSnapshot {
+                name: u.name.to_string(),
+                stats: UserStats {
+                    limits: *lock(&u.limits),
+                    bytes_granted: u.granted.load(Ordering::Relaxed),
+                    active_connections: u.conns.load(Ordering::Relaxed),
+                },
+                backlogged: lock(&u.slots)
+                    .iter()
+                    .map(|s| u64::from(s.backlogged.load(Ordering::Relaxed)))
+                    .sum(),
+            })
+            .collect()
     }
 
     /// The documented worst-case excess for a user with `limits` under the current root:

@@ -32,6 +32,7 @@ mod http_status;
 mod loadgen;
 mod names;
 mod nonreader;
+mod operations;
 mod robustness;
 mod shaping;
 mod tls;

@@ -15,7 +15,7 @@ use weir_shaper::Rate;
 
 use crate::config::TlsSettings;
 use crate::config::{defaults, parse_duration, parse_rate_class, Listen, Settings, Size};
-use crate::config::{DriverChoice, SendPath, UringFeatures};
+use crate::config::{DriverChoice, LogFormat, SendPath, UringFeatures};
 
 const SERVE_AFTER_HELP: &str = "\
 Precedence: flag > environment variable > --config TOML file > default.
@@ -268,6 +268,12 @@ pub struct ServeArgs {
     /// How large bodies reach the socket: from the mapping (send) or with sendfile
     #[arg(long, env = "WEIR_SEND_PATH", value_enum)]
     pub send_path: Option<SendPath>,
+    /// Access log: one line per response, to this file (`-`: standard output); reopened on SIGUSR1
+    #[arg(long, env = "WEIR_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<String>,
+    /// Format of every log line and of the access log
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// TOML file with any of these settings (see below)
     #[arg(long, env = "WEIR_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -332,6 +338,8 @@ impl ServeArgs {
                 cert: self.tls_cert.clone(),
                 key: self.tls_key.clone(),
             },
+            access_log: self.access_log.clone(),
+            log_format: self.log_format,
         }
     }
 }

@@ -89,6 +89,11 @@ impl LedgerStats {
                 "Webhook attempts that failed.",
                 v(&self.webhook_failures),
             ),
+            (
+                "weir_webhook_retries_total",
+                "Webhook deliveries scheduled again (one per failed attempt).",
+                v(&self.webhook_failures),
+            ),
         ]
     }
 

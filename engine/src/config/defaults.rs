@@ -25,6 +25,7 @@ pub const DEFAULT_RATE: &str = "unlimited";
 pub const MIN_GRANT: &str = "32KiB";
 pub const GRACE: &str = "10m";
 pub const SEND_PATH: &str = "mmap";
+pub const LOG_FORMAT: &str = "text";
 
 /// Each flag's default as `--help` and the README show it, by the flag's long name. The settings
 /// that are off unless given say so in words.
@@ -53,6 +54,8 @@ pub const SHOWN: &[(&str, &str)] = &[
     ("webhook", "off"),
     ("admin-listen", "off"),
     ("admin-token", "the one in DATA_DIR/admin-token"),
+    ("access-log", "off"),
+    ("log-format", LOG_FORMAT),
 ];
 
 /// The default `--help` shows for the flag `--{long}`, if it has one.

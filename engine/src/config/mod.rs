@@ -19,7 +19,7 @@ use clap::ValueEnum;
 use weir_shaper::Rate;
 
 pub use settings::{parse_duration, parse_rate_class, Listen, Settings, Size, TlsSettings};
-pub use settings::{DriverChoice, SendPath, UringFeatures};
+pub use settings::{DriverChoice, LogFormat, SendPath, UringFeatures};
 
 /// The range `--min-grant` accepts: the shaper's smallest useful grant up to its largest
 /// (`ShaperConfig::max_grant_bytes`, which the minimum must not exceed).
@@ -84,6 +84,10 @@ pub struct ServeConfig {
     /// Rate classes signed links may name (`r=NAME`): downloads through such a link are shaped
     /// as their own class `user/NAME` at this rate.
     pub rate_classes: std::collections::HashMap<String, Rate>,
+    /// Access log target (`-`: standard output); none: no access log.
+    pub access_log: Option<String>,
+    /// Format of log and access log lines.
+    pub log_format: LogFormat,
 }
 
 impl ServeConfig {
@@ -115,6 +119,8 @@ impl ServeConfig {
             accounting: true,
             send_path: choice(defaults::SEND_PATH),
             rate_classes: std::collections::HashMap::new(),
+            access_log: None,
+            log_format: choice(defaults::LOG_FORMAT),
         }
     }
 
@@ -159,6 +165,10 @@ impl ServeConfig {
             self.accounting = !off;
         }
         set(&mut self.send_path, &layer.send_path);
+        set(&mut self.log_format, &layer.log_format);
+        if let Some(path) = &layer.access_log {
+            self.access_log = Some(path.clone());
+        }
         self.rate_classes
             .extend(layer.rate_classes.iter().map(|(n, r)| (n.clone(), *r)));
     }
@@ -186,6 +196,12 @@ impl ServeConfig {
             ("--send-timeout", self.send_timeout),
         ] {
             ensure!(!d.is_zero(), "{name} must be greater than zero");
+        }
+        if let Some(path) = &self.access_log {
+            ensure!(
+                !path.is_empty(),
+                "--access-log needs a path (or - for stdout)"
+            );
         }
         if let Some(url) = &self.webhook {
             ensure!(
@@ -310,6 +326,19 @@ mod tests {
     fn min_grant_range_fits_the_shaper() {
         let max = weir_shaper::ShaperConfig::default().max_grant_bytes;
         assert!(*MIN_GRANT_RANGE.end() <= max);
+    }
+
+    #[test]
+    fn access_log_and_log_format_come_from_the_file_too() {
+        let file = Settings::from_toml(
+            "access_log = \"/var/log/weir/access.log\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let cfg = resolve(&Settings::default(), &file).unwrap();
+        assert_eq!(cfg.access_log.as_deref(), Some("/var/log/weir/access.log"));
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        let none = resolve(&Settings::default(), &Settings::default()).unwrap();
+        assert_eq!((none.access_log, none.log_format), (None, LogFormat::Text));
     }
 
     #[test]

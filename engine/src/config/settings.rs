@@ -52,6 +52,9 @@ pub struct Settings {
     pub credential_cache_ttl: Option<Duration>,
     pub no_accounting: Option<bool>,
     pub send_path: Option<SendPath>,
+    /// Access log file (`-`: standard output).
+    pub access_log: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// HTTPS: `[tls]` in the TOML file, `--tls-*` flags.
     #[serde(default)]
     pub tls: TlsSettings,
@@ -188,6 +191,16 @@ pub fn parse_rate_class(s: &str) -> Result<(String, Rate), String> {
     }
     let rate = rate.parse::<Rate>().map_err(|e| e.to_string())?;
     Ok((name.to_string(), rate))
+}
+
+/// How log lines (and access log lines) are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the access log: logfmt `key=value` pairs).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which I/O driver the workers use.

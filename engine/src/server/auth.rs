@@ -271,6 +271,11 @@ impl AuthPool {
 
     /// Queue a job; `false` when its queue is full (answer 503). A throttled job is accepted
     /// and answered [`Verdict::Throttled`] through the worker's inbox.
+    /// Jobs queued for the pool's threads (store lookups and password verifications).
+    pub fn queued(&self) -> usize {
+        self.lookups.len() + self.verifies.len()
+    }
+
     pub fn submit(&self, job: Job) -> bool {
         #[cfg(test)]
         if let Some(tx) = &self.detached {

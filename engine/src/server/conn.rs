@@ -32,6 +32,7 @@ use super::shaping::{Allowance, ConnShaping, ShapeClass};
 use super::sndbuf::{self, SendBufferPolicy};
 use super::socket::{ConnSocket, FdSocket};
 use super::tls::{AckView, TlsSession};
+use crate::accesslog::ConnLog;
 
 /// How long a closing connection waits for the client's FIN after the last response.
 const LINGER: Duration = Duration::from_secs(5);
@@ -64,6 +65,7 @@ struct Pending {
     head: RequestHead,
     item: String,
     class: Option<ShapeClass>,
+    parked: Instant,
 }
 
 pub struct Conn<S = FdSocket> {
@@ -109,6 +111,8 @@ pub struct Conn<S = FdSocket> {
     planned: usize,
     /// HTTPS: the TLS layer between this state machine and the socket (see [`super::tls`]).
     tls: Option<Box<TlsSession>>,
+    /// The current response as the access log and `GET /downloads` see it.
+    pub log: ConnLog,
 }
 
 impl<S: ConnSocket> Conn<S> {
@@ -140,6 +144,7 @@ impl<S: ConnSocket> Conn<S> {
             sndbuf: SendBufferPolicy::default(),
             planned: 0,
             tls: None,
+            log: ConnLog::default(),
         })
     }
 
@@ -326,11 +331,20 @@ impl<S: ConnSocket> Conn<S> {
     /// [`AuthCache`]: super::auth::AuthCache
     fn begin_request(&mut self, ctx: &mut Ctx, head: RequestHead) -> Next {
         self.credit.on_request();
+        // The client sent this request after reading the previous response: all of it counts.
+        self.end_log(ctx, false);
         let item = match http::route(&head.target) {
-            Route::NotFound => return self.simple(ctx, &head, 404),
-            Route::Item(id) => http::zip_album(id).unwrap_or(id),
-            Route::Track { album, .. } => album,
-            Route::Zip(album) => album,
+            Route::NotFound => None,
+            Route::Item(id) => Some(http::zip_album(id).unwrap_or(id)),
+            Route::Track { album, .. } => Some(album),
+            Route::Zip(album) => Some(album),
+        };
+        let logging = ctx.access.is_some();
+        let named = item.unwrap_or(&head.target);
+        self.log
+            .request(ctx.now, named, head.range.as_deref(), logging);
+        let Some(item) = item else {
+            return self.simple(ctx, &head, 404);
         };
         let (secret, classes) = (&ctx.secret, &ctx.cfg.rate_classes);
         let decision = ctx.cache.authorize(secret, classes, &head, item, ctx.now);
@@ -359,7 +373,13 @@ impl<S: ConnSocket> Conn<S> {
                 &[("Retry-After", "1")],
             );
         }
-        self.pending = Some(Box::new(Pending { head, item, class }));
+        let parked = ctx.now;
+        self.pending = Some(Box::new(Pending {
+            head,
+            item,
+            class,
+            parked,
+        }));
         self.state = State::Auth;
         Next::Park
     }
@@ -370,6 +390,8 @@ impl<S: ConnSocket> Conn<S> {
             return Next::Close;
         };
         ctx.cache.learn(&reply, &p.item, ctx.now);
+        let waited = ctx.now.saturating_duration_since(p.parked);
+        ctx.stats.auth_latency.observe(waited);
         if let (Verdict::Allowed, Some(user)) = (&reply.verdict, &reply.user) {
             ctx.shaping.user(user, reply.user_rate);
         }
@@ -440,6 +462,11 @@ impl<S: ConnSocket> Conn<S> {
         let Some(repr) = Repr::select(&head, res) else {
             return self.simple(ctx, &head, 404);
         };
+        let part = match repr {
+            Repr::Part(_, part) => Some(part),
+            _ => None,
+        };
+        self.log.serve(&user, &res.key, part);
         let keep_alive = head.keep_alive && !ctx.draining;
         self.shaping
             .bind(&mut ctx.shaping, &mut self.sock, self.token, &user, class);
@@ -461,6 +488,9 @@ impl<S: ConnSocket> Conn<S> {
 
     fn start(&mut self, ctx: &mut Ctx, resp: Box<Response>, marker: Option<(u32, u64)>) -> Next {
         ctx.stats.response(resp.status());
+        let logging = ctx.access.is_some();
+        self.log
+            .start(ctx.now, resp.status(), self.written, logging);
         if let Some((user, item)) = &resp.owner {
             let empty = marker.map(|(part, at)| EmptyDelivery {
                 user,
@@ -745,6 +775,7 @@ impl<S: ConnSocket> Conn<S> {
     }
 
     fn finish_response(&mut self, ctx: &mut Ctx) -> Next {
+        self.log.finish(ctx.now, self.written);
         let keep_alive = self.resp.as_ref().is_some_and(|r| r.keep_alive) && !ctx.draining;
         if let (false, Some(tls)) = (keep_alive, self.tls.as_deref_mut()) {
             if !tls.notified {
@@ -819,6 +850,33 @@ impl<S: ConnSocket> Conn<S> {
     pub fn on_close(&mut self, ctx: &mut Ctx) {
         self.account(ctx, false, true);
         self.shaping.close(&mut ctx.shaping);
+        self.end_log(ctx, true);
+    }
+
+    /// The response being sent, for `GET /downloads` (see [`ConnLog::live`]).
+    pub fn live_download(&mut self, now: Instant) -> Option<crate::accesslog::LiveDownload> {
+        self.log.live(now, self.written)
+    }
+
+    /// The current response is over: count what was acknowledged and hand its line to the
+    /// access log (see [`crate::accesslog`]). At a new request the client read all of it; at
+    /// the close, what its TCP acknowledged is read once.
+    fn end_log(&mut self, ctx: &mut Ctx, closing: bool) {
+        if !self.log.open {
+            return;
+        }
+        let acked = closing.then(|| self.sock.acked().map_or(0, |a| a.bytes_acked));
+        if ctx.access.is_some() && !self.log.client_known {
+            self.log.client = self.sock.peer_ip();
+            self.log.client_known = true;
+        }
+        let logging = ctx.access.is_some();
+        if let Some((acked, record)) = self.log.take(ctx.now, self.written, acked, logging) {
+            ctx.stats.add(&ctx.stats.bytes_acked, acked);
+            if let (Some(log), Some(r)) = (&ctx.access, record) {
+                log.log(r);
+            }
+        }
     }
 }
 
@@ -931,6 +989,7 @@ mod tests {
             credits: CreditBatch::new(None),
             stats: Arc::default(),
             shaping: Shaping::new(shaper, rate),
+            access: None,
         };
         Fixture {
             ctx,

@@ -30,4 +30,6 @@ pub struct Ctx {
     pub credits: CreditBatch,
     pub stats: Arc<WorkerStats>,
     pub shaping: Shaping,
+    /// The access log, when one is configured.
+    pub access: Option<crate::accesslog::AccessLog>,
 }

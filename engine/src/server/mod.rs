@@ -109,6 +109,24 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     drop(store);
     let driver = choose_driver(&cfg)?;
     let workers = cfg.workers.max(1);
+    let (driver_name, driver_features) = match driver {
+        Driver::Uring(f) => (
+            "io_uring",
+            format!("level={:?} {f}", cfg.uring_features).to_lowercase(),
+        ),
+        Driver::Epoll => ("epoll", String::new()),
+    };
+    let access_log = match &cfg.access_log {
+        Some(path) => Some(
+            crate::accesslog::AccessLog::start(
+                crate::accesslog::Target::parse(path),
+                cfg.log_format,
+                driver_name.to_string(),
+            )
+            .with_context(|| format!("opening the access log {path}"))?,
+        ),
+        None => None,
+    };
 
     // The certificates first: a bad file stops the start with a clear error.
     let certs = match &cfg.tls {
@@ -170,7 +188,9 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGUSR1,
         ])?;
+        let access_log = access_log.clone();
         std::thread::Builder::new()
             .name("weir-signals".into())
             .spawn(move || {
@@ -183,6 +203,13 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                                 let _ = c.reload();
                             }
                             None => tracing::info!("SIGHUP: no --tls-listen, nothing to reload"),
+                        }
+                        continue;
+                    }
+                    if sig == signal_hook::consts::SIGUSR1 {
+                        // logrotate renamed the access log: write to a new file of its name.
+                        if let Some(log) = &access_log {
+                            log.reopen();
                         }
                         continue;
                     }
@@ -224,12 +251,64 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 metrics: {
                     let worker_stats = worker_stats.clone();
                     let ledger_stats = ledger_stats.clone();
+                    let access_stats = access_log.as_ref().map(|l| l.stats());
+                    let pool = pool.clone();
+                    let shaper = shaper.clone();
+                    let prev = std::sync::Mutex::new(None);
+                    let info = stats::info_families(driver_name, &driver_features);
                     Box::new(move || {
-                        let extra = ledger_stats
+                        let mut extra = ledger_stats
                             .as_ref()
                             .map(|l| l.metrics())
                             .unwrap_or_default();
-                        stats::render(&worker_stats, &extra)
+                        extra.extend(
+                            access_stats
+                                .as_ref()
+                                .map(|a| a.metrics())
+                                .unwrap_or_default(),
+                        );
+                        extra.push((
+                            "weir_auth_queue_depth",
+                            "Requests queued for the auth pool (lookups and password checks).",
+                            pool.queued() as u64,
+                        ));
+                        let mut out = stats::render(&worker_stats, &extra);
+                        stats::render_families(&mut out, &stats::shaper_families(&shaper, &prev));
+                        stats::render_families(&mut out, &info);
+                        out
+                    })
+                },
+                ready: {
+                    let worker_stats = worker_stats.clone();
+                    let draining = draining.clone();
+                    Box::new(move || {
+                        if draining.load(Ordering::Acquire) {
+                            return Err("draining".to_string());
+                        }
+                        let stopped = worker_stats
+                            .iter()
+                            .filter(|w| !w.running.load(Ordering::Acquire))
+                            .count();
+                        if stopped > 0 {
+                            return Err(format!("{stopped} worker(s) not running"));
+                        }
+                        Ok(())
+                    })
+                },
+                downloads: {
+                    let worker_stats = worker_stats.clone();
+                    Box::new(move || worker_stats.iter().flat_map(|w| w.live()).collect())
+                },
+                cut: {
+                    let worker_stats = worker_stats.clone();
+                    let wake_fds = wake_fds.clone();
+                    let wakes_alive = wakes.clone();
+                    Box::new(move |user: &str| {
+                        let _keep = &wakes_alive;
+                        for (w, &fd) in worker_stats.iter().zip(&wake_fds) {
+                            w.request_cut(user);
+                            sys::eventfd_wake(fd);
+                        }
                     })
                 },
                 rates: Some(Arc::new(ShaperControl {
@@ -289,7 +368,11 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             stats: worker_stats[id].clone(),
             shaper: shaper.clone(),
             default_rate: cfg.default_user_rate,
+            access_log: access_log.clone(),
         };
+        let running = worker_stats[id].clone();
+        // Running from now: readiness must not flap while the thread starts.
+        running.running.store(true, Ordering::Release);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("weir-worker-{id}"))
@@ -302,6 +385,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                     if let Err(e) = &res {
                         tracing::error!(worker = id, error = %e, "worker failed");
                     }
+                    running.running.store(false, Ordering::Release);
                     res
                 })?,
         );
@@ -309,6 +393,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     let mut failed = false;
     for h in handles {
         failed |= !matches!(h.join(), Ok(Ok(())));
+    }
+    if let Some(log) = &access_log {
+        // The last lines out before exiting.
+        log.close();
     }
     if let Some((_, thread)) = ledger {
         // Apply the last credits and flush the journal before exiting.

@@ -772,6 +772,7 @@ mod tests {
             stats: Arc::default(),
             shaper: weir_shaper::Shaper::new(Default::default()),
             default_rate: weir_shaper::Rate::Unlimited,
+            access_log: None,
         });
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();

@@ -52,6 +52,8 @@ pub struct WorkerInit {
     pub stats: Arc<WorkerStats>,
     pub shaper: Arc<Shaper>,
     pub default_rate: Rate,
+    /// The access log, when one is configured.
+    pub access_log: Option<crate::accesslog::AccessLog>,
 }
 
 /// A worker's connections: `token = generation << 32 | index`.
@@ -173,12 +175,16 @@ pub struct Worker {
     pub ready: Vec<u64>,
     /// Connections waiting for the shaper.
     pub shaper_waits: ShaperWaits,
+    /// When live downloads are next published for the admin listener (none: no admin).
+    pub next_publish: Option<Instant>,
 }
 
 /// How often deadlines are checked.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How long accepting pauses after the process ran out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// How often live downloads are published for the admin listener.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Sends one connection may make in a row before it yields to the others.
 pub const SEND_BUDGET: u32 = 8;
 
@@ -209,6 +215,7 @@ impl Worker {
                 }
             }
         });
+        let next_publish = init.cfg.admin_listen.map(|_| now);
         Worker {
             ctx: Ctx {
                 id: init.id,
@@ -224,6 +231,7 @@ impl Worker {
                 credits: CreditBatch::new(init.credit_sink).with_inflight(inflight),
                 stats: init.stats.clone(),
                 shaping: Shaping::new(init.shaper, init.default_rate),
+                access: init.access_log,
             },
             conns: Slab::with_stats(init.stats),
             listener: init.listener,
@@ -237,6 +245,7 @@ impl Worker {
             next_sweep: now + SWEEP_EVERY,
             ready: Vec::new(),
             shaper_waits: ShaperWaits::default(),
+            next_publish,
         }
     }
 
@@ -329,6 +338,9 @@ impl Worker {
                 d.drive(self, token, next);
             }
         }
+        for user in self.ctx.stats.take_cuts() {
+            self.cut_user(d, &user);
+        }
         if self.drain_requested() {
             d.stop_accepting(self);
             self.listener = None;
@@ -337,6 +349,45 @@ impl Worker {
                 d.drive(self, t, Next::Close);
             }
         }
+    }
+
+    /// The admin API asked to cut `user`'s connections: close them now.
+    fn cut_user(&mut self, d: &mut impl Submit, user: &str) {
+        let mut cut = Vec::new();
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                if !c.closing && c.log.user.as_deref() == Some(user) {
+                    cut.push(t);
+                }
+            }
+        }
+        tracing::info!(
+            worker = self.ctx.id,
+            user,
+            connections = cut.len(),
+            "cutting a user's connections (admin API)"
+        );
+        for t in cut {
+            d.drive(self, t, Next::Close);
+        }
+    }
+
+    /// Publish this worker's live downloads for `GET /downloads`, about once a second.
+    fn publish_downloads(&mut self) {
+        let now = self.ctx.now;
+        match self.next_publish {
+            Some(at) if now >= at => self.next_publish = Some(now + PUBLISH_EVERY),
+            _ => return,
+        }
+        let mut live = Vec::new();
+        for t in self.conns.tokens() {
+            if let Some(c) = self.conns.get_mut(t) {
+                if let Some(l) = c.live_download(now) {
+                    live.push(l);
+                }
+            }
+        }
+        self.ctx.stats.publish(live);
     }
 
     /// Whether the server-wide drain flag was raised and this worker has not reacted yet.
@@ -372,6 +423,7 @@ impl Worker {
             return;
         }
         self.next_sweep = self.ctx.now + SWEEP_EVERY;
+        self.publish_downloads();
         for t in self.expired() {
             d.drive(self, t, Next::Close);
         }
@@ -483,6 +535,8 @@ impl Worker {
     /// may exit (draining and no connection left).
     pub fn end_iteration(&mut self) -> bool {
         self.ctx.credits.flush();
+        let busy = self.ctx.now.elapsed();
+        self.ctx.stats.loop_latency.observe(busy);
         self.ctx.draining && self.conns.is_empty()
     }
 }
