@@ -24,6 +24,7 @@ mod chaos;
 mod clients;
 mod completion;
 mod crash;
+mod deploy;
 mod details;
 mod empty_album;
 mod enospc;

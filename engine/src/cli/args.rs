@@ -69,6 +69,30 @@ pub enum Command {
     /// Run the download server (with no data directory yet: on a demo catalog)
     #[command(after_help = SERVE_AFTER_HELP, mut_args = show_default)]
     Serve(Box<ServeArgs>),
+    /// Check this host for serving N connections: kernel, io_uring and the driver serve picks,
+    /// RLIMIT_NOFILE, TCP sysctls; each with the recommended value and the command to set it
+    CheckSystem(CheckSystemArgs),
+}
+
+/// `weir check-system` options.
+#[derive(Debug, Args)]
+pub struct CheckSystemArgs {
+    /// Concurrent client connections to size the limits for
+    #[arg(long, value_name = "N", default_value = "10000")]
+    pub connections: u64,
+    /// One JSON object: {"connections", "warnings", "checks": [{"name", "found",
+    /// "recommended", "verdict", "set", "note"}]}
+    #[arg(long)]
+    pub json: bool,
+    /// The serve --driver to judge
+    #[arg(long, env = "WEIR_DRIVER", value_enum)]
+    pub driver: Option<DriverChoice>,
+    /// The serve --uring-features to judge
+    #[arg(long, env = "WEIR_URING_FEATURES", value_enum)]
+    pub uring_features: Option<UringFeatures>,
+    /// The serve --config file to judge (its driver, uring_features, min_grant)
+    #[arg(long, env = "WEIR_CONFIG", value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where a new password comes from. Never from an argument: it would show in `ps` and history.

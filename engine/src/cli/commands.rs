@@ -11,7 +11,8 @@ use anyhow::{bail, ensure, Context as _};
 use super::args::{
     AlbumCommand, CartCommand, Cli, Command, ItemCommand, PasswordSource, ServeArgs,
 };
-use super::args::{TokenArgs, UserCommand};
+use super::args::{CheckSystemArgs, TokenArgs, UserCommand};
+use super::check_system;
 use crate::config;
 use crate::storage::Storage as _;
 use crate::storage::{valid_id, ItemKind, Store};
@@ -48,7 +49,26 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Token(args) => mint_link(&open(data_dir)?, &args, out),
         Command::Serve(args) => serve(data_dir, &args),
+        Command::CheckSystem(args) => check_system(data_dir, &args, out),
     }
+}
+
+/// `weir check-system`: judges this host for the server the flags and `--config` describe.
+fn check_system(
+    data_dir: Option<PathBuf>,
+    args: &CheckSystemArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let flags = config::Settings {
+        data_dir,
+        driver: args.driver,
+        uring_features: args.uring_features,
+        ..Default::default()
+    };
+    let cfg = config::resolve_with_file(&flags, args.config.as_deref())?;
+    let facts = check_system::Facts::gather(&cfg);
+    let checks = check_system::evaluate(&facts, args.connections);
+    check_system::report(&checks, args.connections, args.json, out)
 }
 
 fn read_password(src: &PasswordSource) -> anyhow::Result<Option<String>> {

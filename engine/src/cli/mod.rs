@@ -1,9 +1,10 @@
 //! The `weir` command line: [`args`] parses (clap), [`run`] (in `commands`) executes parsed
 //! arguments against any writer, so tests drive the CLI in-process. Thin on purpose: the work is
 //! in [`crate::storage`], [`crate::catalog`], [`crate::token`], [`crate::demo`] and
-//! [`crate::server`].
+//! [`crate::server`]; [`check_system`] judges the host for `weir check-system`.
 
 pub mod args;
+pub mod check_system;
 mod commands;
 
 use std::io;

@@ -56,7 +56,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{DriverChoice, ServeConfig};
+use crate::config::{DriverChoice, ServeConfig, UringFeatures};
 use crate::demo::DemoInfo;
 use crate::storage::Storage as _;
 use crate::storage::Store;
@@ -67,28 +67,62 @@ use worker::{Worker, WorkerInit};
 
 /// The driver every worker runs.
 #[derive(Clone, Copy, Debug)]
-enum Driver {
+pub enum Driver {
     Uring(uring::Features),
     Epoll,
 }
 
-fn choose_driver(cfg: &ServeConfig) -> anyhow::Result<Driver> {
-    if std::env::var_os("WEIR_FORCE_EPOLL").is_some() && cfg.driver == DriverChoice::Auto {
-        return Ok(Driver::Epoll);
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Driver::Uring(features) => write!(f, "io_uring ({features})"),
+            Driver::Epoll => f.write_str("epoll"),
+        }
     }
+}
+
+/// The driver `serve` runs with this configuration, and why: one decision shared by
+/// [`run`] and `weir check-system`. An error is a configuration that cannot start
+/// (`--driver uring` where io_uring does not work).
+pub fn pick_driver(cfg: &ServeConfig) -> anyhow::Result<(Driver, String)> {
+    if std::env::var_os("WEIR_FORCE_EPOLL").is_some() && cfg.driver == DriverChoice::Auto {
+        return Ok((Driver::Epoll, "WEIR_FORCE_EPOLL is set".into()));
+    }
+    let level = match cfg.uring_features {
+        UringFeatures::Full => "full",
+        UringFeatures::Minimal => "minimal (the 5.10 set)",
+    };
     match cfg.driver {
-        DriverChoice::Epoll => Ok(Driver::Epoll),
+        DriverChoice::Epoll => Ok((Driver::Epoll, "--driver epoll".into())),
         DriverChoice::Uring => uring::probe(cfg.uring_features)
-            .map(Driver::Uring)
+            .map(|f| {
+                (
+                    Driver::Uring(f),
+                    format!("--driver uring, features {level}"),
+                )
+            })
             .map_err(|why| anyhow::anyhow!("--driver uring: {why}")),
         DriverChoice::Auto => match uring::probe(cfg.uring_features) {
-            Ok(f) => Ok(Driver::Uring(f)),
-            Err(why) => {
-                tracing::warn!(reason = %why, "io_uring unavailable; using the epoll driver");
-                Ok(Driver::Epoll)
-            }
+            Ok(f) => Ok((
+                Driver::Uring(f),
+                format!(
+                    "--driver auto: io_uring works and has every opcode needed; features {level}"
+                ),
+            )),
+            Err(why) => Ok((
+                Driver::Epoll,
+                format!("--driver auto: io_uring unavailable ({why})"),
+            )),
         },
     }
+}
+
+fn choose_driver(cfg: &ServeConfig) -> anyhow::Result<Driver> {
+    let (driver, why) = pick_driver(cfg)?;
+    if matches!(driver, Driver::Epoll) && cfg.driver == DriverChoice::Auto {
+        tracing::warn!(reason = %why, "io_uring unavailable; using the epoll driver");
+    }
+    Ok(driver)
 }
 
 /// Run the server until SIGTERM/SIGINT has drained it.
@@ -331,10 +365,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let driver_desc = match driver {
-        Driver::Uring(f) => format!("io_uring ({f})"),
-        Driver::Epoll => "epoll".to_string(),
-    };
+    let driver_desc = driver.to_string();
     tracing::info!(driver = %driver_desc, workers, nofile, items = resources.len(), "weir starting");
     if let Some(a) = admin_addr {
         println!("weir: admin API on http://{a} (bearer token: --admin-token, WEIR_ADMIN_TOKEN or DATA/admin-token)");

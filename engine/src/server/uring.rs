@@ -67,22 +67,61 @@ fn kernel_version() -> (u32, u32) {
     (major, minor)
 }
 
-/// Check that io_uring works here and has every opcode the driver needs.
-pub fn probe(level: UringFeatures) -> Result<Features, String> {
+/// The opcodes the driver needs on every kernel.
+const NEEDED: [(&str, u8); 6] = [
+    ("ACCEPT", opcode::Accept::CODE),
+    ("POLL_ADD", opcode::PollAdd::CODE),
+    ("SENDMSG", opcode::SendMsg::CODE),
+    ("TIMEOUT", opcode::Timeout::CODE),
+    ("READ", opcode::Read::CODE),
+    ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+];
+
+/// Opcodes `--uring-features full` uses (RECV) or reports (SEND_ZC) when the kernel has them.
+const OPTIONAL: [(&str, u8); 2] = [
+    ("RECV", opcode::Recv::CODE),
+    ("SEND_ZC", opcode::SendZc::CODE),
+];
+
+/// One opcode as `weir check-system` reports it.
+#[derive(Clone, Debug)]
+pub struct OpcodeSupport {
+    pub name: &'static str,
+    /// The driver cannot run without it.
+    pub required: bool,
+    /// This kernel has it.
+    pub present: bool,
+}
+
+/// A ring and the kernel's opcode table, or why io_uring does not work here.
+fn probe_opcodes() -> Result<Probe, String> {
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
         .map_err(|e| format!("IORING_REGISTER_PROBE failed (kernel older than 5.6?): {e}"))?;
-    let needed = [
-        ("ACCEPT", opcode::Accept::CODE),
-        ("POLL_ADD", opcode::PollAdd::CODE),
-        ("SENDMSG", opcode::SendMsg::CODE),
-        ("TIMEOUT", opcode::Timeout::CODE),
-        ("READ", opcode::Read::CODE),
-        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
-    ];
-    for (name, code) in needed {
+    Ok(probe)
+}
+
+/// Every opcode the driver needs or may use, and whether this kernel has it.
+pub fn opcode_report() -> Result<Vec<OpcodeSupport>, String> {
+    let probe = probe_opcodes()?;
+    let needed = NEEDED.iter().map(|&(name, code)| (name, code, true));
+    let optional = OPTIONAL.iter().map(|&(name, code)| (name, code, false));
+    Ok(needed
+        .chain(optional)
+        .map(|(name, code, required)| OpcodeSupport {
+            name,
+            required,
+            present: probe.is_supported(code),
+        })
+        .collect())
+}
+
+/// Check that io_uring works here and has every opcode the driver needs.
+pub fn probe(level: UringFeatures) -> Result<Features, String> {
+    let probe = probe_opcodes()?;
+    for (name, code) in NEEDED {
         if !probe.is_supported(code) {
             return Err(format!("io_uring lacks {name}"));
         }
