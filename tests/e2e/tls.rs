@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_tests::{
-    eventually, have, on_every_driver, sha256_file, sha256_hex, DataDir, Driver, Metrics, Server,
-    ALICE,
+    bin, eventually, have, on_every_driver, sha256_file, sha256_hex, DataDir, Driver, Metrics,
+    Server, ALICE,
 };
 
 /// A CA and certificates it issued, as PEM files in one directory.
@@ -779,7 +779,43 @@ fn a_read_tls_download_completes_within_a_second(driver: Driver) {
     t.srv.stop();
 }
 
+/// The story's 40-connection download manager over HTTPS: `weir-load forty` trusting the test
+/// CA (`--cacert`), 2 users x 40 connections, every download's bytes verified by hash.
+fn forty_over_https(driver: Driver) {
+    let data = DataDir::new();
+    let ca = TestCa::new(data.path());
+    let file = data.alice_with_item("big", SIZE, 12);
+    let want = sha256_hex(&std::fs::read(&file).unwrap());
+    let t = serve_tls(&data, driver, &ca, false, &["--grace", "1h"]);
+    let out = data.path().join("run");
+    let st = Command::new(bin("weir-load"))
+        .args(["forty", &t.url("/d/big"), "--users", "2", "--connections", "40"])
+        .arg("--cacert")
+        .arg(ca.ca())
+        .args(["--duration", "6s", "--credentials", ALICE, "--sha256", &want])
+        .args(["--no-progress", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run weir-load");
+    assert!(st.success(), "weir-load forty over HTTPS failed: {st}");
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    let number = |key: &str| -> f64 {
+        let k = format!("\"{key}\":");
+        let rest = &summary[summary.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
+        rest[..rest.find([',', '}', '\n']).unwrap()].trim().parse().unwrap()
+    };
+    assert!(number("downloads_completed") >= 1.0, "{summary}");
+    assert_eq!(number("hash_mismatches"), 0.0, "{summary}");
+    assert!(
+        eventually(Duration::from_secs(10), || history(&data) == ["big"]),
+        "the purchase did not complete once: {:?}",
+        history(&data)
+    );
+    t.srv.stop();
+}
+
 on_every_driver!(
+    forty_over_https,
     a_read_tls_download_completes_within_a_second,
     zip_link_and_shaping_over_tls,
     never_reading_tls_client_is_credited_nothing,

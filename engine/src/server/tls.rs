@@ -121,6 +121,12 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
         .with_single_cert(chain, key)
         .context("the certificate and the key do not make a usable pair")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: every connection makes a full handshake. rustls would otherwise
+    // keep a per-process session cache and send two TLS 1.3 tickets after every handshake,
+    // work each new connection pays for and no client can use across workers, restarts or
+    // hosts. Resumption worth having needs shared, rotated ticket keys: not done yet.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
