@@ -789,10 +789,24 @@ fn forty_over_https(driver: Driver) {
     let t = serve_tls(&data, driver, &ca, false, &["--grace", "1h"]);
     let out = data.path().join("run");
     let st = Command::new(bin("weir-load"))
-        .args(["forty", &t.url("/d/big"), "--users", "2", "--connections", "40"])
+        .args([
+            "forty",
+            &t.url("/d/big"),
+            "--users",
+            "2",
+            "--connections",
+            "40",
+        ])
         .arg("--cacert")
         .arg(ca.ca())
-        .args(["--duration", "6s", "--credentials", ALICE, "--sha256", &want])
+        .args([
+            "--duration",
+            "6s",
+            "--credentials",
+            ALICE,
+            "--sha256",
+            &want,
+        ])
         .args(["--no-progress", "--out"])
         .arg(&out)
         .status()
@@ -801,8 +815,12 @@ fn forty_over_https(driver: Driver) {
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     let number = |key: &str| -> f64 {
         let k = format!("\"{key}\":");
-        let rest = &summary[summary.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
-        rest[..rest.find([',', '}', '\n']).unwrap()].trim().parse().unwrap()
+        let rest =
+            &summary[summary.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
+        rest[..rest.find([',', '}', '\n']).unwrap()]
+            .trim()
+            .parse()
+            .unwrap()
     };
     assert!(number("downloads_completed") >= 1.0, "{summary}");
     assert_eq!(number("hash_mismatches"), 0.0, "{summary}");
