@@ -33,7 +33,10 @@
 //! - `server::send`: the zeroed `msghdr` of a connection's planned send;
 //! - `completion::tcp_info`: `getsockopt(TCP_INFO)` and `ioctl(SIOCOUTQ)` into local structs;
 //! - `completion::inflight`: the shared mapping of a worker's in-flight file (created,
-//!   preallocated with `posix_fallocate` and truncated by this process alone).
+//!   preallocated with `posix_fallocate` and truncated by this process alone);
+//! - `password`: one `mallopt` fixing glibc's mmap threshold (argon2's work memory goes back to
+//!   the OS);
+//! - tests only: `server::conn`'s unit tests read a planned send's iovecs.
 
 pub mod accesslog;
 pub mod admin;
