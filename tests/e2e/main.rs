@@ -28,6 +28,7 @@ mod deploy;
 mod details;
 mod empty_album;
 mod enospc;
+mod guest;
 mod hostile;
 mod http_status;
 mod loadgen;
