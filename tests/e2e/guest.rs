@@ -36,7 +36,8 @@ out=$1 weir=$2 data=$3 netrc=$4 item=$5
 shift 5
 uname -r > "$out/uname.txt"
 # SQLite's WAL cannot map its shared memory on 9p: the data directory goes to the guest's own
-# /tmp (virtme-ng: an overlay in guest memory), as it would sit on a local disk (the item file stays on the shared filesystem).
+# /tmp (virtme-ng: an overlay in guest memory), as it would sit on a local disk (the item file
+# stays on the shared filesystem).
 local=$(mktemp -d /tmp/weir-data.XXXXXX)
 cp -a "$data/." "$local/"
 data=$local
