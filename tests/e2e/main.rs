@@ -9,7 +9,8 @@
 //!   `cargo test -p weir-tests -- SCENARIO` or `-- ::uring_minimal`.
 //! - Single tests: `robustness::io_uring_refused_falls_back_to_epoll` (tests `--driver auto`
 //!   under a seccomp filter) and `loadgen::demo_runs_against_weir` (`weir-load demo` starts weir
-//!   on its default driver).
+//!   on its default driver), and `guest::linux_6_1_serves_on_every_driver` (boots Debian's
+//!   Linux 6.1 under QEMU through virtme-ng and serves a curl range on all three levels there).
 //! - Scenarios that measure rates or CPU time (`shaping::*`, `robustness::emfile`) hold
 //!   [`weir_tests::exclusive`] and run alone; all others share the machine
 //!   ([`weir_tests::DataDir::new`] takes the shared side of the gate).
