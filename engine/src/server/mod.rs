@@ -218,6 +218,8 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
         let wakes_alive = wakes.clone();
         let certs = certs.clone();
+        let shaper = shaper.clone();
+        let mut running = cfg.clone();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
@@ -231,6 +233,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 let _keep = wakes_alive;
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
+                        reload_config(&mut running, &shaper);
                         // Certificate rotation (a certbot deploy hook): new handshakes only.
                         match &certs {
                             Some(c) => {
@@ -457,6 +460,37 @@ fn bind_all(
 }
 
 /// Live rate changes from the admin API, applied to the shared shaper.
+/// SIGHUP with `--config`: re-read the file; refuse a bad one in one error line (file, line,
+/// reason) and keep running as before; else apply what can change live and log what changed.
+fn reload_config(running: &mut ServeConfig, shaper: &weir_shaper::Shaper) {
+    let Some(source) = &running.reload else {
+        return;
+    };
+    let new = match source.read() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration refused, nothing changed: {e}");
+            return;
+        }
+    };
+    if let Err(e) = crate::config::reload::apply_log_level(&new.log_level) {
+        tracing::error!("SIGHUP: configuration refused, nothing changed: log_level: {e}");
+        return;
+    }
+    let changes = crate::config::reload::diff(running, &new);
+    if running.global_rate != new.global_rate {
+        shaper.set_global_rate(new.global_rate);
+    }
+    tracing::info!(
+        "SIGHUP: reloaded {}: {}",
+        source.file.display(),
+        changes.describe()
+    );
+    // What needs a restart stays as it runs, so that the next reload reports it again.
+    running.global_rate = new.global_rate;
+    running.log_level = new.log_level;
+}
+
 struct ShaperControl {
     shaper: Arc<weir_shaper::Shaper>,
     default_rate: weir_shaper::Rate,
