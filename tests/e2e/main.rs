@@ -34,6 +34,7 @@ mod loadgen;
 mod names;
 mod nonreader;
 mod operations;
+mod reload;
 mod robustness;
 mod shaping;
 mod tls;
