@@ -81,15 +81,17 @@ pub fn diff(old: &ServeConfig, new: &ServeConfig) -> Changes {
         c.live
             .push(format!("log_level {} -> {}", old.log_level, new.log_level));
     }
-    // Not yet switched live: the workers hold them (see the report of issue 16).
+    // Not yet switched live: each worker holds its own copy.
     if old.default_user_rate != new.default_user_rate {
         c.restart.push("default_rate");
     }
     if old.rate_classes != new.rate_classes {
         c.restart.push("rate_classes");
     }
-    if old.webhook != new.webhook {
-        c.restart.push("webhook");
+    match (&old.webhook, &new.webhook) {
+        (Some(a), Some(b)) if a != b => c.live.push(format!("webhook {a} -> {b}")),
+        (a, b) if a != b => c.restart.push("webhook"),
+        _ => {}
     }
     let restart: [(&'static str, bool); 14] = [
         ("data_dir", !same_dir(&old.data_dir, &new.data_dir)),
@@ -154,6 +156,10 @@ mod tests {
     fn live_and_restart_changes_are_told_apart() {
         let old = cfg("global_rate = \"1MiB\"\nworkers = 2\n");
         let new = cfg("global_rate = \"2MiB\"\nworkers = 4\nlog_level = \"debug\"\nlisten = \"127.0.0.1:9\"\n");
+        let hook = |u: &str| cfg(&format!("webhook = \"{u}\"\n"));
+        let (a, b) = (hook("http://a/x"), hook("http://b/y"));
+        assert_eq!(diff(&a, &b).live, vec!["webhook http://a/x -> http://b/y"]);
+        assert_eq!(diff(&old, &a).restart, vec!["webhook"]);
         let c = diff(&old, &new);
         assert_eq!(c.live.len(), 2, "{c:?}");
         assert!(c.live[0].starts_with("global_rate "), "{c:?}");

@@ -212,6 +212,19 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
 
     let shaper = shaping::server_shaper(&cfg);
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
+    // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
+    // before the admin listener (its metrics include the ledger's) and before any worker (it
+    // replays the map files a killed process left before workers write new ones).
+    let ledger = if cfg.accounting {
+        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
+        lc.webhook = cfg.webhook.clone();
+        Some(crate::completion::Ledger::start(lc)?)
+    } else {
+        if cfg.webhook.is_some() {
+            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
+        }
+        None
+    };
     let draining = Arc::new(AtomicBool::new(false));
     {
         let draining = draining.clone();
@@ -219,6 +232,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         let wakes_alive = wakes.clone();
         let certs = certs.clone();
         let shaper = shaper.clone();
+        let ledger = ledger.as_ref().map(|(l, _)| l.clone());
         let mut running = cfg.clone();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
@@ -233,7 +247,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 let _keep = wakes_alive;
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
-                        reload_config(&mut running, &shaper);
+                        reload_config(&mut running, &shaper, ledger.as_ref());
                         // Certificate rotation (a certbot deploy hook): new handshakes only.
                         match &certs {
                             Some(c) => {
@@ -259,19 +273,6 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             })?;
     }
 
-    // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
-    // before the admin listener (its metrics include the ledger's) and before any worker (it
-    // replays the map files a killed process left before workers write new ones).
-    let ledger = if cfg.accounting {
-        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
-        lc.webhook = cfg.webhook.clone();
-        Some(crate::completion::Ledger::start(lc)?)
-    } else {
-        if cfg.webhook.is_some() {
-            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
-        }
-        None
-    };
     let ledger_stats = ledger.as_ref().map(|(l, _)| l.stats());
     let admin_addr = match cfg.admin_listen {
         Some(addr) => {
@@ -462,30 +463,42 @@ fn bind_all(
 /// Live rate changes from the admin API, applied to the shared shaper.
 /// SIGHUP with `--config`: re-read the file; refuse a bad one in one error line (file, line,
 /// reason) and keep running as before; else apply what can change live and log what changed.
-fn reload_config(running: &mut ServeConfig, shaper: &weir_shaper::Shaper) {
+fn reload_config(
+    running: &mut ServeConfig,
+    shaper: &weir_shaper::Shaper,
+    ledger: Option<&crate::completion::Ledger>,
+) {
+    const REFUSED: &str = "SIGHUP: configuration refused, nothing changed";
     let Some(source) = &running.reload else {
         return;
     };
+    let file = source.file.display().to_string();
     let new = match source.read() {
         Ok(new) => new,
         Err(e) => {
-            tracing::error!("SIGHUP: configuration refused, nothing changed: {e}");
+            tracing::error!("{REFUSED}: {e}");
             return;
         }
     };
+    let changes = crate::config::reload::diff(running, &new);
+    // What can fail first, so that a refusal leaves everything as it was.
+    if let (Some(old), Some(url), Some(ledger)) = (&running.webhook, &new.webhook, ledger) {
+        if old != url {
+            if let Err(e) = ledger.set_webhook_url(url) {
+                tracing::error!("{REFUSED}: {file}: webhook: {e}");
+                return;
+            }
+            running.webhook = Some(url.clone());
+        }
+    }
     if let Err(e) = crate::config::reload::apply_log_level(&new.log_level) {
-        tracing::error!("SIGHUP: configuration refused, nothing changed: log_level: {e}");
+        tracing::error!("{REFUSED}: {file}: log_level: {e}");
         return;
     }
-    let changes = crate::config::reload::diff(running, &new);
     if running.global_rate != new.global_rate {
         shaper.set_global_rate(new.global_rate);
     }
-    tracing::info!(
-        "SIGHUP: reloaded {}: {}",
-        source.file.display(),
-        changes.describe()
-    );
+    tracing::info!("SIGHUP: reloaded {file}: {}", changes.describe());
     // What needs a restart stays as it runs, so that the next reload reports it again.
     running.global_rate = new.global_rate;
     running.log_level = new.log_level;
