@@ -1,10 +1,10 @@
-//! SIGHUP with `--config FILE`: the file is read again and its rates apply to the downloads in
-//! flight, which keep going; a broken file is refused with one error line naming the file and
+//! SIGHUP with `--config FILE`: the file is read again, its global rate applies to the
+//! downloads in flight, which keep going, and its rate classes to new signed links; a broken file is refused with one error line naming the file and
 //! the line, and the running configuration stays.
 
 use std::time::{Duration, Instant};
 
-use weir_tests::{sha256_file, DataDir, Driver, Metrics, Server, SlowDownload};
+use weir_tests::{curl, sha256_file, DataDir, Driver, Metrics, Server, SlowDownload};
 
 const LEN: usize = 4 << 20;
 const GLOBAL: &str = "weir_shaper_global_rate_limit_bytes_per_second";
@@ -39,18 +39,39 @@ fn reload_rates_under_a_live_download(driver: Driver) {
     let admin = srv.admin_url();
     let limit = || Metrics::fetch(&admin, "tok").value(GLOBAL);
     assert_eq!(limit(), 128 << 10);
+    // A signed link naming a class the file does not have yet is refused.
+    let link = || {
+        let args = [
+            "token",
+            "--user",
+            "alice",
+            "--item",
+            "song",
+            "--rate-class",
+            "hd",
+        ];
+        data.ok(&args, None).trim().to_string()
+    };
+    let first_bytes = |path: &str| curl(&srv.url(path), &["-r", "0-99"]).status;
+    assert_eq!(first_bytes(&link()), 403);
 
     // At 128 KiB/s the 4 MiB take 32 s; curl itself does not limit.
     let out_dir = data.path();
     let dl = SlowDownload::start(out_dir, &srv.url("/d/song"), "alice:wonderland", "1G");
     dl.wait_for_bytes();
-    std::fs::write(&conf, "global_rate = \"16MiB\"\ngrace = \"1h\"\n").unwrap();
+    std::fs::write(
+        &conf,
+        "global_rate = \"16MiB\"\ngrace = \"1h\"\n[rate_classes]\nhd = \"1MiB\"\n",
+    )
+    .unwrap();
     let reloaded = Instant::now();
     srv.signal(libc::SIGHUP);
     assert!(
         weir_tests::eventually(Duration::from_secs(10), || limit() == 16 << 20),
         "SIGHUP did not apply the file's global_rate"
     );
+    // The new class is honoured.
+    assert_eq!(first_bytes(&link()), 206);
     // The same connection finishes at the new rate: well before the old one would allow.
     assert!(dl.finished_ok(), "the download was cut by the reload");
     let took = reloaded.elapsed();
@@ -78,6 +99,11 @@ fn reload_rates_under_a_live_download(driver: Driver) {
     );
     assert_eq!(refusals(), 1, "one error line per refused reload");
     assert_eq!(limit(), 16 << 20, "a refused file changed the rate");
+    assert_eq!(
+        first_bytes(&link()),
+        206,
+        "a refused file dropped the rate class"
+    );
     srv.stop();
 }
 

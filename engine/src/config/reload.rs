@@ -81,12 +81,17 @@ pub fn diff(old: &ServeConfig, new: &ServeConfig) -> Changes {
         c.live
             .push(format!("log_level {} -> {}", old.log_level, new.log_level));
     }
-    // Not yet switched live: each worker holds its own copy.
     if old.default_user_rate != new.default_user_rate {
-        c.restart.push("default_rate");
+        c.live.push(format!(
+            "default_rate {} -> {}",
+            old.default_user_rate, new.default_user_rate
+        ));
     }
     if old.rate_classes != new.rate_classes {
-        c.restart.push("rate_classes");
+        let mut names: Vec<_> = new.rate_classes.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        let list: Vec<String> = names.iter().map(|(n, r)| format!("{n}={r}")).collect();
+        c.live.push(format!("rate_classes [{}]", list.join(" ")));
     }
     match (&old.webhook, &new.webhook) {
         (Some(a), Some(b)) if a != b => c.live.push(format!("webhook {a} -> {b}")),
@@ -160,6 +165,12 @@ mod tests {
         let (a, b) = (hook("http://a/x"), hook("http://b/y"));
         assert_eq!(diff(&a, &b).live, vec!["webhook http://a/x -> http://b/y"]);
         assert_eq!(diff(&old, &a).restart, vec!["webhook"]);
+        let rates = cfg("global_rate = \"1MiB\"\nworkers = 2\ndefault_rate = \"1MiB\"\n[rate_classes]\nsd = \"1MiB\"\nhd = \"4MiB\"\n");
+        let c = diff(&old, &rates);
+        assert_eq!(c.live[1], "rate_classes [hd=4MiB sd=1MiB]", "{c:?}");
+        assert!(c.live[0].starts_with("default_rate unlimited -> "), "{c:?}");
+        assert_eq!(c.live.len(), 2, "{c:?}");
+        assert!(c.restart.is_empty(), "{c:?}");
         let c = diff(&old, &new);
         assert_eq!(c.live.len(), 2, "{c:?}");
         assert!(c.live[0].starts_with("global_rate "), "{c:?}");

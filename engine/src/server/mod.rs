@@ -211,6 +211,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     )?;
 
     let shaper = shaping::server_shaper(&cfg);
+    let live_rates = shaping::LiveRates::new(cfg.default_user_rate, cfg.rate_classes.clone());
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
     // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
     // before the admin listener (its metrics include the ledger's) and before any worker (it
@@ -232,6 +233,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
         let wakes_alive = wakes.clone();
         let certs = certs.clone();
         let shaper = shaper.clone();
+        let live_rates = live_rates.clone();
         let ledger = ledger.as_ref().map(|(l, _)| l.clone());
         let mut running = cfg.clone();
         let mut signals = signal_hook::iterator::Signals::new([
@@ -247,7 +249,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 let _keep = wakes_alive;
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
-                        reload_config(&mut running, &shaper, ledger.as_ref());
+                        reload_config(&mut running, &shaper, &live_rates, ledger.as_ref());
                         // Certificate rotation (a certbot deploy hook): new handshakes only.
                         match &certs {
                             Some(c) => {
@@ -351,7 +353,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 },
                 rates: Some(Arc::new(ShaperControl {
                     shaper: shaper.clone(),
-                    default_rate: cfg.default_user_rate,
+                    rates: live_rates.clone(),
                 })),
                 tls_reload: certs.clone().map(|c| {
                     Box::new(move || c.reload().map_err(|e| format!("{e:#}")))
@@ -402,7 +404,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             credit_watermark: ledger.as_ref().map(|(l, _)| l.durable_watermark()),
             stats: worker_stats[id].clone(),
             shaper: shaper.clone(),
-            default_rate: cfg.default_user_rate,
+            rates: live_rates.clone(),
             access_log: access_log.clone(),
         };
         let running = worker_stats[id].clone();
@@ -466,6 +468,7 @@ fn bind_all(
 fn reload_config(
     running: &mut ServeConfig,
     shaper: &weir_shaper::Shaper,
+    rates: &shaping::LiveRates,
     ledger: Option<&crate::completion::Ledger>,
 ) {
     const REFUSED: &str = "SIGHUP: configuration refused, nothing changed";
@@ -498,20 +501,24 @@ fn reload_config(
     if running.global_rate != new.global_rate {
         shaper.set_global_rate(new.global_rate);
     }
+    rates.set(new.default_user_rate, new.rate_classes.clone());
     tracing::info!("SIGHUP: reloaded {file}: {}", changes.describe());
     // What needs a restart stays as it runs, so that the next reload reports it again.
     running.global_rate = new.global_rate;
     running.log_level = new.log_level;
+    running.default_user_rate = new.default_user_rate;
+    running.rate_classes = new.rate_classes;
 }
 
 struct ShaperControl {
     shaper: Arc<weir_shaper::Shaper>,
-    default_rate: weir_shaper::Rate,
+    rates: Arc<shaping::LiveRates>,
 }
 
 impl crate::admin::RateControl for ShaperControl {
     fn set_user_rate(&self, user: &str, rate: Option<weir_shaper::Rate>) {
-        let limits = weir_shaper::UserLimits::new(rate.unwrap_or(self.default_rate));
+        let limits =
+            weir_shaper::UserLimits::new(rate.unwrap_or_else(|| self.rates.default_rate()));
         self.shaper.set_user_limits(user, limits);
     }
 
