@@ -108,3 +108,69 @@ fn reload_rates_under_a_live_download(driver: Driver) {
 }
 
 weir_tests::on_every_driver!(reload_rates_under_a_live_download);
+
+/// A receiver on loopback answering every POST with `status`; returns its URL and the
+/// Idempotency-Keys it saw.
+fn receiver(status: u16) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (key, _) = weir_tests::read_webhook_post(&stream);
+            seen2.lock().unwrap().push(key);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// The webhook URL changes on SIGHUP: an event the old receiver refused is retried at the new
+/// one, with the same Idempotency-Key.
+fn reload_moves_the_webhook(driver: Driver) {
+    let data = DataDir::new();
+    data.alice_with_item("song", 100_000, 17);
+    let (old, old_seen) = receiver(500);
+    let (new, new_seen) = receiver(200);
+    let conf = data.path().join("weir.toml");
+    std::fs::write(&conf, format!("webhook = \"{old}\"\n")).unwrap();
+    let mut args = driver.args().to_vec();
+    args.extend_from_slice(&["--config", conf.to_str().unwrap()]);
+    let srv = Server::start(&data.path().join("data"), &args, &[]);
+    driver.check_listen_line(&srv.listen_line);
+    assert_eq!(
+        curl(&srv.url("/d/song"), &["-u", "alice:wonderland"]).status,
+        200
+    );
+    assert!(
+        weir_tests::eventually(Duration::from_secs(20), || !old_seen
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the completion never reached the first webhook"
+    );
+    std::fs::write(&conf, format!("webhook = \"{new}\"\n")).unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(
+        weir_tests::eventually(Duration::from_secs(30), || !new_seen
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the queued event never reached the new webhook"
+    );
+    let first = old_seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        new_seen.lock().unwrap()[0],
+        first,
+        "Idempotency-Key changed"
+    );
+    srv.stop();
+}
+
+weir_tests::on_every_driver!(reload_moves_the_webhook);
