@@ -29,6 +29,11 @@
 //! carries a [`tls::TlsSession`], the layer between the state machine and the socket (rustls
 //! in user space, file bytes read with `pread`, acknowledgements credited per whole record).
 //! SIGHUP and the admin API's `POST /tls/reload` reload [`tls::Certificates`].
+//!
+//! SIGHUP with `--config FILE` also re-reads the file ([`crate::config::reload`] decides what
+//! changed): the global rate goes to the shaper, the default rate and rate classes to
+//! [`shaping::LiveRates`], the webhook URL to the ledger's sender, the log level to the log
+//! filter; a refused file changes nothing.
 
 pub mod auth;
 pub mod conn;
@@ -476,13 +481,17 @@ fn reload_config(
         return;
     };
     let file = source.file.display().to_string();
-    let new = match source.read() {
+    let mut new = match source.read() {
         Ok(new) => new,
         Err(e) => {
             tracing::error!("{REFUSED}: {e}");
             return;
         }
     };
+    if std::env::var_os("WEIR_LOG").is_some() {
+        // WEIR_LOG wins over the file, as at start: the file's log_level is not a change.
+        new.log_level = running.log_level.clone();
+    }
     let changes = crate::config::reload::diff(running, &new);
     // What can fail first, so that a refusal leaves everything as it was.
     if let (Some(old), Some(url), Some(ledger)) = (&running.webhook, &new.webhook, ledger) {
