@@ -260,7 +260,10 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                             Some(c) => {
                                 let _ = c.reload();
                             }
-                            None => tracing::info!("SIGHUP: no --tls-listen, nothing to reload"),
+                            None if running.reload.is_none() => tracing::info!(
+                                "SIGHUP: no --tls-listen and no --config, nothing to reload"
+                            ),
+                            None => {}
                         }
                         continue;
                     }
