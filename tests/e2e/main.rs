@@ -36,6 +36,7 @@ mod loadgen;
 mod names;
 mod nonreader;
 mod operations;
+mod reload;
 mod robustness;
 mod shaping;
 mod tls;

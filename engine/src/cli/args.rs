@@ -364,6 +364,7 @@ impl ServeArgs {
             },
             access_log: self.access_log.clone(),
             log_format: self.log_format,
+            log_level: None,
         }
     }
 }

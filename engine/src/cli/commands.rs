@@ -324,7 +324,15 @@ fn mint_link(store: &Store, args: &TokenArgs, out: &mut dyn Write) -> anyhow::Re
 }
 
 fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = config::resolve_with_file(&args.settings(data_dir), args.config.as_deref())?;
+    let flags = args.settings(data_dir);
+    let mut cfg = config::resolve_with_file(&flags, args.config.as_deref())?;
+    cfg.reload = args
+        .config
+        .clone()
+        .map(|file| config::reload::ReloadSource { flags, file });
+    if let Err(e) = config::reload::apply_log_level(&cfg.log_level) {
+        tracing::warn!("log_level {:?}: {e}", cfg.log_level);
+    }
     let data_dir = cfg.data_dir.clone();
 
     // A data directory that does not exist yet, or exists but holds no database (an empty temp

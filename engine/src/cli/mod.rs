@@ -51,12 +51,30 @@ fn log_format(cli: &Cli) -> LogFormat {
 /// `info`), as text or one JSON object per line.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::defaults::LOG_LEVEL));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr);
+    // The filter can be replaced later: the file's `log_level`, at start and on SIGHUP.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            install_filter(b.reload_handle());
+            b.try_init()
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            install_filter(b.reload_handle());
+            b.try_init()
+        }
     };
+}
+
+fn install_filter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    config::reload::install_log_filter(Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
 }

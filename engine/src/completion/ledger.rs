@@ -195,6 +195,8 @@ pub struct Ledger {
     tx: Sender<Msg>,
     stats: Arc<LedgerStats>,
     durable: Watermark,
+    /// The webhook sender's URL, when a webhook runs.
+    webhook_url: Option<Arc<std::sync::Mutex<String>>>,
 }
 
 /// The running ledger (and webhook) threads; [`LedgerThread::shutdown`] stops them.
@@ -228,7 +230,11 @@ impl Ledger {
         let queued = store.outbox_len().context("reading the webhook outbox")?;
         let stats = Arc::new(LedgerStats::default());
 
-        let webhook = match &cfg.webhook {
+        let webhook_url = cfg
+            .webhook
+            .clone()
+            .map(|u| Arc::new(std::sync::Mutex::new(u)));
+        let webhook = match &webhook_url {
             Some(url) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let handle =
@@ -281,6 +287,7 @@ impl Ledger {
                 tx: tx.clone(),
                 stats,
                 durable,
+                webhook_url,
             },
             LedgerThread {
                 tx,
@@ -288,6 +295,18 @@ impl Ledger {
                 webhook,
             },
         ))
+    }
+
+    /// Points the running webhook sender at `url` (SIGHUP): the next POST, queued events
+    /// included, goes there. Refused when no webhook runs (turning it on or off needs a
+    /// restart) or the URL is unusable.
+    pub fn set_webhook_url(&self, url: &str) -> Result<(), String> {
+        let Some(current) = &self.webhook_url else {
+            return Err("no webhook runs (turning it on needs a restart)".into());
+        };
+        webhook::check_url(url).map_err(|e| format!("{e:#}"))?;
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = url.to_string();
+        Ok(())
     }
 
     /// Hands delivered ranges to the ledger thread. Never blocks; a no-op once the ledger has

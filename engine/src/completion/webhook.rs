@@ -34,7 +34,7 @@
 
 use std::io::Read;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -86,15 +86,29 @@ enum Pass {
 struct Sender {
     storage: Box<dyn Storage>,
     agent: ureq::Agent,
-    url: String,
+    /// Replaced on SIGHUP ([`super::Ledger::set_webhook_url`]); the next POST, queued events
+    /// included, goes to the new one.
+    url: Arc<Mutex<String>>,
     signals: Receiver<Signal>,
     stats: Arc<LedgerStats>,
+}
+
+/// Refuses what the sender cannot POST to.
+pub(crate) fn check_url(url: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    ureq::post(url)
+        .request_url()
+        .with_context(|| format!("webhook URL {url:?}"))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!("webhook URL {url:?}: only http:// and https:// are supported");
+    }
+    Ok(())
 }
 
 /// Checks `url` and starts the sender thread on `storage` (its own connection).
 pub(crate) fn spawn(
     storage: Box<dyn Storage>,
-    url: String,
+    url: Arc<Mutex<String>>,
     timeout: Duration,
     signals: Receiver<Signal>,
     stats: Arc<LedgerStats>,
@@ -106,13 +120,7 @@ pub(crate) fn spawn(
         .timeout(timeout)
         .redirects(0)
         .build();
-    agent
-        .post(&url)
-        .request_url()
-        .with_context(|| format!("webhook URL {url:?}"))?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        anyhow::bail!("webhook URL {url:?}: only http:// and https:// are supported");
-    }
+    check_url(&url.lock().unwrap_or_else(|e| e.into_inner()))?;
     let sender = Sender {
         storage,
         agent,
@@ -128,7 +136,7 @@ pub(crate) fn spawn(
 
 impl Sender {
     fn run(self) {
-        tracing::info!(url = %self.url, "webhook sender started");
+        tracing::info!(url = %self.url(), "webhook sender started");
         loop {
             let wait = match self.pass() {
                 Ok(Pass::Stopped) => return,
@@ -147,6 +155,10 @@ impl Sender {
                 Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    fn url(&self) -> String {
+        self.url.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether a stop was asked for; swallows wake-ups, which a pass makes moot.
@@ -200,7 +212,7 @@ impl Sender {
     fn post(&self, row: &OutboxEntry) -> Result<u16, String> {
         let result = self
             .agent
-            .post(&self.url)
+            .post(&self.url())
             .set("Content-Type", "application/json")
             .set("Idempotency-Key", &row.key)
             .send_string(&row.payload);

@@ -26,6 +26,8 @@ pub const MIN_GRANT: &str = "32KiB";
 pub const GRACE: &str = "10m";
 pub const SEND_PATH: &str = "mmap";
 pub const LOG_FORMAT: &str = "text";
+/// The log filter when neither `WEIR_LOG` nor the file's `log_level` sets one.
+pub const LOG_LEVEL: &str = "info";
 
 /// Each flag's default as `--help` and the README show it, by the flag's long name. The settings
 /// that are off unless given say so in words.

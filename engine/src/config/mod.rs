@@ -6,6 +6,7 @@
 //! result.
 
 pub mod defaults;
+pub mod reload;
 mod settings;
 
 use std::fmt::Debug;
@@ -88,6 +89,11 @@ pub struct ServeConfig {
     pub access_log: Option<String>,
     /// Format of log and access log lines.
     pub log_format: LogFormat,
+    /// Log filter (tracing-subscriber's EnvFilter syntax); `WEIR_LOG` overrides it.
+    pub log_level: String,
+    /// Where a SIGHUP re-reads the configuration from (`--config`); none: SIGHUP reloads only
+    /// the TLS certificate.
+    pub reload: Option<reload::ReloadSource>,
 }
 
 impl ServeConfig {
@@ -121,6 +127,8 @@ impl ServeConfig {
             rate_classes: std::collections::HashMap::new(),
             access_log: None,
             log_format: choice(defaults::LOG_FORMAT),
+            log_level: defaults::LOG_LEVEL.to_string(),
+            reload: None,
         }
     }
 
@@ -166,6 +174,7 @@ impl ServeConfig {
         }
         set(&mut self.send_path, &layer.send_path);
         set(&mut self.log_format, &layer.log_format);
+        set(&mut self.log_level, &layer.log_level);
         if let Some(path) = &layer.access_log {
             self.access_log = Some(path.clone());
         }
@@ -203,6 +212,11 @@ impl ServeConfig {
                 "--access-log needs a path (or - for stdout)"
             );
         }
+        ensure!(
+            tracing_subscriber::EnvFilter::try_new(&self.log_level).is_ok(),
+            "log_level {:?} is not a log filter (e.g. info, debug, weir=debug)",
+            self.log_level
+        );
         if let Some(url) = &self.webhook {
             ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),

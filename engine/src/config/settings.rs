@@ -55,6 +55,8 @@ pub struct Settings {
     /// Access log file (`-`: standard output).
     pub access_log: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// Log filter (`info`, `debug`, `weir=debug,info`); the file only (`WEIR_LOG` overrides).
+    pub log_level: Option<String>,
     /// HTTPS: `[tls]` in the TOML file, `--tls-*` flags.
     #[serde(default)]
     pub tls: TlsSettings,

@@ -346,8 +346,10 @@ impl<S: ConnSocket> Conn<S> {
         let Some(item) = item else {
             return self.simple(ctx, &head, 404);
         };
-        let (secret, classes) = (&ctx.secret, &ctx.cfg.rate_classes);
-        let decision = ctx.cache.authorize(secret, classes, &head, item, ctx.now);
+        let classes = ctx.shaping.rates.classes();
+        let decision = ctx
+            .cache
+            .authorize(&ctx.secret, &classes, &head, item, ctx.now);
         let (claim, class) = match decision {
             Decision::Serve { res, user, class } => {
                 return self.serve(ctx, head, &res, user, class)
@@ -988,7 +990,10 @@ mod tests {
             scratch: vec![0u8; 4096].into_boxed_slice(),
             credits: CreditBatch::new(None),
             stats: Arc::default(),
-            shaping: Shaping::new(shaper, rate),
+            shaping: Shaping::new(
+                shaper,
+                crate::server::shaping::LiveRates::new(rate, HashMap::new()),
+            ),
             access: None,
         };
         Fixture {

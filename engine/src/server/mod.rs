@@ -29,6 +29,11 @@
 //! carries a [`tls::TlsSession`], the layer between the state machine and the socket (rustls
 //! in user space, file bytes read with `pread`, acknowledgements credited per whole record).
 //! SIGHUP and the admin API's `POST /tls/reload` reload [`tls::Certificates`].
+//!
+//! SIGHUP with `--config FILE` also re-reads the file ([`crate::config::reload`] decides what
+//! changed): the global rate goes to the shaper, the default rate and rate classes to
+//! [`shaping::LiveRates`], the webhook URL to the ledger's sender, the log level to the log
+//! filter; a refused file changes nothing.
 
 pub mod auth;
 pub mod conn;
@@ -211,13 +216,31 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
     )?;
 
     let shaper = shaping::server_shaper(&cfg);
+    let live_rates = shaping::LiveRates::new(cfg.default_user_rate, cfg.rate_classes.clone());
     let worker_stats: Vec<Arc<stats::WorkerStats>> = (0..workers).map(|_| Arc::default()).collect();
+    // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
+    // before the admin listener (its metrics include the ledger's) and before any worker (it
+    // replays the map files a killed process left before workers write new ones).
+    let ledger = if cfg.accounting {
+        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
+        lc.webhook = cfg.webhook.clone();
+        Some(crate::completion::Ledger::start(lc)?)
+    } else {
+        if cfg.webhook.is_some() {
+            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
+        }
+        None
+    };
     let draining = Arc::new(AtomicBool::new(false));
     {
         let draining = draining.clone();
         let wake_fds: Vec<i32> = wakes.iter().map(|w| w.as_raw_fd()).collect();
         let wakes_alive = wakes.clone();
         let certs = certs.clone();
+        let shaper = shaper.clone();
+        let live_rates = live_rates.clone();
+        let ledger = ledger.as_ref().map(|(l, _)| l.clone());
+        let mut running = cfg.clone();
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
@@ -231,12 +254,16 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 let _keep = wakes_alive;
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
+                        reload_config(&mut running, &shaper, &live_rates, ledger.as_ref());
                         // Certificate rotation (a certbot deploy hook): new handshakes only.
                         match &certs {
                             Some(c) => {
                                 let _ = c.reload();
                             }
-                            None => tracing::info!("SIGHUP: no --tls-listen, nothing to reload"),
+                            None if running.reload.is_none() => tracing::info!(
+                                "SIGHUP: no --tls-listen and no --config, nothing to reload"
+                            ),
+                            None => {}
                         }
                         continue;
                     }
@@ -256,19 +283,6 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             })?;
     }
 
-    // The completion ledger: credits in, completions (cart -> history, event, webhook) out. Started
-    // before the admin listener (its metrics include the ledger's) and before any worker (it
-    // replays the map files a killed process left before workers write new ones).
-    let ledger = if cfg.accounting {
-        let mut lc = crate::completion::LedgerConfig::new(cfg.data_dir.clone());
-        lc.webhook = cfg.webhook.clone();
-        Some(crate::completion::Ledger::start(lc)?)
-    } else {
-        if cfg.webhook.is_some() {
-            anyhow::bail!("--webhook needs accounting (drop --no-accounting)");
-        }
-        None
-    };
     let ledger_stats = ledger.as_ref().map(|(l, _)| l.stats());
     let admin_addr = match cfg.admin_listen {
         Some(addr) => {
@@ -347,7 +361,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
                 },
                 rates: Some(Arc::new(ShaperControl {
                     shaper: shaper.clone(),
-                    default_rate: cfg.default_user_rate,
+                    rates: live_rates.clone(),
                 })),
                 tls_reload: certs.clone().map(|c| {
                     Box::new(move || c.reload().map_err(|e| format!("{e:#}")))
@@ -398,7 +412,7 @@ pub fn run(cfg: ServeConfig, demo: Option<DemoInfo>) -> anyhow::Result<()> {
             credit_watermark: ledger.as_ref().map(|(l, _)| l.durable_watermark()),
             stats: worker_stats[id].clone(),
             shaper: shaper.clone(),
-            default_rate: cfg.default_user_rate,
+            rates: live_rates.clone(),
             access_log: access_log.clone(),
         };
         let running = worker_stats[id].clone();
@@ -457,14 +471,66 @@ fn bind_all(
 }
 
 /// Live rate changes from the admin API, applied to the shared shaper.
+/// SIGHUP with `--config`: re-read the file; refuse a bad one in one error line (file, line,
+/// reason) and keep running as before; else apply what can change live and log what changed.
+fn reload_config(
+    running: &mut ServeConfig,
+    shaper: &weir_shaper::Shaper,
+    rates: &shaping::LiveRates,
+    ledger: Option<&crate::completion::Ledger>,
+) {
+    const REFUSED: &str = "SIGHUP: configuration refused, nothing changed";
+    let Some(source) = &running.reload else {
+        return;
+    };
+    let file = source.file.display().to_string();
+    let mut new = match source.read() {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("{REFUSED}: {e}");
+            return;
+        }
+    };
+    if std::env::var_os("WEIR_LOG").is_some() {
+        // WEIR_LOG wins over the file, as at start: the file's log_level is not a change.
+        new.log_level = running.log_level.clone();
+    }
+    let changes = crate::config::reload::diff(running, &new);
+    // What can fail first, so that a refusal leaves everything as it was.
+    if let (Some(old), Some(url), Some(ledger)) = (&running.webhook, &new.webhook, ledger) {
+        if old != url {
+            if let Err(e) = ledger.set_webhook_url(url) {
+                tracing::error!("{REFUSED}: {file}: webhook: {e}");
+                return;
+            }
+            running.webhook = Some(url.clone());
+        }
+    }
+    if let Err(e) = crate::config::reload::apply_log_level(&new.log_level) {
+        tracing::error!("{REFUSED}: {file}: log_level: {e}");
+        return;
+    }
+    if running.global_rate != new.global_rate {
+        shaper.set_global_rate(new.global_rate);
+    }
+    rates.set(new.default_user_rate, new.rate_classes.clone());
+    tracing::info!("SIGHUP: reloaded {file}: {}", changes.describe());
+    // What needs a restart stays as it runs, so that the next reload reports it again.
+    running.global_rate = new.global_rate;
+    running.log_level = new.log_level;
+    running.default_user_rate = new.default_user_rate;
+    running.rate_classes = new.rate_classes;
+}
+
 struct ShaperControl {
     shaper: Arc<weir_shaper::Shaper>,
-    default_rate: weir_shaper::Rate,
+    rates: Arc<shaping::LiveRates>,
 }
 
 impl crate::admin::RateControl for ShaperControl {
     fn set_user_rate(&self, user: &str, rate: Option<weir_shaper::Rate>) {
-        let limits = weir_shaper::UserLimits::new(rate.unwrap_or(self.default_rate));
+        let limits =
+            weir_shaper::UserLimits::new(rate.unwrap_or_else(|| self.rates.default_rate()));
         self.shaper.set_user_limits(user, limits);
     }
 

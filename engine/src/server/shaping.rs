@@ -49,6 +49,41 @@ pub fn server_shaper(cfg: &ServeConfig) -> Arc<Shaper> {
     })
 }
 
+/// The rates a SIGHUP may change while the server runs, shared by every worker: the default
+/// user rate and the rate classes. New requests read them; a user's open downloads follow a new
+/// default at that user's next request.
+#[derive(Debug)]
+pub struct LiveRates {
+    default_rate: std::sync::RwLock<Rate>,
+    classes: std::sync::RwLock<Arc<HashMap<String, Rate>>>,
+}
+
+impl LiveRates {
+    pub fn new(default_rate: Rate, classes: HashMap<String, Rate>) -> Arc<LiveRates> {
+        Arc::new(LiveRates {
+            default_rate: std::sync::RwLock::new(default_rate),
+            classes: std::sync::RwLock::new(Arc::new(classes)),
+        })
+    }
+
+    pub fn default_rate(&self) -> Rate {
+        *self.default_rate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn classes(&self) -> Arc<HashMap<String, Rate>> {
+        self.classes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// SIGHUP: the file's new default rate and rate classes.
+    pub fn set(&self, default_rate: Rate, classes: HashMap<String, Rate>) {
+        *self.default_rate.write().unwrap_or_else(|e| e.into_inner()) = default_rate;
+        *self.classes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(classes);
+    }
+}
+
 /// A signed link's rate class: shaped as its own class `user/NAME` at the class's rate.
 pub type ShapeClass = (Arc<str>, Rate);
 
@@ -58,22 +93,22 @@ pub struct Shaping {
     pub core: CoreShaper,
     /// Users seen on this worker, by name: their shaper handles.
     pub users: HashMap<Arc<str>, UserHandle>,
-    pub default_rate: Rate,
+    pub rates: Arc<LiveRates>,
 }
 
 impl Shaping {
-    pub fn new(shaper: Arc<Shaper>, default_rate: Rate) -> Shaping {
+    pub fn new(shaper: Arc<Shaper>, rates: Arc<LiveRates>) -> Shaping {
         Shaping {
             core: CoreShaper::new(shaper.clone()),
             shaper,
             users: HashMap::new(),
-            default_rate,
+            rates,
         }
     }
 
     /// The handle of `user` at `rate` (`None`: the default), updating its limits if they changed.
     pub fn user(&mut self, user: &Arc<str>, rate: Option<Rate>) -> UserHandle {
-        let limits = UserLimits::new(rate.unwrap_or(self.default_rate));
+        let limits = UserLimits::new(rate.unwrap_or_else(|| self.rates.default_rate()));
         match self.users.get(user) {
             Some(h) => {
                 if self
@@ -155,7 +190,7 @@ impl ConnShaping {
         let stats = shaping.shaper.user_stats(&name);
         let rate = stats
             .as_ref()
-            .map_or(shaping.default_rate, |s| s.limits.rate);
+            .map_or_else(|| shaping.rates.default_rate(), |s| s.limits.rate);
         self.shaped = Some((key, name));
         self.sized = false;
         // A shaped connection needs little send buffer: size it to this connection's share of

@@ -810,7 +810,10 @@ mod tests {
             credit_watermark: None,
             stats: Arc::default(),
             shaper: weir_shaper::Shaper::new(Default::default()),
-            default_rate: weir_shaper::Rate::Unlimited,
+            rates: crate::server::shaping::LiveRates::new(
+                weir_shaper::Rate::Unlimited,
+                HashMap::new(),
+            ),
             access_log: None,
         });
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

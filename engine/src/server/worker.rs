@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use weir_shaper::{Rate, Shaper};
+use weir_shaper::Shaper;
 
 use crate::config::ServeConfig;
 use crate::http::{DateCache, Limits};
@@ -51,7 +51,8 @@ pub struct WorkerInit {
     pub credit_watermark: Option<crate::completion::inflight::Watermark>,
     pub stats: Arc<WorkerStats>,
     pub shaper: Arc<Shaper>,
-    pub default_rate: Rate,
+    /// The default user rate and the rate classes (changed by SIGHUP).
+    pub rates: Arc<super::shaping::LiveRates>,
     /// The access log, when one is configured.
     pub access_log: Option<crate::accesslog::AccessLog>,
 }
@@ -230,7 +231,7 @@ impl Worker {
                 scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
                 credits: CreditBatch::new(init.credit_sink).with_inflight(inflight),
                 stats: init.stats.clone(),
-                shaping: Shaping::new(init.shaper, init.default_rate),
+                shaping: Shaping::new(init.shaper, init.rates),
                 access: init.access_log,
             },
             conns: Slab::with_stats(init.stats),
