@@ -329,7 +329,7 @@ fn serve(data_dir: Option<PathBuf>, args: &ServeArgs) -> anyhow::Result<()> {
     cfg.reload = args
         .config
         .clone()
-        .map(|file| config::reload::ReloadSource { flags, file });
+        .map(|file| config::ReloadSource { flags, file });
     if let Err(e) = config::reload::apply_log_level(&cfg.log_level) {
         tracing::warn!("log_level {:?}: {e}", cfg.log_level);
     }

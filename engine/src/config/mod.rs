@@ -93,7 +93,7 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Where a SIGHUP re-reads the configuration from (`--config`); none: SIGHUP reloads only
     /// the TLS certificate.
-    pub reload: Option<reload::ReloadSource>,
+    pub reload: Option<ReloadSource>,
 }
 
 impl ServeConfig {
@@ -282,6 +282,15 @@ fn duration(text: &str) -> Duration {
 
 fn choice<T: ValueEnum>(text: &str) -> T {
     T::from_str(text, false).unwrap_or_else(|e| panic!("default {text:?}: {e}"))
+}
+
+/// What `weir serve` was started with, so that a SIGHUP resolves the file the same way: the flags
+/// (with their environment variables) and the TOML file they are layered over. Re-read by
+/// [`reload`] (`ReloadSource::read`).
+#[derive(Clone, Debug)]
+pub struct ReloadSource {
+    pub flags: Settings,
+    pub file: std::path::PathBuf,
 }
 
 #[cfg(test)]

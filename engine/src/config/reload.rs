@@ -3,18 +3,9 @@
 //! refusal message (file, line, reason) and the list of changes; the server's signal thread
 //! applies the live ones.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::{resolve, ServeConfig, Settings};
-
-/// What `weir serve` was started with, so that a reload resolves the same way: the flags (with
-/// their environment variables) and the TOML file they are layered over.
-#[derive(Clone, Debug)]
-pub struct ReloadSource {
-    pub flags: Settings,
-    pub file: PathBuf,
-}
+use super::{resolve, ReloadSource, ServeConfig, Settings};
 
 impl ReloadSource {
     /// Reads the file again and resolves it under the same flags. The error is one line:
