@@ -422,9 +422,10 @@ impl ConnLog {
         Some((acked, Some(record)))
     }
 
-    /// The response being sent, for `GET /downloads`: its user, item, bytes sent so far, its
-    /// start, and the rate since the previous snapshot (bytes/s; none at the first).
-    pub fn live(&mut self, now: Instant, written: u64) -> Option<LiveDownload> {
+    /// The response being sent, for `GET /downloads`: its user, item, bytes sent so far, the
+    /// content bytes its connection delivered (acknowledged and credited), its start, and the
+    /// rate since the previous snapshot (bytes/s; none at the first).
+    pub fn live(&mut self, now: Instant, written: u64, delivered: u64) -> Option<LiveDownload> {
         if !self.open || self.stream_end.is_some() {
             return None;
         }
@@ -444,6 +445,7 @@ impl ConnLog {
             user,
             item,
             sent,
+            delivered,
             began: self.began.unwrap_or(now),
             rate,
         })
@@ -456,6 +458,9 @@ pub struct LiveDownload {
     pub user: Arc<str>,
     pub item: Arc<str>,
     pub sent: u64,
+    /// Content bytes of the connection the client's TCP acknowledged (credited by the
+    /// sweep's poll, so about a second behind).
+    pub delivered: u64,
     pub began: Instant,
     /// Bytes per second since the worker's previous snapshot.
     pub rate: Option<u64>,

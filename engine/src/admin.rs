@@ -488,29 +488,31 @@ fn json(status: u16, v: serde_json::Value) -> (u16, String, &'static str) {
 fn downloads(state: &AdminState) -> serde_json::Value {
     use std::collections::BTreeMap;
     let now = Instant::now();
-    /// Connections, summed rate (none until measured), bytes sent, oldest start.
-    type Group = (u64, Option<u64>, u64, Instant);
+    /// Connections, summed rate (none until measured), bytes sent, bytes delivered, oldest start.
+    type Group = (u64, Option<u64>, u64, u64, Instant);
     let mut by: BTreeMap<(Arc<str>, Arc<str>), Group> = BTreeMap::new();
     for d in (state.downloads)() {
         let e = by
             .entry((d.user.clone(), d.item.clone()))
-            .or_insert((0, None, 0, d.began));
+            .or_insert((0, None, 0, 0, d.began));
         e.0 += 1;
         if let Some(r) = d.rate {
             e.1 = Some(e.1.unwrap_or(0) + r);
         }
         e.2 += d.sent;
-        e.3 = e.3.min(d.began);
+        e.3 += d.delivered;
+        e.4 = e.4.min(d.began);
     }
     let list: Vec<serde_json::Value> = by
         .into_iter()
-        .map(|((user, item), (conns, rate, sent, began))| {
+        .map(|((user, item), (conns, rate, sent, delivered, began))| {
             serde_json::json!({
                 "user": &*user,
                 "item": &*item,
                 "connections": conns,
                 "rate_bytes_per_second": rate,
                 "sent_bytes": sent,
+                "delivered_bytes": delivered,
                 "age_seconds": now.saturating_duration_since(began).as_secs_f64(),
             })
         })

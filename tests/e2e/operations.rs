@@ -225,6 +225,13 @@ fn health_downloads_cut(driver: Driver) {
     assert!(listed, "the live download in /downloads: {entry}");
     assert_eq!(entry["connections"], 1);
     assert!(entry["sent_bytes"].as_u64().unwrap() > 0);
+    // Delivered: what the client's TCP acknowledged, credited by the sweep's poll (a few
+    // seconds into a 256 KiB/s download, and never more than was sent).
+    let delivered = entry["delivered_bytes"].as_u64().unwrap();
+    assert!(
+        delivered > 0 && delivered <= entry["sent_bytes"].as_u64().unwrap(),
+        "delivered {delivered} of {entry}"
+    );
     let now = entry["rate_bytes_per_second"].as_u64().unwrap();
     assert!(
         now > 0 && now <= 2 * rate,

@@ -857,7 +857,7 @@ impl<S: ConnSocket> Conn<S> {
 
     /// The response being sent, for `GET /downloads` (see [`ConnLog::live`]).
     pub fn live_download(&mut self, now: Instant) -> Option<crate::accesslog::LiveDownload> {
-        self.log.live(now, self.written)
+        self.log.live(now, self.written, self.credit.delivered())
     }
 
     /// The current response is over: count what was acknowledged and hand its line to the

@@ -142,6 +142,8 @@ struct Accounting {
     /// The worker's map file, and this connection's records in it, oldest first.
     inflight: Option<Arc<InflightFile>>,
     runs: Vec<DurableRun>,
+    /// Content bytes credited on this connection so far (what `GET /downloads` calls delivered).
+    delivered: u64,
     /// The socket's `SO_COOKIE`, read once: recorded with each run so that, after a crash, the
     /// kernel can say how far the orphaned socket was acknowledged.
     cookie: Option<u64>,
@@ -317,6 +319,7 @@ impl ConnCredit {
                 empties: Vec::new(),
                 inflight: batch.inflight.clone(),
                 runs: Vec::new(),
+                delivered: 0,
                 cookie: batch.inflight.as_ref().and_then(|_| sock.cookie()),
             })
         });
@@ -366,6 +369,11 @@ impl ConnCredit {
             a.map.push_content(tag, start, len);
             a.durable_written(tag, start, len, stream_at);
         }
+    }
+
+    /// Content bytes of this connection the client's TCP acknowledged and weir credited so far.
+    pub fn delivered(&self) -> u64 {
+        self.acct.as_ref().map_or(0, |a| a.delivered)
     }
 
     /// Written and not yet credited stream bytes exist.
@@ -423,6 +431,7 @@ impl ConnCredit {
         a.acked.clear();
         a.map.acknowledge_into(upto, &mut a.acked);
         let credited: u64 = a.acked.iter().map(|(_, r)| r.end - r.start).sum();
+        a.delivered += credited;
         stats.add(&stats.bytes_credited, credited);
         if !a.empties.is_empty() {
             let acked = a.map.acked();
@@ -519,6 +528,7 @@ mod tests {
             empties: Vec::new(),
             inflight: None,
             runs: Vec::new(),
+            delivered: 0,
             cookie: None,
         }
     }
