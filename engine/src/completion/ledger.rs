@@ -1089,6 +1089,7 @@ impl State {
         };
         let mut batch = Vec::new();
         let mut orphaned = 0;
+        let mut changed = false;
         for e in &mut self.evidence {
             let Some(w) = e.watch else {
                 continue;
@@ -1106,11 +1107,17 @@ impl State {
                         range: e.from..acked,
                     });
                     e.from = acked;
+                    changed = true;
                 }
             }
             if fate.is_none_or(|f| f.is_final()) || e.from >= e.to {
                 e.watch = None;
+                changed = true;
             }
+        }
+        if !changed {
+            // Nothing moved: no rewrite (and fsync) of the evidence file this flush.
+            return;
         }
         self.evidence.retain(|e| e.from < e.to);
         self.evidence_dirty = true;
