@@ -3,14 +3,7 @@
 
 use std::process::Command;
 
-use weir_tests::{bin, on_every_driver, sha256_hex, DataDir, Driver, ALICE};
-
-fn summary_number(json: &str, key: &str) -> f64 {
-    let k = format!("\"{key}\":");
-    let rest = &json[json.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
-    let end = rest.find([',', '}', '\n']).unwrap();
-    rest[..end].trim().parse().unwrap()
-}
+use weir_tests::{bin, on_every_driver, sha256_hex, summary_number, DataDir, Driver, ALICE};
 
 fn forty_against_weir_verifies_every_byte(driver: Driver) {
     let data = DataDir::new();

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_tests::{
-    bin, eventually, have, on_every_driver, sha256_file, sha256_hex, DataDir, Driver, Metrics,
-    Server, ALICE,
+    bin, eventually, have, on_every_driver, sha256_file, sha256_hex, summary_number, DataDir,
+    Driver, Metrics, Server, ALICE,
 };
 
 /// A CA and certificates it issued, as PEM files in one directory.
@@ -813,15 +813,7 @@ fn forty_over_https(driver: Driver) {
         .expect("run weir-load");
     assert!(st.success(), "weir-load forty over HTTPS failed: {st}");
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
-    let number = |key: &str| -> f64 {
-        let k = format!("\"{key}\":");
-        let rest =
-            &summary[summary.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
-        rest[..rest.find([',', '}', '\n']).unwrap()]
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let number = |key: &str| summary_number(&summary, key);
     assert!(number("downloads_completed") >= 1.0, "{summary}");
     assert_eq!(number("hash_mismatches"), 0.0, "{summary}");
     assert!(

@@ -737,3 +737,11 @@ pub fn read_webhook_post(stream: &std::net::TcpStream) -> (String, Vec<u8>) {
     let _ = reader.read_exact(&mut body);
     (key, body)
 }
+
+/// A top-level number in weir-load's `summary.json` (`"key": 12.5`).
+pub fn summary_number(json: &str, key: &str) -> f64 {
+    let k = format!("\"{key}\":");
+    let rest = &json[json.find(&k).unwrap_or_else(|| panic!("{key} missing")) + k.len()..];
+    let end = rest.find([',', '}', '\n']).unwrap();
+    rest[..end].trim().parse().unwrap()
+}
